@@ -1,0 +1,3 @@
+from bufinspect.cli import main
+
+main()

@@ -1,0 +1,48 @@
+"""Format readers: path -> Checkpoint. The only code that opens checkpoint files."""
+
+from __future__ import annotations
+
+import os
+
+from bufinspect.errors import InputError
+from bufinspect.model import Checkpoint
+
+
+def sniff(path: str) -> str:
+    """Name the reader for `path` from its first bytes (the extension only breaks ties)."""
+    if not os.path.exists(path):
+        raise InputError("no such file or folder", path)
+    if os.path.isdir(path):
+        raise InputError("a folder that is not a checkpoint bufinspect can read", path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror})", path) from None
+    if not head:
+        raise InputError("empty file", path)
+    from bufinspect.formats import safetensors_fmt, torch_legacy
+
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "zip"
+    if head.startswith(torch_legacy.MAGIC_PREFIX):
+        return "legacy"
+    if safetensors_fmt.looks_like(head) or path.endswith(".safetensors"):
+        return "safetensors"
+    raise InputError("not a checkpoint (unrecognized format)", path)
+
+
+def read(path: str) -> Checkpoint:
+    """Read the metadata of the checkpoint at `path` (no tensor data, no torch import)."""
+    kind = sniff(path)
+    if kind == "zip":
+        from bufinspect.formats import torch_zip
+
+        return torch_zip.read(path)
+    if kind == "legacy":
+        from bufinspect.formats import torch_legacy
+
+        return torch_legacy.read(path)
+    from bufinspect.formats import safetensors_fmt
+
+    return safetensors_fmt.read(path)

@@ -1,0 +1,68 @@
+"""What the zip and legacy torch.save readers share: placing tensors in their storages."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from bufinspect import dtypes
+from bufinspect.errors import InputError, UnsafeInputError
+from bufinspect.formats import _unpickle
+from bufinspect.formats._unpickle import TensorRef
+from bufinspect.model import TensorData
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def make_locator(path: str, file: str, storages: Callable[[str], tuple[int, int] | None]
+                 ) -> Callable[[TensorRef], TensorData | None]:
+    """Return a function mapping a tensor placeholder to where its bytes are in `file`.
+
+    `storages(key)` gives (byte offset, byte length) of a storage, or None if the file lacks it.
+    """
+
+    def locate(t: TensorRef) -> TensorData | None:
+        if t.storage is None or t.layout not in ("strided", "quantized"):
+            return None
+        where = storages(t.storage.key)
+        if where is None:
+            raise InputError(f"storage {t.storage.key!r} is missing from the archive", path)
+        offset, nbytes = where
+        size = dtypes.itemsize(t.dtype)
+        if t.numel and size:
+            last = t.storage_offset + sum((n - 1) * s for n, s in zip(t.shape, t.stride or ()))
+            if (last + 1) * size > nbytes:
+                raise InputError(f"a tensor of shape {list(t.shape)} does not fit in its storage "
+                                 f"({nbytes} bytes)", path)
+        stride = None if t.stride == contiguous_strides(t.shape) else t.stride
+        return TensorData(file, offset, nbytes, t.storage_offset, stride)
+
+    return locate
+
+
+def refuse_calls(path: str, log: _unpickle.UnpickleLog) -> None:
+    calls = _unpickle.dangerous_calls(log)
+    if calls:
+        shown = ", ".join(calls[:3]) + (" ..." if len(calls) > 3 else "")
+        raise UnsafeInputError(f"the pickle asks to call {shown}; refusing it (nothing was run)",
+                               path)
+
+
+def unpickle(path: str, file: Any, persistent: Callable[[Any], Any]) -> tuple[Any, _unpickle.UnpickleLog]:
+    """Run the restricted unpickler, turning every failure into a one-line InputError."""
+    try:
+        return _unpickle.load(file, persistent)
+    except InputError:
+        raise
+    except RecursionError:
+        raise InputError("the pickle is nested too deeply", path) from None
+    except MemoryError:
+        raise InputError("the pickle needs more memory than a checkpoint should", path) from None
+    except Exception as exc:  # the pickle machine raises many types on corrupt input
+        msg = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise InputError(f"corrupt pickle ({msg})", path) from None

@@ -1,0 +1,395 @@
+"""A pickle reader that never imports or runs anything the file names.
+
+Every global outside a small allowlist becomes an inert stub type; the allowlist holds only
+bufinspect's own stand-ins (tensor placeholders, a dict that keeps `_metadata`, sets, dtypes),
+wrapped so that a pickle cannot mutate them. Calling a stub (REDUCE, INST, OBJ) is recorded:
+that is a request to run code, and readers refuse such files. Creating a stub instance without
+a call (NEWOBJ, as a pickled nn.Module does) is allowed and only recorded as a foreign global.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from bufinspect import dtypes
+
+# globals whose real implementation only builds plain data; calling their stub is not "running
+# code" in any sense a user would worry about (numpy arrays and scalars, paths, dates in
+# Lightning hyper-parameters)
+_INERT_CALLS = {
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+    "numpy.dtype",
+    "numpy.ndarray",
+    "pathlib.PosixPath",
+    "pathlib.WindowsPath",
+    "pathlib.PurePosixPath",
+    "pathlib.PureWindowsPath",
+    "datetime.datetime",
+    "datetime.date",
+    "datetime.timedelta",
+    "builtins.complex",
+    "builtins.slice",
+    "builtins.range",
+    "builtins.bytearray",
+    "collections.defaultdict",
+}
+
+
+@dataclass(frozen=True)
+class DTypeRef:
+    name: str
+
+
+@dataclass(frozen=True)
+class StorageType:
+    dtype: str | None  # None for UntypedStorage (the tensor's dtype comes separately)
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    """A storage named by a persistent id; its bytes are never touched here."""
+
+    key: str
+    dtype: str | None
+    location: str
+    numel: int | None  # as declared by the persistent id (elements, or bytes if untyped)
+    view_offset: int = 0  # legacy storage views: element offset into the root storage
+
+
+@dataclass
+class TensorRef:
+    """A tensor placeholder: everything `torch.load` would know, without the data."""
+
+    storage: StorageRef | None
+    storage_offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...] | None
+    dtype: str
+    requires_grad: bool = False
+    is_parameter: bool = False
+    layout: str = "strided"  # strided, meta, quantized, sparse, other
+    device: str | None = None  # for tensors without storage (meta, wrapper subclasses)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+class Stub:
+    """Instances stand for objects of classes the file names; nothing of theirs ever runs."""
+
+    __stub_name__ = "?"
+    __stub_log__: "UnpickleLog"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Stub":
+        self = object.__new__(cls)
+        object.__setattr__(self, "_stub_args", args)
+        object.__setattr__(self, "_stub_state", {})
+        object.__setattr__(self, "_stub_items", [])
+        return self
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # only reached through a call (REDUCE/INST/OBJ), never through NEWOBJ
+        type(self).__stub_log__.calls.append(type(self).__stub_name__)
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2:
+            state, slots = state
+            if isinstance(slots, dict):
+                self._stub_state.update(slots)
+        if isinstance(state, dict):
+            self._stub_state.update(state)
+        else:
+            object.__setattr__(self, "_stub_state", {"__state__": state})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._stub_state[name] = value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._stub_items.append((key, value))
+
+    def append(self, value: Any) -> None:
+        self._stub_items.append(value)
+
+    def extend(self, values: Any) -> None:
+        self._stub_items.extend(values)
+
+    def __repr__(self) -> str:
+        return f"<stub {type(self).__stub_name__}>"
+
+
+class _StubMeta(type):
+    def __setattr__(cls, name: str, value: Any) -> None:
+        raise pickle.UnpicklingError("a pickle tried to change a class")
+
+    def __delattr__(cls, name: str) -> None:
+        raise pickle.UnpicklingError("a pickle tried to change a class")
+
+
+def stub_name(obj: Any) -> str | None:
+    return type(obj).__stub_name__ if isinstance(obj, Stub) else None
+
+
+def stub_state(obj: Stub) -> dict[str, Any]:
+    return object.__getattribute__(obj, "_stub_state")
+
+
+class PickledDict(dict):
+    """Stands for collections.OrderedDict; keeps the `_metadata` a state dict carries."""
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, dict) and isinstance(state.get("_metadata"), dict):
+            dict.__setattr__(self, "_metadata", state["_metadata"])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise pickle.UnpicklingError("a pickle tried to set an attribute on a dict")
+
+
+class _Safe:
+    """A frozen wrapper around one of bufinspect's own functions: callable, not mutable."""
+
+    __slots__ = ("_fn", "_name")
+
+    def __init__(self, name: str, fn: Callable[..., Any]):
+        object.__setattr__(self, "_fn", fn)
+        object.__setattr__(self, "_name", name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fn(*args, **kwargs)
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError(f"a pickle tried to change {self._name}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise pickle.UnpicklingError(f"a pickle tried to change {self._name}")
+
+
+# ---- stand-ins for torch's rebuild functions -------------------------------------------------
+
+
+def _ints(v: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(v, (tuple, list)) or not all(type(x) is int and x >= 0 for x in v):
+        raise pickle.UnpicklingError(f"bad tensor {what}: {v!r:.80}")
+    if len(v) > 64:
+        raise pickle.UnpicklingError(f"tensor {what} has {len(v)} dimensions")
+    return tuple(v)
+
+
+def _strided(storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None,
+             requires_grad: Any = False) -> TensorRef:
+    if not isinstance(storage, StorageRef):
+        raise pickle.UnpicklingError("tensor without a storage placeholder")
+    if type(offset) is not int or offset < 0:
+        raise pickle.UnpicklingError(f"bad storage offset {offset!r:.40}")
+    shape = _ints(size, "size")
+    strides = _ints(stride, "stride")
+    if len(strides) != len(shape):
+        raise pickle.UnpicklingError("tensor stride and size disagree")
+    dtype = dtype or storage.dtype
+    if dtype is None:
+        raise pickle.UnpicklingError("tensor without a dtype")
+    return TensorRef(storage, offset + storage.view_offset, shape, strides, dtype,
+                     requires_grad=bool(requires_grad))
+
+
+def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> TensorRef:
+    return _strided(storage, storage_offset, size, stride, None)
+
+
+def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any,
+                       requires_grad: Any = False, backward_hooks: Any = None,
+                       metadata: Any = None) -> TensorRef:
+    return _strided(storage, storage_offset, size, stride, None, requires_grad)
+
+
+def _rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any,
+                       requires_grad: Any, backward_hooks: Any, dtype: Any,
+                       metadata: Any = None) -> TensorRef:
+    if not isinstance(dtype, DTypeRef):
+        raise pickle.UnpicklingError("tensor without a dtype")
+    return _strided(storage, storage_offset, size, stride, dtype.name, requires_grad)
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any,
+                       state: Any = None) -> TensorRef:
+    if not isinstance(data, TensorRef):
+        raise pickle.UnpicklingError("parameter without a tensor")
+    data.is_parameter = True
+    data.requires_grad = bool(requires_grad)
+    return data
+
+
+def _rebuild_qtensor(storage: Any, storage_offset: Any, size: Any, stride: Any,
+                     quantizer_params: Any, requires_grad: Any, backward_hooks: Any) -> TensorRef:
+    t = _strided(storage, storage_offset, size, stride, None, requires_grad)
+    t.layout = "quantized"
+    return t
+
+
+def _rebuild_meta(dtype: Any, size: Any, stride: Any, requires_grad: Any = False) -> TensorRef:
+    name = dtype.name if isinstance(dtype, DTypeRef) else "float32"
+    return TensorRef(None, 0, _ints(size, "size"), _ints(stride, "stride"), name,
+                     bool(requires_grad), layout="meta", device="meta")
+
+
+def _rebuild_wrapper_subclass(cls: Any, dtype: Any, size: Any, stride: Any, storage_offset: Any,
+                              layout: Any, device: Any, requires_grad: Any) -> TensorRef:
+    name = dtype.name if isinstance(dtype, DTypeRef) else "float32"
+    dev = device if isinstance(device, str) else None
+    return TensorRef(None, 0, _ints(size, "size"), None, name, bool(requires_grad),
+                     layout="other", device=dev)
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+    if not isinstance(func, _Safe) or not isinstance(args, tuple):
+        raise pickle.UnpicklingError("tensor subclass rebuilt by an unknown function")
+    return func(*args)
+
+
+def _rebuild_opaque(*args: Any, **kwargs: Any) -> TensorRef:
+    # sparse and nested tensors: listed, without shape details or data
+    return TensorRef(None, 0, (), None, "float32", layout="other")
+
+
+def _device(kind: Any, index: Any = None) -> str:
+    if not isinstance(kind, str):
+        raise pickle.UnpicklingError("bad device")
+    return f"{kind}:{index}" if type(index) is int else kind
+
+
+def _encode(text: Any, encoding: Any = "latin1") -> bytes:
+    # protocol 2 pickles bytes as _codecs.encode(str, 'latin1')
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("unexpected _codecs.encode")
+    return text.encode("latin1")
+
+
+def _set(items: Any = ()) -> set:
+    return set(items)
+
+
+def _frozenset(items: Any = ()) -> frozenset:
+    return frozenset(items)
+
+
+def _layout(name: Any = None) -> str:
+    return str(name)
+
+
+_TORCH_UTILS = {
+    "_rebuild_tensor": _rebuild_tensor,
+    "_rebuild_tensor_v2": _rebuild_tensor_v2,
+    "_rebuild_tensor_v3": _rebuild_tensor_v3,
+    "_rebuild_parameter": _rebuild_parameter,
+    "_rebuild_parameter_with_state": _rebuild_parameter,
+    "_rebuild_qtensor": _rebuild_qtensor,
+    "_rebuild_meta_tensor_no_storage": _rebuild_meta,
+    "_rebuild_wrapper_subclass": _rebuild_wrapper_subclass,
+    "_rebuild_sparse_tensor": _rebuild_opaque,
+    "_rebuild_nested_tensor": _rebuild_opaque,
+    "_rebuild_device_tensor_from_numpy": _rebuild_opaque,
+    "_rebuild_device_tensor_from_cpu_tensor": _rebuild_opaque,
+}
+
+
+class UnpickleLog:
+    def __init__(self) -> None:
+        self.calls: list[str] = []  # stub globals that were called
+        self.globals: list[str] = []  # every global outside the allowlist
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file: io.BufferedIOBase, persistent: Callable[[Any], Any], log: UnpickleLog):
+        super().__init__(file, encoding="utf-8")
+        self._persistent = persistent
+        self._log = log
+        self._stubs: dict[str, type] = {}
+        self._allowed = self._allowlist()
+
+    def _allowlist(self) -> dict[tuple[str, str], Any]:
+        allowed: dict[tuple[str, str], Any] = {
+            ("collections", "OrderedDict"): PickledDict,
+            ("builtins", "set"): _Safe("set", _set),
+            ("builtins", "frozenset"): _Safe("frozenset", _frozenset),
+            ("_codecs", "encode"): _Safe("_codecs.encode", _encode),
+            ("torch", "Size"): _Safe("torch.Size", lambda v=(): _ints(v, "size")),
+            ("torch", "device"): _Safe("torch.device", _device),
+            ("torch.serialization", "_get_layout"): _Safe("_get_layout", _layout),
+            ("torch._tensor", "_rebuild_from_type_v2"):
+                _Safe("_rebuild_from_type_v2", _rebuild_from_type_v2),
+            ("copyreg", "_reconstructor"): _Safe("copyreg._reconstructor", self._reconstructor),
+            ("copyreg", "__newobj__"): _Safe("copyreg.__newobj__", self._newobj),
+            ("torch.storage", "UntypedStorage"): StorageType(None),
+            ("torch", "UntypedStorage"): StorageType(None),
+        }
+        for name, fn in _TORCH_UTILS.items():
+            allowed[("torch._utils", name)] = _Safe(name, fn)
+        for cls, dt in dtypes.STORAGE_TYPES.items():
+            allowed[("torch", cls)] = StorageType(dt)
+        return allowed
+
+    def _reconstructor(self, cls: Any, base: Any = None, state: Any = None) -> Any:
+        return self._newobj(cls)
+
+    def _newobj(self, cls: Any, *args: Any) -> Any:
+        if isinstance(cls, type) and issubclass(cls, Stub):
+            return cls.__new__(cls, *args)
+        raise pickle.UnpicklingError("object of an unexpected class")
+
+    def find_class(self, module: str, name: str) -> Any:
+        module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
+        found = self._allowed.get((module, name))
+        if found is not None:
+            return found
+        if module == "torch":
+            dt = dtypes.canonical(name)
+            if dt is not None:
+                return DTypeRef(dt)
+        return self._stub(f"{module}.{name}")
+
+    def _stub(self, full: str) -> type:
+        cls = self._stubs.get(full)
+        if cls is None:
+            self._log.globals.append(full)
+            cls = _StubMeta(full.rpartition(".")[2] or "stub", (Stub,),
+                            {"__stub_name__": full, "__stub_log__": self._log,
+                             "__module__": "bufinspect.stub"})
+            self._stubs[full] = cls
+        return cls
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self._persistent(pid)
+
+
+def load(file: io.BufferedIOBase, persistent: Callable[[Any], Any]) -> tuple[Any, UnpickleLog]:
+    """Unpickle one pickle from `file` with stubs for every foreign global.
+
+    Returns the object and a log of the foreign globals it named and the ones it called.
+    Raises whatever the pickle machine raises on corrupt input; callers turn that into InputError.
+    """
+    log = UnpickleLog()
+    obj = _Unpickler(file, persistent, log).load()
+    return obj, log
+
+
+def dangerous_calls(log: UnpickleLog) -> list[str]:
+    """Stub globals the pickle called that are not known to build plain data."""
+    return sorted({c for c in log.calls if c not in _INERT_CALLS})
+
+
+def storage_from_pid(pid: Any) -> StorageRef:
+    """Parse a zip-format persistent id: ('storage', StorageType, key, location, numel)."""
+    if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
+        raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+    _, stype, key, location, numel = pid
+    if not isinstance(stype, StorageType) or not isinstance(key, str) \
+            or not isinstance(location, str) or type(numel) is not int or numel < 0:
+        raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+    return StorageRef(key=key, dtype=stype.dtype, location=location, numel=numel)

@@ -1,0 +1,168 @@
+"""Find the containers in an unpickled checkpoint object: state dicts, modules, optimizers."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from bufinspect import dtypes
+from bufinspect.errors import InputError
+from bufinspect.formats._unpickle import PickledDict, Stub, TensorRef, stub_name, stub_state
+from bufinspect.model import Container, ContainerKind, Entry, Role, TensorData
+
+# budget for walking the object graph: a pickle can share one list a billion times over
+MAX_NODES = 2_000_000
+MAX_DEPTH = 200
+
+Locate = Callable[[TensorRef], TensorData | None]
+
+
+class Walker:
+    def __init__(self, path: str, locate: Locate):
+        self.path = path
+        self.locate = locate
+        self.nodes = 0
+        self.containers: list[Container] = []
+
+    # -- entries -----------------------------------------------------------------------------
+
+    def entry(self, container: str, key: str, t: TensorRef, role: Role, evidence: str,
+              persistent: bool | None = None) -> Entry:
+        device = t.storage.location if t.storage is not None else t.device
+        return Entry(
+            container=container, key=key, role=role, evidence=evidence, shape=t.shape,
+            dtype=t.dtype, device=device, nbytes=t.numel * dtypes.itemsize(t.dtype),
+            persistent=persistent, requires_grad=t.requires_grad, data=self.locate(t),
+        )
+
+    # -- the walk ----------------------------------------------------------------------------
+
+    def walk(self, obj: Any, path: list[str], depth: int = 0) -> None:
+        self.nodes += 1
+        if self.nodes > MAX_NODES or depth > MAX_DEPTH:
+            raise InputError("the pickled object graph is too large or too deep", self.path)
+        here = "/".join(path)
+        if isinstance(obj, TensorRef):
+            self.containers.append(Container(here, ContainerKind.TENSORS, (
+                self.entry(here, "tensor", obj, Role.OTHER, "container:tensor"),)))
+        elif isinstance(obj, dict):
+            self.mapping(obj, path, depth)
+        elif isinstance(obj, (list, tuple)):
+            loose = []
+            for i, v in enumerate(obj):
+                if isinstance(v, TensorRef):
+                    loose.append((str(i), v))
+                else:
+                    self.walk(v, path + [str(i)], depth + 1)
+            self.loose(here, loose)
+        elif isinstance(obj, Stub):
+            state = stub_state(obj)
+            if isinstance(state.get("_modules"), dict) and isinstance(state.get("_parameters"), dict):
+                self.module(obj, here)
+            else:
+                self.mapping(state, path, depth)
+
+    def mapping(self, obj: dict, path: list[str], depth: int) -> None:
+        here = "/".join(path)
+        if _is_state_dict(obj):
+            entries = tuple(self.entry(here, k, v, Role.UNKNOWN, "none")
+                            for k, v in obj.items() if isinstance(v, TensorRef))
+            meta = getattr(obj, "_metadata", None) if isinstance(obj, PickledDict) else None
+            versions = None
+            if isinstance(meta, dict):
+                versions = {k: v.get("version") for k, v in meta.items()
+                            if isinstance(k, str) and isinstance(v, dict)}
+            self.containers.append(Container(here, ContainerKind.STATE_DICT, entries,
+                                             module_versions=versions))
+            return
+        if _is_optimizer(obj):
+            self.optimizer(obj, here)
+            return
+        loose = []
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                continue
+            if isinstance(v, TensorRef):
+                loose.append((str(k), v))
+            else:
+                self.walk(v, path + [str(k)], depth + 1)
+        self.loose(here, loose)
+
+    def loose(self, here: str, items: list[tuple[str, TensorRef]]) -> None:
+        if items:
+            self.containers.append(Container(here, ContainerKind.TENSORS, tuple(
+                self.entry(here, k, t, Role.OTHER, "container:tensors") for k, t in items)))
+
+    def optimizer(self, obj: dict, here: str) -> None:
+        entries = []
+        state = obj.get("state")
+        if isinstance(state, dict):
+            for pid, slots in state.items():
+                if isinstance(slots, dict):
+                    for name, t in slots.items():
+                        if isinstance(t, TensorRef):
+                            entries.append(self.entry(here, f"state.{pid}.{name}", t, Role.OTHER,
+                                                      "container:optimizer"))
+        groups = tuple(g for g in obj.get("param_groups") or () if isinstance(g, dict))
+        clean = tuple({"params": [p for p in g.get("params", []) if type(p) is int],
+                       "param_names": [n for n in g.get("param_names", []) if isinstance(n, str)]}
+                      for g in groups)
+        self.containers.append(Container(here, ContainerKind.OPTIMIZER, tuple(entries),
+                                         param_groups=clean))
+
+    def module(self, root: Stub, here: str) -> None:
+        """A pickled nn.Module: roles are exact, non-persistent buffers included."""
+        entries: list[Entry] = []
+        classes: dict[str, str] = {}
+        stack: list[tuple[str, Any, int]] = [("", root, 0)]
+        while stack:
+            prefix, mod, depth = stack.pop()
+            self.nodes += 1
+            if self.nodes > MAX_NODES or depth > MAX_DEPTH:
+                raise InputError("the pickled module tree is too large or too deep", self.path)
+            if not isinstance(mod, Stub):
+                continue
+            classes[prefix] = stub_name(mod) or "?"
+            st = stub_state(mod)
+            params = st.get("_parameters") if isinstance(st.get("_parameters"), dict) else {}
+            buffers = st.get("_buffers") if isinstance(st.get("_buffers"), dict) else {}
+            nonpersistent = st.get("_non_persistent_buffers_set")
+            nonpersistent = nonpersistent if isinstance(nonpersistent, (set, frozenset)) else set()
+            dot = prefix + "." if prefix else ""
+            for name, t in params.items():
+                if isinstance(t, TensorRef) and isinstance(name, str):
+                    entries.append(self.entry(here, dot + name, t, Role.PARAMETER, "module:pickled"))
+            for name, t in buffers.items():
+                if isinstance(t, TensorRef) and isinstance(name, str):
+                    entries.append(self.entry(here, dot + name, t, Role.BUFFER, "module:pickled",
+                                              persistent=name not in nonpersistent))
+            children = st.get("_modules") if isinstance(st.get("_modules"), dict) else {}
+            for name, child in reversed(list(children.items())):
+                if isinstance(name, str):
+                    stack.append((dot + name, child, depth + 1))
+        self.containers.append(Container(here, ContainerKind.MODULE, tuple(entries),
+                                         module_classes=classes))
+
+
+def _is_state_dict(obj: dict) -> bool:
+    tensors = 0
+    for k, v in obj.items():
+        if not isinstance(k, str):
+            return False
+        if isinstance(v, TensorRef):
+            tensors += 1
+        elif not k.endswith("_extra_state"):
+            return False
+    return tensors > 0
+
+
+def _is_optimizer(obj: dict) -> bool:
+    return "state" in obj and "param_groups" in obj and isinstance(obj.get("param_groups"), list)
+
+
+def containers_of(root: Any, path: str, locate: Locate) -> tuple[Container, ...]:
+    w = Walker(path, locate)
+    try:
+        w.walk(root, [])
+    except RecursionError:
+        raise InputError("the pickled object graph is too deep", path) from None
+    return tuple(w.containers)

@@ -1,0 +1,110 @@
+"""`.safetensors` files: `<u64 header length><JSON header><data>`, parsed without the library."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from typing import Any
+
+from bufinspect import dtypes
+from bufinspect.errors import InputError
+from bufinspect.model import Checkpoint, Container, ContainerKind, Entry, Format, Role, TensorData
+
+MAX_HEADER = 100_000_000  # the safetensors library's own limit
+
+
+def looks_like(head: bytes) -> bool:
+    """True when the first bytes are a plausible safetensors prefix."""
+    if len(head) < 10:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= MAX_HEADER and head[8:9] == b"{"
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r:.80}")
+        out[k] = v
+    return out
+
+
+def parse_header(path: str, f: Any, size: int) -> tuple[dict[str, Any], dict[str, str], int]:
+    """Return (tensors, metadata, data start) after validating every field of the header."""
+    head = f.read(8)
+    if len(head) != 8:
+        raise InputError("file too short for a safetensors header", path)
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER:
+        raise InputError(f"safetensors header length {n} is too large", path)
+    if 8 + n > size:
+        raise InputError(f"safetensors header length {n} runs past the end of the file", path)
+    raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except UnicodeDecodeError:
+        raise InputError("safetensors header is not UTF-8", path) from None
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"invalid JSON in safetensors header ({str(exc)[:120]})", path) from None
+    if not isinstance(header, dict):
+        raise InputError("safetensors header is not a JSON object", path)
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise InputError("safetensors __metadata__ must map strings to strings", path)
+    data_start = 8 + n
+    data_size = size - data_start
+    spans = []
+    for key, info in header.items():
+        if not isinstance(info, dict):
+            raise InputError(f"tensor {key!r:.80} has no description", path)
+        code, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if code not in dtypes.SAFETENSORS and code not in dtypes.SAFETENSORS_PACKED:
+            raise InputError(f"tensor {key!r:.80} has unknown dtype {code!r:.20}", path)
+        if not isinstance(shape, list) or len(shape) > 64 or not all(
+                type(d) is int and 0 <= d < 1 << 62 for d in shape):
+            raise InputError(f"tensor {key!r:.80} has an invalid shape", path)
+        if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)
+                and 0 <= offs[0] <= offs[1] <= data_size):
+            raise InputError(f"tensor {key!r:.80} has offsets outside the file", path)
+        numel = math.prod(shape)
+        per = dtypes.SAFETENSORS_PACKED.get(code) or dtypes.itemsize(dtypes.SAFETENSORS[code])
+        if math.ceil(numel * per) != offs[1] - offs[0]:
+            raise InputError(f"tensor {key!r:.80}: shape and dtype need {math.ceil(numel * per)} "
+                             f"bytes but offsets give {offs[1] - offs[0]}", path)
+        spans.append((offs[0], offs[1], key))
+    spans.sort()
+    for (b0, e0, k0), (b1, e1, k1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise InputError(f"tensors {k0!r:.60} and {k1!r:.60} overlap", path)
+    return header, meta, data_start
+
+
+def entries_of(path: str, header: dict[str, Any], data_start: int, container: str = ""
+               ) -> list[Entry]:
+    """Entries in file order (the save order is lost: safetensors sorts its keys)."""
+    out = []
+    for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+        code = info["dtype"]
+        dtype = dtypes.SAFETENSORS.get(code, code.lower())
+        begin, end = info["data_offsets"]
+        out.append(Entry(
+            container=container, key=key, role=Role.UNKNOWN, evidence="none",
+            shape=tuple(info["shape"]), dtype=dtype, device=None, nbytes=end - begin,
+            data=TensorData(path, data_start + begin, end - begin) if code in dtypes.SAFETENSORS
+            else None,
+        ))
+    return out
+
+
+def read(path: str) -> Checkpoint:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header, meta, data_start = parse_header(path, f, size)
+    entries = entries_of(path, header, data_start)
+    return Checkpoint(path=path, format=Format.SAFETENSORS, size=size,
+                      containers=(Container("", ContainerKind.STATE_DICT, tuple(entries)),),
+                      metadata=meta)

@@ -1,0 +1,43 @@
+"""Checkpoint -> ShowReport: selection by container, role and key glob, optional statistics."""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable, Iterable
+
+from bufinspect.errors import UsageError
+from bufinspect.model import Checkpoint, Entry, Role, ShowReport
+
+
+def select(checkpoint: Checkpoint, *, containers: Iterable[str] = (), roles: Iterable[Role] = (),
+           filters: Iterable[str] = ()) -> list[Entry]:
+    """Entries of the chosen containers whose role and key match (all entries by default)."""
+    containers, roles, filters = list(containers), set(roles), list(filters)
+    known = {c.path for c in checkpoint.containers}
+    for c in containers:
+        if c not in known:
+            shown = ", ".join(repr(k) for k in sorted(known)) or "none"
+            raise UsageError(f"no container {c!r} (found: {shown})", checkpoint.path)
+    out = []
+    for e in checkpoint.entries:
+        if containers and e.container not in containers:
+            continue
+        if roles and e.role not in roles:
+            continue
+        if filters and not any(fnmatch.fnmatchcase(e.key, g) for g in filters):
+            continue
+        out.append(e)
+    return out
+
+
+def show(checkpoint: Checkpoint, *, containers: Iterable[str] = (), roles: Iterable[Role] = (),
+         filters: Iterable[str] = (), stats: bool = False,
+         progress: Callable[[int], None] | None = None) -> ShowReport:
+    """Build the `show` report; with `stats`, stream the selected tensors once for statistics."""
+    entries = select(checkpoint, containers=containers, roles=roles, filters=filters)
+    table = None
+    if stats:
+        from bufinspect.numeric import tensor_stats
+
+        table = tensor_stats(entries, progress)
+    return ShowReport(checkpoint, tuple(entries), table)

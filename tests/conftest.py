@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_checkpoints"
+sys.path.insert(0, str(SAMPLES))  # sample_modules, for live modules and pickled-module samples
+
+
+@pytest.fixture
+def samples() -> Path:
+    return SAMPLES
+
+
+@pytest.fixture
+def cli():
+    from bufinspect.cli import app
+
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return run
+
+
+@pytest.fixture
+def cli_json(cli):
+    def run(*args: str, code: int = 0):
+        result = cli(*args, "--format", "json")
+        assert result.exit_code == code, result.stderr + result.stdout
+        return json.loads(result.stdout)
+
+    return run
+
+
+def torch_listing(path) -> dict[str, tuple[tuple[int, ...], str, str]]:
+    """What torch itself reports: key -> (shape, dtype, saved device), tags kept by map_location."""
+    import torch
+
+    locations: dict[int, str] = {}
+
+    def keep(storage, location):
+        locations[storage.data_ptr()] = location
+        return storage
+
+    obj = torch.load(path, map_location=keep, weights_only=True)
+    out = {}
+
+    def walk(o, prefix):
+        if isinstance(o, torch.Tensor):
+            out[prefix] = (tuple(o.shape), str(o.dtype).removeprefix("torch."),
+                           locations.get(o.untyped_storage().data_ptr(), "cpu"))
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                walk(v, f"{prefix}/{k}" if prefix else str(k))
+
+    walk(obj, "")
+    return out
