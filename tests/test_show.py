@@ -243,3 +243,11 @@ def test_version_and_module_entry_point():
     r = subprocess.run([sys.executable, "-m", "bufinspect", "--version"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == f"bufinspect {bufinspect.__version__}"
+
+
+def test_keep_vars_state_dict_marks_parameters(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    torch.save(model.state_dict(keep_vars=True), tmp_path / "kv.pt")
+    roles = {e.key: (e.role, e.evidence) for e in bufinspect.load(tmp_path / "kv.pt").entries}
+    assert roles["0.weight"] == (Role.PARAMETER, "pickle:Parameter")
+    assert roles["1.running_var"][0] is Role.BUFFER

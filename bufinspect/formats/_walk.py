@@ -64,8 +64,11 @@ class Walker:
     def mapping(self, obj: dict, path: list[str], depth: int) -> None:
         here = "/".join(path)
         if _is_state_dict(obj):
-            entries = tuple(self.entry(here, k, v, Role.UNKNOWN, "none")
-                            for k, v in obj.items() if isinstance(v, TensorRef))
+            # a keep_vars=True state dict pickles nn.Parameter objects: exact evidence
+            entries = tuple(
+                self.entry(here, k, v, Role.PARAMETER, "pickle:Parameter") if v.is_parameter
+                else self.entry(here, k, v, Role.UNKNOWN, "none")
+                for k, v in obj.items() if isinstance(v, TensorRef))
             meta = getattr(obj, "_metadata", None) if isinstance(obj, PickledDict) else None
             versions = None
             if isinstance(meta, dict):
