@@ -38,6 +38,15 @@ def read(path: str) -> Checkpoint:
     if kind == "zip":
         from bufinspect.formats import torch_zip
 
+        sub = zip_kind(path)
+        if sub == "torchscript":
+            from bufinspect.formats import torchscript
+
+            return torchscript.read(path)
+        if sub == "export":
+            from bufinspect.formats import torch_export
+
+            return torch_export.read(path)
         return torch_zip.read(path)
     if kind == "legacy":
         from bufinspect.formats import torch_legacy
@@ -46,3 +55,22 @@ def read(path: str) -> Checkpoint:
     from bufinspect.formats import safetensors_fmt
 
     return safetensors_fmt.read(path)
+
+
+def zip_kind(path: str) -> str:
+    """`torchscript` (a `code/` folder), `export` (`archive_format` says pt2) or `torch-save`."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            fmt = next((n for n in names if n == "archive_format"
+                        or n.endswith("/archive_format")), None)
+            if fmt is not None and z.getinfo(fmt).file_size < 64 \
+                    and z.read(fmt).strip() == b"pt2":
+                return "export"
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError):
+        return "torch-save"  # the torch.save reader reports what is wrong
+    from bufinspect.formats import torchscript
+
+    return "torchscript" if torchscript.is_torchscript(names) else "torch-save"
