@@ -20,6 +20,9 @@ from bufinspect.formats._walk import MAX_DEPTH, MAX_NODES, Walker
 from bufinspect.formats.torch_zip import ZipArchive
 from bufinspect.model import Checkpoint, Container, ContainerKind, Format, Role
 
+_JIT_DATA = {f"torch.jit._pickle.{n}" for n in (
+    "build_tensorlist", "build_intlist", "build_doublelist", "build_boollist",
+    "build_tensor_from_id", "restore_type_tag")}
 _CLASS = re.compile(r"^class\s+(\w+)\s*\(", re.M)
 _DECL = re.compile(r"^\s+__(parameters|buffers)__\s*=\s*(\[[^\]]*\])", re.M)
 
@@ -62,6 +65,8 @@ def read(path: str) -> Checkpoint:
             raise InputError("TorchScript archive without data.pkl", path)
         arc.prefix = pkl[: -len("data.pkl")]
         obj, log = _torch_common.unpickle(path, io.BytesIO(arc.read(pkl)), storage_from_pid)
+        # TorchScript's own list/type helpers only build data; anything else is refused
+        log.calls = [c for c in log.calls if c not in _JIT_DATA]
         _torch_common.refuse_calls(path, log)
         decl = declarations(arc)
         locate = _torch_common.make_locator(
