@@ -45,14 +45,18 @@ _PARAM_SHAPED = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "
 Decision = tuple[Role, str]
 
 
-def assign(checkpoint: Checkpoint, annotations: dict[str, dict[str, Any]] | None = None
+def assign(checkpoint: Checkpoint, annotations: dict[str, dict[str, Role]] | None = None
            ) -> Checkpoint:
     """Return `checkpoint` with a role and evidence on every state-dict entry.
 
-    `annotations` maps a container path to roles bufinspect wrote earlier
-    (`{"roles": {key: "parameter"|"buffer"}}`), used as exact evidence where they match the keys.
+    `annotations` maps a container path to `{key: role}` that bufinspect wrote earlier (read from
+    the file's sidecar or safetensors metadata when not given), used as exact evidence.
     """
     state_dicts = [c for c in checkpoint.containers if c.kind is ContainerKind.STATE_DICT]
+    if annotations is None and state_dicts:
+        from bufinspect.annotate import read_annotations
+
+        annotations = read_annotations(checkpoint)
     optimizers = [c for c in checkpoint.containers if c.kind is ContainerKind.OPTIMIZER]
     ordered = checkpoint.format in _ORDERED
     out = []
