@@ -92,3 +92,49 @@ def test_torchscript_stats(tmp_path, cli_json):
     stats = {e["key"]: e["stats"] for e in doc["entries"]}
     assert stats["1.running_var"]["min"] == 2.5
     assert abs(stats["0.weight"]["max"] - m[0].weight.max().item()) < 1e-6
+
+
+class _Boom:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _replace_member(src, dst, suffix, data):
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info, data if info.filename.endswith(suffix) else zin.read(info))
+
+
+def test_torchscript_pickle_that_calls_code_is_refused(tmp_path, cli):
+    import pickle
+
+    m = nn.Linear(2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(m), tmp_path / "ok.pt")
+    marker = tmp_path / "ran"
+    _replace_member(tmp_path / "ok.pt", tmp_path / "bad.pt", "/data.pkl",
+                    pickle.dumps({"x": _Boom(marker)}, protocol=2))
+    r = cli("show", tmp_path / "bad.pt")
+    assert r.exit_code == 2 and "refusing" in r.stderr
+    assert not marker.exists()
+
+
+def test_export_never_unpickles_sample_inputs(tmp_path):
+    import pickle
+
+    m = ExportNet().eval()
+    ep = torch.export.export(m, (torch.randn(2, 3, 4, 4), torch.tensor([1, 2])))
+    torch.export.save(ep, tmp_path / "ok.pt2")
+    marker = tmp_path / "ran"
+    _replace_member(tmp_path / "ok.pt2", tmp_path / "bad.pt2", "sample_inputs/model.pt",
+                    pickle.dumps(_Boom(marker)))
+    exact(tmp_path / "bad.pt2", m)
+    assert not marker.exists()

@@ -100,8 +100,14 @@ def _module_tree(path: str, root: Any, decl: dict[str, tuple[list[str], list[str
                 t = state.get(n)
                 if isinstance(t, TensorRef):
                     entries.append(w.entry("", dot + n, t, role, "module:torchscript"))
+        declared = set(params) | set(buffers)
+        for n, t in state.items():  # tensor attributes: module constants, or undeclared classes
+            if isinstance(n, str) and n not in declared and isinstance(t, TensorRef):
+                role, evidence = ((Role.OTHER, "module:torchscript-attribute") if cls in decl
+                                  else (Role.UNKNOWN, "none"))
+                entries.append(w.entry("", dot + n, t, role, evidence))
         children = [(k, v) for k, v in state.items() if isinstance(k, str) and isinstance(v, Stub)
-                    and (stub_name(v) or "") in decl]
+                    and (stub_name(v) or "").startswith("__torch__.")]
         for k, v in reversed(children):
             stack.append((dot + k, v, depth + 1))
     return Container("", ContainerKind.MODULE, tuple(entries), module_classes=classes)
