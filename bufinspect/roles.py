@@ -29,7 +29,7 @@ import re
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from bufinspect import dtypes
 from bufinspect.model import Checkpoint, Container, ContainerKind, Entry, Format, Role
@@ -111,11 +111,11 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
     by_module: dict[str, list[Entry]] = defaultdict(list)
     for e in entries:
         by_module[e.module].append(e)
-    layer_matched: list[str] = []
+    layer_matched: set[str] = set()
     for module, own in by_module.items():
         found = match_layer(module, own, c.module_versions)
         if found:
-            layer_matched.append(module)
+            layer_matched.add(module)
         for key, (role, evidence) in found.items():
             votes.add(key, role, evidence)
     for e in entries:
@@ -148,6 +148,7 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
 # ---- layer signatures ----------------------------------------------------------------------
 
 
+@lru_cache(maxsize=65536)
 def pattern(name: str) -> str:
     """A tensor name with digit runs replaced by `#` (`weight_ih_l1` -> `weight_ih_l#`)."""
     return _DIGITS.sub("#", name)
@@ -189,7 +190,8 @@ def _fits(sig: dict[str, Any], own: list[Entry]) -> bool:
     return True
 
 
-def _label(classes: Iterable[str]) -> str:
+@lru_cache(maxsize=1024)
+def _label(classes: tuple[str, ...]) -> str:
     """`BatchNorm|InstanceNorm|SyncBatchNorm` from the classes of the matching signatures."""
     names = sorted({re.sub(r"[123]d$", "", c) for c in classes})
     public = [n for n in names if not n.startswith(("_", "NonDynamically"))] or names
@@ -199,15 +201,16 @@ def _label(classes: Iterable[str]) -> str:
 def match_layer(module: str, own: list[Entry], versions: dict[str, int] | None
                 ) -> dict[str, Decision]:
     """Roles for a module whose whole own key set matches torch.nn / torch.ao layer signatures."""
-    if len({e.name for e in own}) != len(own):
+    names = frozenset(pattern(e.name) for e in own)
+    candidates = layer_table().get(names, []) if len(names) <= len(own) else []
+    if not candidates or len({e.name for e in own}) != len(own):
         return {}
-    candidates = layer_table().get(frozenset(pattern(e.name) for e in own), [])
     if versions is not None:
         candidates = [s for s in candidates if versions.get(module) == s["version"]]
     fitting = [s for s in candidates if _fits(s, own)]
     if not fitting:
         return {}
-    evidence = "layer:" + _label(c for s in fitting for c in s["classes"])
+    evidence = "layer:" + _label(tuple(c for s in fitting for c in s["classes"]))
     out = {}
     for e in own:
         roles = {s["tensors"][pattern(e.name)][0] for s in fitting}
@@ -228,7 +231,7 @@ def _by_dtype(e: Entry) -> Decision | None:
 
 
 def _order_consistent(entries: list[Entry], by_module: dict[str, list[Entry]],
-                      layer_matched: list[str], votes: _Votes, has_metadata: bool) -> bool:
+                      layer_matched: set[str], votes: _Votes, has_metadata: bool) -> bool:
     """True when the keys are in `state_dict()` order: own keys contiguous, before descendants,
     parameters before buffers in every module whose roles are known; without `_metadata`, a
     layer holding both parameters and buffers must witness it."""
