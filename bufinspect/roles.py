@@ -110,6 +110,9 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
             votes.add(key, role, "metadata:bufinspect")
     by_module: dict[str, list[Entry]] = defaultdict(list)
     for e in entries:
+        if e.name == "_extra_state":  # get_extra_state(): module state, neither role
+            votes.conflicts.setdefault(e.key, "extra-state")
+            continue
         by_module[e.module].append(e)
     layer_matched: set[str] = set()
     for module, own in by_module.items():
@@ -310,7 +313,8 @@ def _optimizer_evidence(entries: list[Entry], opt: Container, votes: _Votes, ord
             continue  # a tied parameter: model.parameters() yields it once
         if alias is not None:
             seen.add(alias)
-        if votes.role(e.key) is Role.BUFFER or _kind(e.dtype) != "float":
+        if votes.role(e.key) is Role.BUFFER or _kind(e.dtype) != "float" \
+                or e.name == "_extra_state":
             continue
         cands.append(e)
     n, m = len(want), len(cands)

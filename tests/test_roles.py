@@ -276,3 +276,25 @@ def test_listing_does_not_import_torch(tmp_path, samples):
     out = subprocess.run([sys.executable, "-c", code, str(samples / "train_adam.pt")],
                          capture_output=True, text=True, check=True)
     assert int(out.stdout) == 42
+
+
+def test_extra_state_tensor_gets_no_role(tmp_path):
+    """`get_extra_state()` returning a tensor: after the buffers, yet not a buffer."""
+    class Extra(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("n", torch.zeros((), dtype=torch.int64))
+
+        def get_extra_state(self):
+            return torch.ones(2)
+
+        def set_extra_state(self, state):
+            pass
+
+    m = nn.Module()
+    m.e = Extra()
+    torch.save(m.state_dict(), tmp_path / "x.pt")
+    got = {e.key: e for e in bufinspect.load(tmp_path / "x.pt").entries}
+    assert got["e._extra_state"].role is Role.UNKNOWN
+    assert got["e._extra_state"].evidence == "extra-state"
+    assert got["e.n"].role is Role.BUFFER

@@ -61,6 +61,12 @@ def test_model_option_exact(factories, cli, cli_json):
     (match,) = doc["model"]["containers"]
     assert match["missing"] == [] and match["file_only"] == []
     assert match["nonpersistent_absent"] == ["zoo.cache"]
+    import jsonschema
+    from importlib import resources
+
+    schema = json.loads(resources.files("bufinspect").joinpath("schema/bufinspect-1.json")
+                        .read_text())
+    jsonschema.validate(doc, schema)
 
 
 def test_model_option_strips_wrapper_prefix(factories, cli_json):
