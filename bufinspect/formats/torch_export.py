@@ -54,8 +54,9 @@ def _device(d: Any) -> str | None:
     return f"{d['type']}:{idx}" if type(idx) is int else d["type"]
 
 
-def read(path: str) -> Checkpoint:
-    arc = ZipArchive(path)
+def read(path: str, arc: ZipArchive | None = None) -> Checkpoint:
+    """Read the archive's metadata (`arc`: the already opened zip, closed here)."""
+    arc = arc or ZipArchive(path)
     try:
         fmt = next(n for n in arc.infos if n.endswith("archive_format"))
         arc.prefix = fmt[: -len("archive_format")]

@@ -57,8 +57,9 @@ def declarations(arc: ZipArchive) -> dict[str, tuple[list[str], list[str]]]:
     return out
 
 
-def read(path: str) -> Checkpoint:
-    arc = ZipArchive(path)
+def read(path: str, arc: ZipArchive | None = None) -> Checkpoint:
+    """Read the archive's metadata (`arc`: the already opened zip, closed here)."""
+    arc = arc or ZipArchive(path)
     try:
         pkl = next((n for n in arc.infos if n.endswith("data.pkl") and n.count("/") <= 1), None)
         if pkl is None:
