@@ -298,3 +298,11 @@ def test_extra_state_tensor_gets_no_role(tmp_path):
     assert got["e._extra_state"].role is Role.UNKNOWN
     assert got["e._extra_state"].evidence == "extra-state"
     assert got["e.n"].role is Role.BUFFER
+
+
+def test_summary_counts_evidence_kinds(cli, cli_json, samples):
+    doc = cli_json("show", samples / "train_adam.pt")
+    assert doc["summary"]["evidence"] == {"container": 27, "layer": 6, "optimizer": 9}
+    out = cli("show", samples / "train_adam.pt", "--explain").stdout
+    assert "container 27, layer 6, optimizer 9" in out
+    assert "optimizer:state-shapes" in out and "layer:BatchNorm" in out

@@ -84,10 +84,10 @@ def _module_tree(path: str, root: Any, decl: dict[str, tuple[list[str], list[str
     if not isinstance(root, Stub):
         raise InputError("TorchScript data.pkl does not hold a module", path)
     entries, classes = [], {}
-    stack: list[tuple[str, Any, int]] = [("", root, 0)]
+    stack: list[tuple[str, Any, int, tuple[int, ...]]] = [("", root, 0, ())]
     nodes = 0
     while stack:
-        prefix, mod, depth = stack.pop()
+        prefix, mod, depth, above = stack.pop()
         nodes += 1
         if nodes > MAX_NODES or depth > MAX_DEPTH:
             raise InputError("the TorchScript module tree is too large or too deep", path)
@@ -110,5 +110,6 @@ def _module_tree(path: str, root: Any, decl: dict[str, tuple[list[str], list[str
         children = [(k, v) for k, v in state.items() if isinstance(k, str) and isinstance(v, Stub)
                     and (stub_name(v) or "").startswith("__torch__.")]
         for k, v in reversed(children):
-            stack.append((dot + k, v, depth + 1))
+            if id(v) not in above and v is not mod:  # a cycle cannot be a module tree
+                stack.append((dot + k, v, depth + 1, above + (id(mod),)))
     return Container("", ContainerKind.MODULE, tuple(entries), module_classes=classes)
