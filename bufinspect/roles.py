@@ -80,9 +80,14 @@ class _Votes:
     def __init__(self) -> None:
         self.decided: dict[str, Decision] = {}
         self.conflicts: dict[str, str] = {}
+        self.exact: set[str] = set()  # decided by the module itself: inference cannot overrule
 
-    def add(self, key: str, role: Role, evidence: str) -> None:
-        if key in self.conflicts:
+    def add(self, key: str, role: Role, evidence: str, exact: bool = False) -> None:
+        if key in self.conflicts or key in self.exact:
+            return
+        if exact:
+            self.exact.add(key)
+            self.decided[key] = (role, evidence)
             return
         have = self.decided.get(key)
         if have is None:
@@ -104,10 +109,10 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
     votes = _Votes()
     for e in entries:
         if e.role is not Role.UNKNOWN:  # a reader already knew
-            votes.add(e.key, e.role, e.evidence)
+            votes.add(e.key, e.role, e.evidence, exact=True)
     if annotation:
         for key, role in annotation.items():
-            votes.add(key, role, "metadata:bufinspect")
+            votes.add(key, role, "metadata:bufinspect", exact=True)
     by_module: dict[str, list[Entry]] = defaultdict(list)
     for e in entries:
         if e.name == "_extra_state":  # get_extra_state(): module state, neither role

@@ -155,3 +155,20 @@ def test_save_roundtrip_exact(tmp_path, suffix):
     for e in got:
         assert e.role is want[e.key][0] and e.evidence == "metadata:bufinspect", e.key
     assert all(e.role is not Role.UNKNOWN for e in got)
+
+
+def test_annotation_overrules_a_lookalike_layer(tmp_path):
+    """A custom module whose keys look like Linear's, with `bias` a buffer: the saved roles win."""
+    class Fake(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(2, 3))
+            self.register_buffer("bias", torch.zeros(2))
+
+    m = nn.Module()
+    m.fake = Fake()
+    # a plain state dict of this module is indistinguishable from a Linear's (see the report)
+    bufinspect.save(m, tmp_path / "saved.pt")
+    got = {e.key: e for e in bufinspect.load(tmp_path / "saved.pt").entries}
+    assert got["fake.bias"].role is Role.BUFFER and got["fake.bias"].evidence == "metadata:bufinspect"
+    assert got["fake.weight"].role is Role.PARAMETER
