@@ -263,7 +263,7 @@ def save(model: Any, path: str, metadata: dict[str, str] | None = None) -> str:
 
         tensors, seen = {}, {}
         for k, v in sd.items():  # safetensors refuses shared memory: give tied copies their own
-            ptr = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+            ptr = v.untyped_storage().data_ptr()
             tensors[k] = v.detach().clone().contiguous() if ptr in seen else v.contiguous()
             seen[ptr] = k
         save_file(tensors, path, metadata={**(metadata or {}), META_KEY: json.dumps(doc)})
