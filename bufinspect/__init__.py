@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BufinspectError", "Checkpoint", "Container", "Entry", "InputError", "Role", "ShowReport",
-    "UnsafeInputError", "UsageError", "load", "show", "__version__",
+    "UnsafeInputError", "UsageError", "load", "save", "show", "__version__",
 ]
 
 
@@ -50,3 +50,20 @@ def show(path: str, *, stats: bool = False, **select) -> ShowReport:
     from bufinspect import listing
 
     return listing.show(load(path), stats=stats, **select)
+
+
+def save(model, path: str, metadata: dict[str, str] | None = None) -> str:
+    """Save `model`'s weights with their roles, so `bufinspect` reads the roles back exactly.
+
+    Args:
+        model: an `nn.Module`.
+        path: `*.safetensors` (roles in the header's `__metadata__` under `bufinspect.roles`) or
+            any other name (a `torch.save` state dict plus a `<path>.bufinspect.json` sidecar).
+        metadata: extra string metadata for safetensors files.
+
+    Returns:
+        The path of the file that holds the roles.
+    """
+    from bufinspect import annotate
+
+    return annotate.save(model, str(path), metadata)

@@ -120,15 +120,23 @@ def show(
                                         "first N components of their module path."),
     explain: bool = typer.Option(False, "--explain", help="List every entry with the evidence "
                                  "that decided its role."),
+    model: Optional[str] = typer.Option(None, "--model", metavar="MODULE:FACTORY",
+                                        help="Take roles from your model: imports MODULE and "
+                                        "calls FACTORY (or CLASS) with no arguments on the meta "
+                                        "device. This RUNS YOUR CODE (never the checkpoint's); "
+                                        "it is the only option that does."),
 ) -> None:
     """List every tensor of a checkpoint: buffers first, then parameters by module.
 
-    Reads metadata only (no tensor data, no torch import) unless --stats is given.
+    Reads metadata only (no tensor data, no torch import) unless --stats or --model is given.
     """
     from bufinspect import listing, load, render
 
+    matches = []
     with handled(path):
         ck = load(path)
+        if model is not None:
+            ck, matches = _apply_model(ck, model)
         entries = listing.select(ck, containers=container or (), roles=role or (),
                                  filters=filter or ())
         bar, progress = (None, None)
@@ -142,7 +150,10 @@ def show(
             report = listing.show(ck, containers=container or (), roles=role or (),
                                   filters=filter or (), stats=stats)
     if format is ShowFormat.JSON:
-        sys.stdout.write(render.to_json(report.to_dict()) + "\n")
+        doc = report.to_dict()
+        if model is not None:
+            doc["model"] = {"spec": model, "containers": [m.to_dict() for m in matches]}
+        sys.stdout.write(render.to_json(doc) + "\n")
     elif format is ShowFormat.MARKDOWN:
         sys.stdout.write(render.render_show_markdown(report, depth=depth, explain=explain))
     elif format is ShowFormat.TABLE:
@@ -158,6 +169,50 @@ def show(
 
 
 # ---- annotate and other role commands (issue: roles) -------------------------------------
+
+
+def _apply_model(ck, spec: str):
+    """Roles from the user's model; missing persistent state is a warning on stderr."""
+    from bufinspect import annotate
+
+    ck, matches = annotate.apply_model(ck, spec)
+    for m in matches:
+        where = f" (container {m.container!r})" if m.container else ""
+        if m.missing:
+            shown = ", ".join(m.missing[:5]) + (" ..." if len(m.missing) > 5 else "")
+            _stderr(f"bufinspect: warning: {ck.path}{where}: the model has state the file lacks: "
+                    f"{shown}")
+        if m.file_only:
+            shown = ", ".join(m.file_only[:5]) + (" ..." if len(m.file_only) > 5 else "")
+            _stderr(f"bufinspect: note: {ck.path}{where}: keys the model lacks: {shown}")
+    return ck, matches
+
+
+@app.command()
+def annotate(
+    path: str = typer.Argument(..., help="Checkpoint to annotate (.pt .pth .bin .ckpt "
+                               ".safetensors)."),
+    model: str = typer.Option(..., "--model", metavar="MODULE:FACTORY",
+                              help="Your model: imports MODULE and calls FACTORY (or CLASS) with "
+                              "no arguments on the meta device. This RUNS YOUR CODE."),
+) -> None:
+    """Record every tensor's role from your model, so later reads need no model.
+
+    A .safetensors file gets the roles in its header metadata (`bufinspect.roles`, rewritten by
+    streaming); any other file gets a sidecar `<file>.bufinspect.json` that carries a fingerprint
+    of the file, so a stale sidecar is ignored. Exit 2 when the model does not fit the file.
+    """
+    from bufinspect import annotate as ann
+    from bufinspect import load
+
+    with handled(path):
+        ck, matches = _apply_model(load(path), model)
+        if not matches or any(m.matched == 0 for m in matches):
+            from bufinspect.errors import UsageError
+
+            raise UsageError(f"the model {model} matches no key of the file", path)
+        written = ann.write_annotations(ck)
+    _stderr(f"bufinspect: wrote roles of {sum(m.matched for m in matches)} tensors to {written}")
 
 
 def main() -> None:

@@ -2,80 +2,347 @@
 
 Readers that hold the module itself (a pickled module, TorchScript, an export signature) set exact
 roles. For plain state dicts the rules below decide what the file proves and leave the rest
-`unknown`: a wrong definite role is a bug, `unknown` is an honest answer.
+`unknown`: a wrong definite role is a bug, `unknown` is an honest answer. Rules, strongest first:
 
+- `metadata:bufinspect`: roles bufinspect itself wrote (sidecar or safetensors metadata), checked
+  against the file's keys;
+- `layer:<Class>`: a module's whole own key set, dimensions, dtype kinds, equal-shape groups and
+  `_metadata` version match a torch.nn / torch.ao layer signature (bufinspect/data/layers.json,
+  built by introspecting torch: scripts/make_layer_table.py);
+- `dtype:<dtype>`: integer and bool tensors cannot be trainable parameters;
+- `optimizer:param_names` / `optimizer:state-shapes`: an optimizer saved beside the state dict
+  names its parameters, or its parameter ids and state shapes align with the state dict's keys in
+  exactly one way;
+- `order:after-buffer` / `order:before-parameter`: inside one module's own keys a state dict
+  lists parameters before buffers, so keys after a known buffer are buffers and keys before a
+  known parameter are parameters (only where the file kept the state dict's order).
+
+Two rules that disagree leave the entry `unknown` with evidence `conflict:<a>/<b>`.
 Evidence strings are `kind:detail`; the kind (before the colon) is what the summary counts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from collections import defaultdict
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 from bufinspect import dtypes
-from bufinspect.model import Checkpoint, Container, ContainerKind, Entry, Role
+from bufinspect.model import Checkpoint, Container, ContainerKind, Entry, Format, Role
 
-# normalization layers whose running statistics are buffers; `_metadata` version 2 marks them
-_NORM_BUFFERS = {"running_mean", "running_var", "num_batches_tracked"}
-_NORM_PARAMS = {"weight", "bias"}
+LAYER_TABLE = Path(__file__).with_name("data") / "layers.json"
+_DIGITS = re.compile(r"\d+")
+# formats whose state dicts keep the order `Module.state_dict()` produced
+_ORDERED = {Format.TORCH_ZIP, Format.TORCH_LEGACY}
+# optimizer state slots that have their parameter's shape
+_PARAM_SHAPED = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg",
+                 "acc_delta", "sum", "ax", "exp_inf", "grad_avg", "prev"}
 
-
-def assign(checkpoint: Checkpoint) -> Checkpoint:
-    """Return `checkpoint` with a role and evidence on every state-dict entry."""
-    containers = tuple(
-        _infer_state_dict(c) if c.kind is ContainerKind.STATE_DICT else c
-        for c in checkpoint.containers
-    )
-    return dataclasses.replace(checkpoint, containers=containers)
+Decision = tuple[Role, str]
 
 
-def _infer_state_dict(c: Container) -> Container:
-    by_module: dict[str, list[Entry]] = defaultdict(list)
-    for e in c.entries:
-        by_module[e.module].append(e)
-    decided: dict[str, tuple[Role, str]] = {}
-    for module, own in by_module.items():
-        decided.update(_norm_layer(module, own, c.module_versions))
+def assign(checkpoint: Checkpoint, annotations: dict[str, dict[str, Role]] | None = None
+           ) -> Checkpoint:
+    """Return `checkpoint` with a role and evidence on every state-dict entry.
+
+    `annotations` maps a container path to `{key: role}` that bufinspect wrote earlier (read from
+    the file's sidecar or safetensors metadata when not given), used as exact evidence.
+    """
+    state_dicts = [c for c in checkpoint.containers if c.kind is ContainerKind.STATE_DICT]
+    if annotations is None and state_dicts:
+        from bufinspect.annotate import read_annotations
+
+        annotations = read_annotations(checkpoint)
+    optimizers = [c for c in checkpoint.containers if c.kind is ContainerKind.OPTIMIZER]
+    ordered = checkpoint.format in _ORDERED
     out = []
-    for e in c.entries:
-        if e.role is not Role.UNKNOWN:
+    for c in checkpoint.containers:
+        if c.kind is ContainerKind.STATE_DICT:
+            paired = optimizers if len(state_dicts) == 1 else [
+                o for o in optimizers if _names_fit(o, c)]
+            ann = (annotations or {}).get(c.path)
+            c = _infer_state_dict(c, paired, ordered, ann)
+        out.append(c)
+    return dataclasses.replace(checkpoint, containers=tuple(out))
+
+
+# when rules agree, the strongest one is named
+_RANK = {"module": 0, "metadata": 1, "optimizer": 2, "layer": 3, "dtype": 4, "order": 5}
+
+
+class _Votes:
+    """Decisions per key; a disagreement turns the key into a conflict (role unknown)."""
+
+    def __init__(self) -> None:
+        self.decided: dict[str, Decision] = {}
+        self.conflicts: dict[str, str] = {}
+        self.exact: set[str] = set()  # decided by the module itself: inference cannot overrule
+
+    def add(self, key: str, role: Role, evidence: str, exact: bool = False) -> None:
+        if key in self.conflicts or key in self.exact:
+            return
+        if exact:
+            self.exact.add(key)
+            self.decided[key] = (role, evidence)
+            return
+        have = self.decided.get(key)
+        if have is None:
+            self.decided[key] = (role, evidence)
+        elif have[0] is not role:
+            del self.decided[key]
+            self.conflicts[key] = f"conflict:{have[1]}/{evidence}"
+        elif _RANK.get(evidence.partition(":")[0], 9) < _RANK.get(have[1].partition(":")[0], 9):
+            self.decided[key] = (role, evidence)
+
+    def role(self, key: str) -> Role | None:
+        d = self.decided.get(key)
+        return d[0] if d else None
+
+
+def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
+                      annotation: dict[str, Any] | None) -> Container:
+    entries = list(c.entries)
+    votes = _Votes()
+    for e in entries:
+        if e.role is not Role.UNKNOWN:  # a reader already knew
+            votes.add(e.key, e.role, e.evidence, exact=True)
+    if annotation:
+        for key, role in annotation.items():
+            votes.add(key, role, "metadata:bufinspect", exact=True)
+    by_module: dict[str, list[Entry]] = defaultdict(list)
+    for e in entries:
+        if e.name == "_extra_state":  # get_extra_state(): module state, neither role
+            votes.conflicts.setdefault(e.key, "extra-state")
+            continue
+        by_module[e.module].append(e)
+    layer_matched: set[str] = set()
+    for module, own in by_module.items():
+        found = match_layer(module, own, c.module_versions)
+        if found:
+            layer_matched.add(module)
+        for key, (role, evidence) in found.items():
+            votes.add(key, role, evidence)
+    for e in entries:
+        d = _by_dtype(e)
+        if d:
+            votes.add(e.key, *d)
+    order_ok = ordered and _order_consistent(entries, by_module, layer_matched, votes,
+                                             c.module_versions is not None)
+    for opt in optimizers:
+        for key, (role, evidence) in _optimizer_evidence(entries, opt, votes, order_ok).items():
+            votes.add(key, role, evidence)
+    if order_ok:
+        for module, own in by_module.items():
+            for key, (role, evidence) in _by_order(own, votes).items():
+                votes.add(key, role, evidence)
+    out = []
+    for e in entries:
+        if e.key in votes.conflicts:
+            role, evidence = Role.UNKNOWN, votes.conflicts[e.key]
+        else:
+            role, evidence = votes.decided.get(e.key, (Role.UNKNOWN, "none"))
+        if role is e.role and evidence == e.evidence:
             out.append(e)
             continue
-        role, evidence = decided.get(e.key) or _by_dtype(e) or (Role.UNKNOWN, "none")
         persistent = True if role is Role.BUFFER else None  # a state dict holds persistent ones
         out.append(dataclasses.replace(e, role=role, evidence=evidence, persistent=persistent))
     return dataclasses.replace(c, entries=tuple(out))
 
 
-def _norm_layer(module: str, own: list[Entry], versions: dict[str, int] | None
-                ) -> dict[str, tuple[Role, str]]:
-    """BatchNorm/InstanceNorm with running statistics: the whole key set and shapes must match."""
-    names = {e.name: e for e in own}
-    if len(names) != len(own) or not {"running_mean", "running_var"} <= names.keys():
-        return {}
-    if not names.keys() <= _NORM_BUFFERS | _NORM_PARAMS:
-        return {}
-    if versions is not None and versions.get(module) != 2:
-        return {}  # `_metadata` says this module is not of the BatchNorm/InstanceNorm family
-    channels = names["running_mean"].shape
-    if len(channels) != 1:
-        return {}
-    for n, e in names.items():
-        want = () if n == "num_batches_tracked" else channels
-        if e.shape != want:
-            return {}
-        if n == "num_batches_tracked" and e.dtype != "int64":
-            return {}
-        if n != "num_batches_tracked" and not dtypes.is_floating(e.dtype):
-            return {}
-    evidence = "layer:BatchNorm" + ("+metadata" if versions is not None else "")
-    return {e.key: (Role.BUFFER if n in _NORM_BUFFERS else Role.PARAMETER, evidence)
-            for n, e in names.items()}
+# ---- layer signatures ----------------------------------------------------------------------
 
 
-def _by_dtype(e: Entry) -> tuple[Role, str] | None:
+@lru_cache(maxsize=65536)
+def pattern(name: str) -> str:
+    """A tensor name with digit runs replaced by `#` (`weight_ih_l1` -> `weight_ih_l#`)."""
+    return _DIGITS.sub("#", name)
+
+
+@lru_cache(maxsize=1)
+def layer_table() -> dict[frozenset[str], list[dict[str, Any]]]:
+    """The shipped signature table, indexed by the set of tensor-name patterns."""
+    doc = json.loads(LAYER_TABLE.read_text())
+    index: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
+    for sig in doc["signatures"]:
+        index[frozenset(sig["tensors"])].append(sig)
+    return dict(index)
+
+
+def _kind(dtype: str) -> str | None:
+    d = dtypes.DTYPES.get(dtype)
+    if d is None:
+        return None
+    return {"float": "float", "complex": "float", "int": "int", "uint": "int",
+            "bool": "bool"}.get(d.kind)
+
+
+def _fits(sig: dict[str, Any], own: list[Entry]) -> bool:
+    tensors = sig["tensors"]
+    for e in own:
+        _, ndim, kind = tensors[pattern(e.name)]
+        if len(e.shape) != ndim or _kind(e.dtype) != kind:
+            return False
+    by_name = {e.name: e for e in own}
+    for a, b in sig["same_shape"]:
+        for e in own:
+            if pattern(e.name) != a:
+                continue
+            digits = iter(_DIGITS.findall(e.name))
+            other = by_name.get(re.sub("#", lambda _: next(digits, "#"), b))
+            if other is not None and other.shape != e.shape:
+                return False
+    return True
+
+
+@lru_cache(maxsize=1024)
+def _label(classes: tuple[str, ...]) -> str:
+    """`BatchNorm|InstanceNorm|SyncBatchNorm` from the classes of the matching signatures."""
+    names = sorted({re.sub(r"[123]d$", "", c) for c in classes})
+    public = [n for n in names if not n.startswith(("_", "NonDynamically"))] or names
+    return "|".join(public[:3]) + ("|..." if len(public) > 3 else "")
+
+
+def match_layer(module: str, own: list[Entry], versions: dict[str, int] | None
+                ) -> dict[str, Decision]:
+    """Roles for a module whose whole own key set matches torch.nn / torch.ao layer signatures."""
+    names = frozenset(pattern(e.name) for e in own)
+    candidates = layer_table().get(names, []) if len(names) <= len(own) else []
+    if not candidates or len({e.name for e in own}) != len(own):
+        return {}
+    if versions is not None:
+        candidates = [s for s in candidates if versions.get(module) == s["version"]]
+    fitting = [s for s in candidates if _fits(s, own)]
+    if not fitting:
+        return {}
+    evidence = "layer:" + _label(tuple(c for s in fitting for c in s["classes"]))
+    out = {}
+    for e in own:
+        roles = {s["tensors"][pattern(e.name)][0] for s in fitting}
+        if len(roles) == 1:
+            out[e.key] = (Role(roles.pop()), evidence)
+    return out
+
+
+def _by_dtype(e: Entry) -> Decision | None:
     """Integer and bool tensors cannot be trainable parameters."""
     d = dtypes.DTYPES.get(e.dtype)
     if d is not None and d.kind in ("int", "uint", "bool"):
         return Role.BUFFER, f"dtype:{e.dtype}"
     return None
+
+
+# ---- order ---------------------------------------------------------------------------------
+
+
+def _order_consistent(entries: list[Entry], by_module: dict[str, list[Entry]],
+                      layer_matched: set[str], votes: _Votes, has_metadata: bool) -> bool:
+    """True when the keys are in `state_dict()` order: own keys contiguous, before descendants,
+    parameters before buffers in every module whose roles are known; without `_metadata`, a
+    layer holding both parameters and buffers must witness it."""
+    index = {e.key: i for i, e in enumerate(entries)}
+    last: dict[str, int] = {}
+    for module, own in by_module.items():
+        idx = [index[e.key] for e in own]
+        if idx[-1] - idx[0] + 1 != len(idx):
+            return False
+        last[module] = idx[-1]
+    for i, e in enumerate(entries):
+        parts = e.module.split(".") if e.module else []
+        for n in range(len(parts)):
+            ancestor = ".".join(parts[:n])
+            if last.get(ancestor, -1) > i:
+                return False
+    witness = False
+    for module, own in by_module.items():
+        roles = [votes.role(e.key) for e in own]
+        known = [r for r in roles if r is not None]
+        if any(a is Role.BUFFER and b is Role.PARAMETER for a, b in zip(known, known[1:])):
+            return False
+        if module in layer_matched and Role.BUFFER in known and Role.PARAMETER in known:
+            witness = True
+    return has_metadata or witness
+
+
+def _by_order(own: list[Entry], votes: _Votes) -> dict[str, Decision]:
+    roles = [votes.role(e.key) for e in own]
+    out: dict[str, Decision] = {}
+    if Role.BUFFER in roles:
+        for e in own[roles.index(Role.BUFFER) + 1:]:
+            out[e.key] = (Role.BUFFER, "order:after-buffer")
+    if Role.PARAMETER in roles:
+        last = len(roles) - 1 - roles[::-1].index(Role.PARAMETER)
+        for e in own[:last]:
+            out[e.key] = (Role.PARAMETER, "order:before-parameter")
+    return {k: v for k, v in out.items() if votes.role(k) is None}
+
+
+# ---- optimizer -----------------------------------------------------------------------------
+
+
+def _names_fit(opt: Container, sd: Container) -> bool:
+    names = [n for g in opt.param_groups or () for n in g.get("param_names") or ()]
+    keys = {e.key for e in sd.entries}
+    return bool(names) and all(n in keys for n in names)
+
+
+def _optimizer_evidence(entries: list[Entry], opt: Container, votes: _Votes, ordered: bool
+                        ) -> dict[str, Decision]:
+    """Parameters named by the optimizer, or placed by aligning its ids and state shapes."""
+    groups = opt.param_groups or ()
+    keys = {e.key for e in entries}
+    names = [n for g in groups for n in g.get("param_names") or ()]
+    if names:
+        if all(n in keys for n in names):
+            return {n: (Role.PARAMETER, "optimizer:param_names") for n in names}
+        return {}
+    if not ordered:
+        return {}  # alignment needs the state dict's own order
+    ids = [p for g in groups for p in g.get("params") or ()]
+    if not ids or len(set(ids)) != len(ids):
+        return {}
+    shapes: dict[int, set[tuple[int, ...]]] = defaultdict(set)
+    for e in opt.entries:
+        _, pid, slot = (e.key.split(".", 2) + ["", ""])[:3]
+        if slot in _PARAM_SHAPED and pid.lstrip("-").isdigit():
+            shapes[int(pid)].add(e.shape)
+    want = [next(iter(shapes[p])) if len(shapes.get(p, ())) == 1 else None for p in ids]
+    seen: set[Any] = set()
+    cands = []
+    for e in entries:
+        alias = (e.data.storage_id, e.data.storage_offset, e.shape, e.dtype) if e.data else None
+        if alias is not None and alias in seen:
+            continue  # a tied parameter: model.parameters() yields it once
+        if alias is not None:
+            seen.add(alias)
+        if votes.role(e.key) is Role.BUFFER or _kind(e.dtype) != "float" \
+                or e.name == "_extra_state":
+            continue
+        cands.append(e)
+    n, m = len(want), len(cands)
+    if n > m:
+        return {}
+
+    def fits(i: int, j: int) -> bool:
+        return want[i] is None or want[i] == cands[j].shape
+
+    left, j = [], 0
+    for i in range(n):
+        while j < m and not fits(i, j):
+            j += 1
+        if j == m:
+            return {}  # no alignment: this optimizer does not describe this state dict
+        left.append(j)
+        j += 1
+    right, j = [0] * n, m - 1
+    for i in reversed(range(n)):
+        while j >= 0 and not fits(i, j):
+            j -= 1
+        right[i] = j
+        j -= 1
+    # every alignment puts optimizer parameter i between its leftmost and rightmost places
+    return {cands[lo].key: (Role.PARAMETER, "optimizer:state-shapes")
+            for lo, hi in zip(left, right) if lo == hi}

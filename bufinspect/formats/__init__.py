@@ -38,7 +38,17 @@ def read(path: str) -> Checkpoint:
     if kind == "zip":
         from bufinspect.formats import torch_zip
 
-        return torch_zip.read(path)
+        arc = torch_zip.ZipArchive(path)  # the zip directory is parsed once, here
+        sub = zip_kind(arc)
+        if sub == "torchscript":
+            from bufinspect.formats import torchscript
+
+            return torchscript.read(path, arc)
+        if sub == "export":
+            from bufinspect.formats import torch_export
+
+            return torch_export.read(path, arc)
+        return torch_zip.read(path, arc)
     if kind == "legacy":
         from bufinspect.formats import torch_legacy
 
@@ -46,3 +56,18 @@ def read(path: str) -> Checkpoint:
     from bufinspect.formats import safetensors_fmt
 
     return safetensors_fmt.read(path)
+
+
+def zip_kind(arc) -> str:
+    """`torchscript` (a `code/` folder), `export` (`archive_format` says pt2) or `torch-save`."""
+    from bufinspect.formats import torchscript
+
+    names = list(arc.infos)
+    fmt = next((n for n in names if n == "archive_format" or n.endswith("/archive_format")), None)
+    if fmt is not None:
+        try:
+            if arc.read(fmt, limit=64).strip() == b"pt2":
+                return "export"
+        except Exception:  # unreadable marker: let the torch.save reader say what is wrong
+            pass
+    return "torchscript" if torchscript.is_torchscript(names) else "torch-save"

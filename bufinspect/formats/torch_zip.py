@@ -69,8 +69,8 @@ class ZipArchive:
         return start, info.file_size
 
 
-def read(path: str) -> Checkpoint:
-    arc = ZipArchive(path)
+def read(path: str, arc: ZipArchive | None = None) -> Checkpoint:
+    arc = arc or ZipArchive(path)
     try:
         pkl = arc.prefix + "data.pkl"
         if not arc.has(pkl):
