@@ -1,0 +1,723 @@
+"""Checkpoints -> CheckReport: device and dtype consistency, non-finite values, stale statistics.
+
+Metadata checks read nothing but the listing. Numeric checks (NaN/Inf counts, negative running
+variances) stream every floating tensor once, in file order: with numpy on the CPU, or chunk by
+chunk through pinned host memory to the GPU when one is present and `device` allows it. Both paths
+compute the same exact statistics (counts, finite min/max), so their findings are identical.
+
+Finding ids and severities (the first ten are fixed by SPEC.md):
+
+    mixed-devices            error    module tensors saved from more than one device
+    gpu-saved                warning  tensors saved from a GPU (a CPU-only load needs map_location)
+    missing-device           error    a saved cuda index this machine does not have (GPU present)
+    mixed-param-dtypes       warning  floating parameters with more than one dtype
+    buffer-dtype-mismatch    warning  a module's floating buffers differ in dtype from its parameters
+    nan / inf                error    non-finite values
+    negative-variance        error    a normalization running_var below zero
+    expected-dtype           error    entries that break --expect-dtype
+    expected-device          error    entries that break --expect-device
+    low-precision-stats      warning  running_mean/running_var stored in float16/bfloat16/float8
+    num-batches-tracked-dtype warning num_batches_tracked that is not int64
+    meta-tensor              error    tensors saved from the meta device: no values in the file
+    missing-num-batches-tracked  warning/info  running stats without num_batches_tracked
+    shared-storage           info     keys that share one storage (tied weights)
+    non-persistent-buffer    info     buffers a state dict of the module will not hold
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from bufinspect import dtypes
+from bufinspect.errors import UsageError
+from bufinspect.model import SCHEMA, Checkpoint, ContainerKind, Entry, Role
+
+SEVERITIES = ("error", "warning", "info")
+
+# id -> (severity, one line for --help and the README)
+FINDINGS: dict[str, tuple[str, str]] = {
+    "mixed-devices": ("error", "module tensors were saved from more than one device"),
+    "gpu-saved": ("warning", "tensors were saved from a GPU; a CPU-only load needs map_location"),
+    "missing-device": ("error", "a saved cuda index does not exist on this machine's GPUs"),
+    "mixed-param-dtypes": ("warning", "floating-point parameters have more than one dtype"),
+    "buffer-dtype-mismatch": ("warning", "a module's floating buffers differ in dtype from its "
+                                         "parameters"),
+    "nan": ("error", "NaN values"),
+    "inf": ("error", "infinite values"),
+    "negative-variance": ("error", "a normalization running_var holds negative values"),
+    "expected-dtype": ("error", "entries that break --expect-dtype"),
+    "expected-device": ("error", "entries that break --expect-device"),
+    "low-precision-stats": ("warning", "running_mean/running_var in float16, bfloat16 or float8"),
+    "num-batches-tracked-dtype": ("warning", "num_batches_tracked is not int64"),
+    "meta-tensor": ("error", "tensors saved from the meta device hold no values"),
+    "missing-num-batches-tracked": ("warning", "running statistics without num_batches_tracked "
+                                               "(info for the old, pre-version-2 format)"),
+    "shared-storage": ("info", "keys that share one storage (tied weights)"),
+    "non-persistent-buffer": ("info", "buffers that a state dict of the module will not hold"),
+}
+
+_LOW_PRECISION = {"float16", "bfloat16"}
+_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp64": "float64",
+                  "f16": "float16", "f32": "float32", "f64": "float64"}
+_ROLES = tuple(r.value for r in Role)
+_MODULE_KINDS = (ContainerKind.STATE_DICT, ContainerKind.MODULE)
+
+
+# ---- results --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem (or fact worth knowing) about one checkpoint, with the keys it concerns."""
+
+    id: str
+    severity: str
+    path: str
+    keys: tuple[str, ...]
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "severity": self.severity, "path": self.path,
+                "keys": list(self.keys), "message": self.message}
+
+
+@dataclass(frozen=True)
+class ScanStats:
+    """What the numeric pass measured for one tensor: exact on CPU and GPU alike."""
+
+    nan: int = 0
+    inf: int = 0
+    negative: int = 0  # finite values below zero
+    min: float | None = None  # over finite values
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a CI job expects: dtypes per role, a device, which ids to ignore, strictness."""
+
+    expect_dtype: Mapping[str, str] = field(default_factory=dict)  # role -> dtype
+    expect_device: str | None = None
+    ignore: frozenset[str] = frozenset()
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The result of `check`: findings sorted by severity, and where the numeric scan ran.
+
+    `ok` is False when any error remains (or, with `strict`, any warning). `to_dict()` is the
+    bufinspect/1 `check` document. `stats` maps (path, container, key) to what the scan measured.
+    """
+
+    paths: tuple[str, ...]
+    device: str
+    findings: tuple[Finding, ...]
+    strict: bool = False
+    stats: dict[tuple[str, str, str], ScanStats] = field(default_factory=dict, compare=False,
+                                                         repr=False)
+
+    def count(self, severity: str) -> int:
+        return sum(1 for f in self.findings if f.severity == severity)
+
+    @property
+    def ok(self) -> bool:
+        failing = ("error", "warning") if self.strict else ("error",)
+        return not any(f.severity in failing for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "command": "check", "paths": list(self.paths),
+                "device": self.device, "ok": self.ok,
+                "findings": [f.to_dict() for f in self.findings]}
+
+
+# ---- policy ---------------------------------------------------------------------------------
+
+def parse_dtype(text: str) -> str:
+    """A dtype name as users write it (`bfloat16`, `torch.bfloat16`, `bf16`, `half`) -> canonical."""
+    name = text.strip().lower().removeprefix("torch.")
+    name = dtypes.canonical(_DTYPE_ALIASES.get(name, name))
+    if name is None:
+        raise UsageError(f"unknown dtype {text!r} (e.g. float32, bfloat16, float16)")
+    return name
+
+
+def parse_expect_dtype(value: str | Mapping[str, str] | None) -> dict[str, str]:
+    """`bfloat16` (every floating module tensor) or `parameter=bfloat16,buffer=float32` -> map."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        items = [(str(k), str(v)) for k, v in value.items()]
+    elif "=" in value:
+        items = [tuple(p.split("=", 1)) for p in value.split(",") if p.strip()]
+    else:
+        d = parse_dtype(value)
+        return {"parameter": d, "buffer": d, "unknown": d}
+    out = {}
+    for role, d in items:
+        role = role.strip()
+        if role not in _ROLES:
+            raise UsageError(f"--expect-dtype: unknown role {role!r} (use {', '.join(_ROLES)})")
+        out[role] = parse_dtype(d)
+    if "unknown" not in out and "parameter" in out and out.get("buffer", out["parameter"]) \
+            == out["parameter"]:
+        out["unknown"] = out["parameter"]
+    return out
+
+
+_DEVICE = re.compile(r"^(cpu|meta|[a-z]+(:\d+)?)$")
+
+
+def parse_device(text: str) -> str:
+    """`cpu`, `cuda` (any index) or `cuda:N`."""
+    dev = text.strip().lower()
+    if not _DEVICE.match(dev):
+        raise UsageError(f"bad device {text!r} (e.g. cpu, cuda, cuda:0)")
+    return dev
+
+
+def parse_ignore(ids: Iterable[str]) -> frozenset[str]:
+    out = set()
+    for i in ids:
+        for part in str(i).split(","):
+            part = part.strip()
+            if part and part not in FINDINGS:
+                raise UsageError(f"--ignore: unknown finding id {part!r} "
+                                 f"(known: {', '.join(FINDINGS)})")
+            if part:
+                out.add(part)
+    return frozenset(out)
+
+
+CONFIG_KEYS = ("expect-dtype", "expect-device", "device", "strict", "ignore")
+
+
+def find_pyproject(start: str | None = None) -> str | None:
+    """The nearest pyproject.toml at or above `start` (default: the current directory)."""
+    here = os.path.abspath(start or os.getcwd())
+    while True:
+        cand = os.path.join(here, "pyproject.toml")
+        if os.path.isfile(cand):
+            return cand
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        here = parent
+
+
+def load_config(path: str | None = None) -> tuple[dict[str, Any], str | None, str | None]:
+    """Read `[tool.bufinspect.check]` from the nearest pyproject.toml.
+
+    Returns (settings, the file it came from, a note when the file could not be read). Settings
+    use the flag names: `expect-dtype` (string or table role -> dtype), `expect-device`,
+    `device`, `strict`, `ignore` (list of ids).
+    """
+    path = path or find_pyproject()
+    if path is None:
+        return {}, None, None
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            return {}, path, "pyproject.toml not read (python 3.10 needs the `tomli` package)"
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read [tool.bufinspect]: {exc}", path) from None
+    section = doc.get("tool", {}).get("bufinspect", {}).get("check", {})
+    if not isinstance(section, dict):
+        raise UsageError("[tool.bufinspect.check] must be a table", path)
+    unknown = sorted(set(section) - set(CONFIG_KEYS))
+    if unknown:
+        raise UsageError(f"[tool.bufinspect.check]: unknown setting(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(CONFIG_KEYS)})", path)
+    if "ignore" in section and not isinstance(section["ignore"], list):
+        raise UsageError("[tool.bufinspect.check] ignore must be a list of finding ids", path)
+    if "strict" in section and not isinstance(section["strict"], bool):
+        raise UsageError("[tool.bufinspect.check] strict must be true or false", path)
+    return section, path, None
+
+
+def make_policy(*, expect_dtype: str | None = None, expect_device: str | None = None,
+                ignore: Sequence[str] = (), strict: bool | None = None,
+                config: Mapping[str, Any] | None = None) -> Policy:
+    """Merge flags over pyproject settings (a flag given on the command line wins)."""
+    config = config or {}
+    dt = expect_dtype if expect_dtype is not None else config.get("expect-dtype")
+    dev = expect_device if expect_device is not None else config.get("expect-device")
+    ign = list(ignore) if ignore else list(config.get("ignore", ()))
+    st = strict if strict is not None else bool(config.get("strict", False))
+    return Policy(expect_dtype=parse_expect_dtype(dt),
+                  expect_device=parse_device(dev) if dev is not None else None,
+                  ignore=parse_ignore(ign), strict=st)
+
+
+# ---- messages -------------------------------------------------------------------------------
+
+def name_keys(keys: Sequence[str], limit: int = 3) -> str:
+    """`a, b and c` or `a, b, c and 41 more`."""
+    keys = list(keys)
+    if len(keys) <= limit:
+        return keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
+    return ", ".join(keys[:limit]) + f" and {len(keys) - limit} more"
+
+
+def _qual(e: Entry) -> str:
+    """The key as a user finds it: `model/bn1.running_var` for a nested container."""
+    return f"{e.container}/{e.key}" if e.container else e.key
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+# ---- GPU detection and the numeric scan -----------------------------------------------------
+
+def _gpu_may_exist() -> bool:
+    """Cheap test before importing torch (seconds): no NVIDIA/AMD device node means no GPU."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd",
+                                            "/proc/driver/nvidia/gpus"))
+
+
+def cuda_available() -> bool:
+    """True when torch can use a CUDA GPU here; torch is imported only if a GPU may exist."""
+    if not _gpu_may_exist():
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> `cuda:0` when a GPU is usable, else `cpu`; `cuda` without a GPU is a usage error."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda (got {device!r})")
+    if device == "cpu":
+        return "cpu"
+    if cuda_available():
+        return "cuda:0"
+    if device == "cuda":
+        raise UsageError("--device cuda: no CUDA GPU is available here (torch.cuda.is_available() "
+                         "is False); use --device cpu or auto")
+    return "cpu"
+
+
+def _scannable(e: Entry) -> bool:
+    from bufinspect.formats import stream
+
+    d = dtypes.DTYPES.get(e.dtype)
+    return d is not None and d.kind in ("float", "complex") and stream.readable(e)
+
+
+class _Acc:
+    __slots__ = ("nan", "inf", "neg", "min", "max")
+
+    def __init__(self) -> None:
+        self.nan = self.inf = self.neg = 0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def merge(self, nan: int, inf: int, neg: int, lo: float, hi: float) -> None:
+        self.nan += nan
+        self.inf += inf
+        self.neg += neg
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
+
+    def result(self) -> ScanStats:
+        have = self.min <= self.max
+        return ScanStats(self.nan, self.inf, self.neg, self.min if have else None,
+                         self.max if have else None)
+
+
+def scan_cpu(entries: Sequence[Entry], progress: Callable[[int], None] | None = None
+             ) -> dict[int, ScanStats]:
+    """NaN/Inf/negative counts and finite min/max per entry (by id), numpy over streamed chunks."""
+    import numpy as np
+
+    from bufinspect.formats import stream
+    from bufinspect.numeric import as_float
+
+    acc: dict[int, _Acc] = {}
+    for e, _, arr in stream.pieces(entries):
+        a = acc.setdefault(id(e), _Acc())
+        if dtypes.DTYPES[e.dtype].kind == "complex":
+            a.merge(int(np.count_nonzero(np.isnan(arr))), int(np.count_nonzero(np.isinf(arr))),
+                    0, math.inf, -math.inf)
+        else:
+            x = as_float(arr, e.dtype)
+            lo, hi = x.min(), x.max()
+            nan = inf = 0
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                bad_nan, bad_inf = np.isnan(x), np.isinf(x)
+                nan, inf = int(np.count_nonzero(bad_nan)), int(np.count_nonzero(bad_inf))
+                x = x[~(bad_nan | bad_inf)]
+                lo, hi = (x.min(), x.max()) if x.size else (math.inf, -math.inf)
+            neg = int(np.count_nonzero(x < 0)) if lo < 0 else 0
+            a.merge(nan, inf, neg, float(lo), float(hi))
+        if progress is not None:
+            progress(arr.nbytes)
+    return {k: v.result() for k, v in acc.items()}
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def scan_gpu(entries: Sequence[Entry], device: str = "cuda:0",
+             progress: Callable[[int], None] | None = None) -> dict[int, ScanStats]:
+    """The same scan on the GPU: each streamed chunk is copied into one of two pinned host
+    buffers, sent with a non-blocking copy, and reduced there; results come back once at the end.
+    """
+    import torch
+
+    from bufinspect.formats import stream
+
+    dev = torch.device(device)
+    nbuf = 2
+    pinned = [torch.empty(stream.CHUNK_BYTES, dtype=torch.uint8).pin_memory()
+              for _ in range(nbuf)]
+    done = [None] * nbuf
+    partial: list[tuple[int, Any]] = []  # (entry id, [nan, inf, neg, min, max] on the GPU)
+    slot = 0
+    with torch.no_grad():
+        for e, _, arr in stream.pieces(entries):
+            if done[slot] is not None:
+                done[slot].synchronize()  # the previous copy out of this buffer has finished
+            raw = torch.from_numpy(arr.view("u1"))
+            if raw.numel() > stream.CHUNK_BYTES:  # a strided tensor's own copy: send it as is
+                x = raw.to(dev).view(_torch_dtype(e.dtype))
+            else:
+                host = pinned[slot][: raw.numel()]
+                host.copy_(raw)
+                x = host.to(dev, non_blocking=True).view(_torch_dtype(e.dtype))
+                ev = torch.cuda.Event()
+                ev.record()
+                done[slot] = ev
+                slot = (slot + 1) % nbuf
+            if x.is_complex():
+                nan = torch.isnan(x).sum()
+                inf = torch.isinf(x).sum()
+                zero = torch.zeros((), dtype=torch.int64, device=dev)
+                row = torch.stack([nan.double(), inf.double(), zero.double(),
+                                   torch.tensor(math.inf, dtype=torch.float64, device=dev),
+                                   torch.tensor(-math.inf, dtype=torch.float64, device=dev)])
+            else:
+                if x.element_size() < 4:
+                    x = x.float()
+                finite = torch.isfinite(x)
+                nan = torch.isnan(x).sum()
+                inf = x.numel() - finite.sum() - nan
+                lo = torch.where(finite, x, torch.full((), math.inf, dtype=x.dtype,
+                                                       device=dev)).amin()
+                hi = torch.where(finite, x, torch.full((), -math.inf, dtype=x.dtype,
+                                                       device=dev)).amax()
+                neg = (finite & (x < 0)).sum()
+                row = torch.stack([nan.double(), inf.double(), neg.double(), lo.double(),
+                                   hi.double()])
+            partial.append((id(e), row))
+            if progress is not None:
+                progress(arr.nbytes)
+    acc: dict[int, _Acc] = {}
+    if partial:
+        table = torch.stack([r for _, r in partial]).cpu().tolist()
+        for (eid, _), (nan, inf, neg, lo, hi) in zip(partial, table):
+            acc.setdefault(eid, _Acc()).merge(int(nan), int(inf), int(neg), lo, hi)
+    return {k: v.result() for k, v in acc.items()}
+
+
+def cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+# ---- the checks -----------------------------------------------------------------------------
+
+def _cuda_index(device: str | None) -> int | None:
+    if device and device.startswith("cuda"):
+        _, _, idx = device.partition(":")
+        return int(idx) if idx.isdigit() else 0
+    return None
+
+
+def _by_value(entries: Iterable[Entry], attr: Callable[[Entry], Any]) -> dict[Any, list[Entry]]:
+    out: dict[Any, list[Entry]] = defaultdict(list)
+    for e in entries:
+        out[attr(e)].append(e)
+    return out
+
+
+def _split_summary(groups: dict[Any, list[Entry]]) -> str:
+    return "; ".join(f"{k} ({len(v)}: {name_keys([_qual(e) for e in v], 2)})"
+                     for k, v in sorted(groups.items(), key=lambda kv: -len(kv[1])))
+
+
+def _minority(groups: dict[Any, list[Entry]]) -> list[Entry]:
+    major = max(groups, key=lambda k: len(groups[k]))
+    return [e for k, v in groups.items() if k != major for e in v]
+
+
+def _metadata_checks(ck: Checkpoint, entries: list[Entry], gpus: int | None,
+                     policy: Policy) -> list[Finding]:
+    path = ck.path
+    out: list[Finding] = []
+
+    def add(fid: str, keys: Iterable[str], message: str, severity: str | None = None) -> None:
+        out.append(Finding(fid, severity or FINDINGS[fid][0], path, tuple(keys), message))
+
+    module_entries = [e for e in entries if _container_kind(ck, e) in _MODULE_KINDS]
+
+    # devices
+    meta = [e for e in entries if e.device == "meta"]
+    if meta:
+        add("meta-tensor", map(_qual, meta),
+            f"{name_keys([_qual(e) for e in meta])} {'was' if len(meta) == 1 else 'were'} saved "
+            f"from the meta device and hold no values: save after materializing the module "
+            f"(e.g. module.to_empty(device='cpu') and loading real weights)")
+    for cpath in dict.fromkeys(e.container for e in module_entries):
+        devs = _by_value([e for e in module_entries if e.container == cpath and e.device
+                          and e.device != "meta"], lambda e: e.device)
+        if len(devs) > 1:
+            where = f" in {cpath!r}" if cpath else ""
+            add("mixed-devices", [_qual(e) for e in _minority(devs)],
+                f"module tensors{where} were saved from {len(devs)} devices: "
+                f"{_split_summary(devs)}; torch.load(..., map_location='cpu') puts them on one "
+                f"device")
+    on_gpu = _by_value([e for e in entries if e.device not in (None, "cpu", "meta")],
+                       lambda e: e.device)
+    if on_gpu:
+        keys = [_qual(e) for v in on_gpu.values() for e in v]
+        devs = sorted(on_gpu)
+        add("gpu-saved", keys,
+            f"{_plural(len(keys), 'tensor')} saved from {', '.join(devs)} "
+            f"({name_keys(keys)}): a CPU-only machine needs "
+            f"torch.load(path, map_location='cpu')")
+    if gpus is not None:
+        missing = {d: v for d, v in on_gpu.items()
+                   if (i := _cuda_index(d)) is not None and i >= gpus}
+        if missing:
+            keys = [_qual(e) for v in missing.values() for e in v]
+            remap = ", ".join(f"'{d}': 'cuda:0'" for d in sorted(missing))
+            add("missing-device", keys,
+                f"{name_keys(keys)} {'was' if len(keys) == 1 else 'were'} saved from "
+                f"{', '.join(sorted(missing))} but this machine has {_plural(gpus, 'GPU')} "
+                f"(cuda:0{'' if gpus == 1 else f'..cuda:{gpus - 1}'}): load with "
+                f"map_location={{{remap}}} or map_location='cpu'")
+
+    # dtypes
+    for cpath in dict.fromkeys(e.container for e in module_entries):
+        own = [e for e in module_entries if e.container == cpath and dtypes.is_floating(e.dtype)]
+        params = [e for e in own if e.role is Role.PARAMETER]
+        undecided = [e for e in own if e.role is Role.UNKNOWN]
+        groups = _by_value(params + undecided, lambda e: e.dtype)
+        if len(groups) > 1:
+            note = (" (including tensors whose role is undecided)"
+                    if any(e.role is Role.UNKNOWN for e in _minority(groups)) else "")
+            add("mixed-param-dtypes", [_qual(e) for e in _minority(groups)],
+                f"floating-point parameters have {len(groups)} dtypes{note}: "
+                f"{_split_summary(groups)}")
+        by_module = _by_value(own, lambda e: e.module)
+        odd: list[str] = []
+        detail: list[str] = []
+        for module, es in by_module.items():
+            p = [e for e in es if e.role is Role.PARAMETER]
+            b = [e for e in es if e.role is Role.BUFFER]
+            pd = {e.dtype for e in p}
+            if len(pd) != 1 or not b:
+                continue
+            (want,) = pd
+            bad = [e for e in b if e.dtype != want]
+            if bad:
+                odd += [_qual(e) for e in bad]
+                detail.append(f"{name_keys([_qual(e) for e in bad], 2)} "
+                              f"{'/'.join(sorted({e.dtype for e in bad}))} vs parameters {want}")
+        if odd:
+            add("buffer-dtype-mismatch", odd,
+                f"floating buffers differ in dtype from their module's parameters: "
+                f"{'; '.join(detail[:3])}{f' and {len(detail) - 3} more modules' if len(detail) > 3 else ''}"
+                f"; cast them to the parameters' dtype before saving")
+
+    # normalization layers
+    stats_low = [e for e in module_entries if e.name in ("running_mean", "running_var")
+                 and (e.dtype in _LOW_PRECISION or e.dtype.startswith("float8"))]
+    if stats_low:
+        add("low-precision-stats", map(_qual, stats_low),
+            f"{name_keys([_qual(e) for e in stats_low])} "
+            f"{'is' if len(stats_low) == 1 else 'are'} stored in "
+            f"{'/'.join(sorted({e.dtype for e in stats_low}))}: running statistics lose "
+            f"precision (and float16 running_var can overflow); keep normalization buffers in "
+            f"float32")
+    nbt = [e for e in module_entries if e.name == "num_batches_tracked" and e.dtype != "int64"]
+    if nbt:
+        add("num-batches-tracked-dtype", map(_qual, nbt),
+            f"{name_keys([_qual(e) for e in nbt])} "
+            f"{'is' if len(nbt) == 1 else 'are'} {'/'.join(sorted({e.dtype for e in nbt}))}, "
+            f"torch keeps num_batches_tracked as int64 (load_state_dict copies it into an int64 "
+            f"buffer; counts above the dtype's range were lost)")
+    new_fmt: list[str] = []
+    old_fmt: list[str] = []
+    for c in ck.containers:
+        if c.kind not in _MODULE_KINDS:
+            continue
+        names = _by_value([e for e in entries if e.container == c.path], lambda e: e.module)
+        for module, es in names.items():
+            own = {e.name for e in es}
+            if {"running_mean", "running_var"} <= own and "num_batches_tracked" not in own:
+                key = (f"{c.path}/" if c.path else "") + (f"{module}." if module else "") \
+                    + "num_batches_tracked"
+                version = (c.module_versions or {}).get(module)
+                (new_fmt if version is not None and version >= 2 else old_fmt).append(key)
+    if new_fmt:
+        add("missing-num-batches-tracked", new_fmt,
+            f"{name_keys(new_fmt)} missing although `_metadata` marks the module as version 2 "
+            f"(the format that has it): load_state_dict(strict=True) will report "
+            f"{'it' if len(new_fmt) == 1 else 'them'} missing; re-save from the module or add "
+            f"torch.tensor(0) entries")
+    if old_fmt:
+        add("missing-num-batches-tracked", old_fmt,
+            f"{name_keys(old_fmt)} absent: an old (pre-version-2 or `_metadata`-less) "
+            f"normalization state; load_state_dict fills in 0", severity="info")
+
+    # storage sharing and persistence
+    shared = _by_value([e for e in entries if e.data is not None],
+                       lambda e: e.data.storage_id)
+    groups = [v for v in shared.values() if len(v) > 1]
+    if groups:
+        keys = [_qual(e) for g in groups for e in g]
+        add("shared-storage", keys,
+            f"{_plural(len(groups), 'storage')} shared by several keys (tied or view tensors): "
+            + "; ".join(name_keys([_qual(e) for e in g], 3) for g in groups[:3])
+            + (f" and {len(groups) - 3} more groups" if len(groups) > 3 else ""))
+    nonpersistent = [e for e in entries if e.role is Role.BUFFER and e.persistent is False]
+    # Hook: a --model factory (roles issue) yields entries with persistent=False; they land here.
+    if nonpersistent:
+        add("non-persistent-buffer", map(_qual, nonpersistent),
+            f"{name_keys([_qual(e) for e in nonpersistent])} "
+            f"{'is a non-persistent buffer' if len(nonpersistent) == 1 else 'are non-persistent buffers'}: "
+            f"module.state_dict() will not hold {'it' if len(nonpersistent) == 1 else 'them'}, "
+            f"so a consumer of the state dict must recompute {'it' if len(nonpersistent) == 1 else 'them'}")
+
+    # policy
+    if policy.expect_dtype:
+        bad: list[Entry] = []
+        for e in entries:
+            if not dtypes.is_floating(e.dtype):
+                continue
+            want = policy.expect_dtype.get(e.role.value)
+            if e.role is Role.UNKNOWN and want is None:
+                options = {policy.expect_dtype.get("parameter"), policy.expect_dtype.get("buffer")}
+                options.discard(None)
+                if options and e.dtype not in options:
+                    bad.append(e)
+                continue
+            if want is not None and e.dtype != want:
+                bad.append(e)
+        if bad:
+            want = ", ".join(f"{r}={d}" for r, d in policy.expect_dtype.items())
+            add("expected-dtype", map(_qual, bad),
+                f"{name_keys([_qual(e) for e in bad])} "
+                f"({'/'.join(sorted({e.dtype for e in bad}))}) break the expected dtype ({want})")
+    if policy.expect_device:
+        want = policy.expect_device
+
+        def fits(d: str) -> bool:
+            return d == want or (":" not in want and d.partition(":")[0] == want)
+
+        bad = [e for e in entries if e.device is not None and not fits(e.device)]
+        if bad:
+            add("expected-device", map(_qual, bad),
+                f"{name_keys([_qual(e) for e in bad])} saved from "
+                f"{', '.join(sorted({e.device for e in bad}))}, expected {want}"
+                + ("; re-save after model.to('cpu') or load with map_location='cpu'"
+                   if want == "cpu" else ""))
+    return out
+
+
+def _container_kind(ck: Checkpoint, e: Entry) -> ContainerKind:
+    for c in ck.containers:
+        if c.path == e.container:
+            return c.kind
+    return ContainerKind.TENSORS
+
+
+def _numeric_findings(path: str, entries: list[Entry], stats: dict[int, ScanStats]
+                      ) -> list[Finding]:
+    out = []
+    for fid, attr, word in (("nan", "nan", "NaN"), ("inf", "inf", "infinite value")):
+        hit = [(e, getattr(stats[id(e)], attr)) for e in entries
+               if id(e) in stats and getattr(stats[id(e)], attr)]
+        if hit:
+            total = sum(n for _, n in hit)
+            if len(hit) == 1:
+                msg = f"{_qual(hit[0][0])} holds {_plural(total, word)}"
+            else:
+                parts = [f"{_qual(e)} ({n})" for e, n in hit]
+                msg = f"{_plural(total, word)} in {len(hit)} tensors: {name_keys(parts)}"
+            out.append(Finding(fid, "error", path, tuple(_qual(e) for e, _ in hit), msg))
+    neg = [(e, stats[id(e)]) for e in entries if e.name == "running_var" and id(e) in stats
+           and stats[id(e)].negative]
+    if neg:
+        parts = [f"{_qual(e)} ({s.negative} of {e.numel}, min {s.min:.4g})" for e, s in neg]
+        out.append(Finding("negative-variance", "error", path, tuple(_qual(e) for e, _ in neg),
+                           f"negative running variance: {name_keys(parts)}; the statistics are "
+                           f"corrupt (re-estimate them, e.g. a pass in train mode)"))
+    return out
+
+
+def check(paths: Sequence[str], *, policy: Policy | None = None, device: str = "auto",
+          containers: Sequence[str] = (), progress: Callable[[int], None] | None = None,
+          loaded: Sequence[Checkpoint] | None = None) -> CheckReport:
+    """Check one or more checkpoints and return one report.
+
+    Args:
+        paths: checkpoint files (each is loaded with `bufinspect.load`: nothing in it runs).
+        policy: expected dtypes/device, ignored ids and strictness (`make_policy` builds one).
+        device: where the numeric scan runs: `auto` (the GPU when torch sees one, else the
+            CPU), `cpu`, or `cuda` (a `UsageError` when no GPU is usable).
+        containers: only these state dicts inside each checkpoint (default: all).
+        progress: called with a byte count after each streamed chunk.
+        loaded: already-loaded checkpoints for `paths` (skips loading them again).
+
+    Returns:
+        A `CheckReport`; `report.ok` is the CI verdict, `report.to_dict()` the JSON document.
+
+    Raises:
+        InputError: a file is missing, corrupt or unsafe. UsageError: a bad policy or device.
+    """
+    from bufinspect import listing, load
+
+    policy = policy or Policy()
+    where = resolve_device(device)
+    gpus = cuda_device_count() if where.startswith("cuda") else None
+    findings: list[Finding] = []
+    stats: dict[tuple[str, str, str], ScanStats] = {}
+    cks = list(loaded) if loaded is not None else [load(p) for p in paths]
+    selected = [listing.select(ck, containers=containers) for ck in cks]
+    scan = [e for entries in selected for e in entries if _scannable(e)]
+    measured = (scan_gpu(scan, where, progress) if where.startswith("cuda")
+                else scan_cpu(scan, progress)) if scan else {}
+    for ck, entries in zip(cks, selected):
+        findings += _metadata_checks(ck, entries, gpus, policy)
+        findings += _numeric_findings(ck.path, entries, measured)
+        for e in entries:
+            if id(e) in measured:
+                stats[(ck.path, e.container, e.key)] = measured[id(e)]
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    path_order = {ck.path: i for i, ck in enumerate(cks)}
+    kept = [f for f in findings if f.id not in policy.ignore]
+    kept.sort(key=lambda f: (order[f.severity], path_order.get(f.path, 0)))
+    return CheckReport(tuple(ck.path for ck in cks), where, tuple(kept), policy.strict, stats)
