@@ -379,56 +379,38 @@ def _torch_dtype(name: str):
 
 def scan_gpu(entries: Sequence[Entry], device: str = "cuda:0",
              progress: Callable[[int], None] | None = None) -> dict[int, ScanStats]:
-    """The same scan on the GPU: each streamed chunk is copied into one of two pinned host
-    buffers, sent with a non-blocking copy, and reduced there; results come back once at the end.
+    """The same scan with torch on `device`: each streamed chunk is copied into one of two pinned
+    host buffers, sent with a non-blocking copy and reduced there; results come back once at the
+    end. (`device="cpu"` runs the same kernels without pinning: tests use it to compare paths.)
     """
     import torch
 
     from bufinspect.formats import stream
 
     dev = torch.device(device)
-    nbuf = 2
-    pinned = [torch.empty(stream.CHUNK_BYTES, dtype=torch.uint8).pin_memory()
-              for _ in range(nbuf)]
-    done = [None] * nbuf
-    partial: list[tuple[int, Any]] = []  # (entry id, [nan, inf, neg, min, max] on the GPU)
+    cuda = dev.type == "cuda"
+    pinned = ([torch.empty(stream.CHUNK_BYTES, dtype=torch.uint8).pin_memory() for _ in range(2)]
+              if cuda else [])
+    done: list[Any] = [None, None]
+    partial: list[tuple[int, Any]] = []  # (entry id, [nan, inf, neg, min, max] on the device)
     slot = 0
     with torch.no_grad():
         for e, _, arr in stream.pieces(entries):
-            if done[slot] is not None:
-                done[slot].synchronize()  # the previous copy out of this buffer has finished
             raw = torch.from_numpy(arr.view("u1"))
-            if raw.numel() > stream.CHUNK_BYTES:  # a strided tensor's own copy: send it as is
-                x = raw.to(dev).view(_torch_dtype(e.dtype))
+            if not cuda:
+                x = raw  # reduced at once, before the buffer is reused
+            elif raw.numel() > stream.CHUNK_BYTES:  # a strided tensor's own copy: send as is
+                x = raw.to(dev)
             else:
+                if done[slot] is not None:
+                    done[slot].synchronize()  # the last copy out of this buffer has finished
                 host = pinned[slot][: raw.numel()]
                 host.copy_(raw)
-                x = host.to(dev, non_blocking=True).view(_torch_dtype(e.dtype))
-                ev = torch.cuda.Event()
-                ev.record()
-                done[slot] = ev
-                slot = (slot + 1) % nbuf
-            if x.is_complex():
-                nan = torch.isnan(x).sum()
-                inf = torch.isinf(x).sum()
-                zero = torch.zeros((), dtype=torch.int64, device=dev)
-                row = torch.stack([nan.double(), inf.double(), zero.double(),
-                                   torch.tensor(math.inf, dtype=torch.float64, device=dev),
-                                   torch.tensor(-math.inf, dtype=torch.float64, device=dev)])
-            else:
-                if x.element_size() < 4:
-                    x = x.float()
-                finite = torch.isfinite(x)
-                nan = torch.isnan(x).sum()
-                inf = x.numel() - finite.sum() - nan
-                lo = torch.where(finite, x, torch.full((), math.inf, dtype=x.dtype,
-                                                       device=dev)).amin()
-                hi = torch.where(finite, x, torch.full((), -math.inf, dtype=x.dtype,
-                                                       device=dev)).amax()
-                neg = (finite & (x < 0)).sum()
-                row = torch.stack([nan.double(), inf.double(), neg.double(), lo.double(),
-                                   hi.double()])
-            partial.append((id(e), row))
+                x = host.to(dev, non_blocking=True)
+                done[slot] = torch.cuda.Event()
+                done[slot].record()
+                slot = 1 - slot
+            partial.append((id(e), _torch_row(x.view(_torch_dtype(e.dtype)))))
             if progress is not None:
                 progress(arr.nbytes)
     acc: dict[int, _Acc] = {}
@@ -437,6 +419,26 @@ def scan_gpu(entries: Sequence[Entry], device: str = "cuda:0",
         for (eid, _), (nan, inf, neg, lo, hi) in zip(partial, table):
             acc.setdefault(eid, _Acc()).merge(int(nan), int(inf), int(neg), lo, hi)
     return {k: v.result() for k, v in acc.items()}
+
+
+def _torch_row(x):
+    """[nan, inf, negative, finite min, finite max] of one chunk, as a float64 tensor."""
+    import torch
+
+    inf = torch.tensor(math.inf, dtype=torch.float64, device=x.device)
+    if x.is_complex():
+        return torch.stack([torch.isnan(x).sum().double(), torch.isinf(x).sum().double(),
+                            torch.zeros_like(inf), inf, -inf])
+    if x.element_size() < 4:
+        x = x.float()
+    finite = torch.isfinite(x)
+    nan = torch.isnan(x).sum()
+    n_inf = x.numel() - finite.sum() - nan
+    big = torch.full((), math.inf, dtype=x.dtype, device=x.device)
+    lo = torch.where(finite, x, big).amin()
+    hi = torch.where(finite, x, -big).amax()
+    neg = (finite & (x < 0)).sum()
+    return torch.stack([nan.double(), n_inf.double(), neg.double(), lo.double(), hi.double()])
 
 
 def cuda_device_count() -> int:
@@ -702,7 +704,8 @@ def check(paths: Sequence[str], *, policy: Policy | None = None, device: str = "
 
     policy = policy or Policy()
     where = resolve_device(device)
-    gpus = cuda_device_count() if where.startswith("cuda") else None
+    # saved cuda indices are verified whenever a GPU is present, whatever runs the numeric scan
+    gpus = cuda_device_count() if where.startswith("cuda") or cuda_available() else None
     findings: list[Finding] = []
     stats: dict[tuple[str, str, str], ScanStats] = {}
     cks = list(loaded) if loaded is not None else [load(p) for p in paths]
