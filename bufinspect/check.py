@@ -11,7 +11,7 @@ Finding ids and severities (the first ten are fixed by SPEC.md):
     gpu-saved                warning  tensors saved from a GPU (a CPU-only load needs map_location)
     missing-device           error    a saved cuda index this machine does not have (GPU present)
     mixed-param-dtypes       warning  floating parameters with more than one dtype
-    buffer-dtype-mismatch    warning  a module's floating buffers differ in dtype from its parameters
+    buffer-dtype-mismatch    warning  a module's floating buffers differ from its parameters' dtype
     nan / inf                error    non-finite values
     negative-variance        error    a normalization running_var below zero
     expected-dtype           error    entries that break --expect-dtype
@@ -138,7 +138,7 @@ class CheckReport:
 # ---- policy ---------------------------------------------------------------------------------
 
 def parse_dtype(text: str) -> str:
-    """A dtype name as users write it (`bfloat16`, `torch.bfloat16`, `bf16`, `half`) -> canonical."""
+    """A dtype as users write it (`bfloat16`, `torch.bfloat16`, `bf16`, `half`) -> canonical."""
     name = text.strip().lower().removeprefix("torch.")
     name = dtypes.canonical(_DTYPE_ALIASES.get(name, name))
     if name is None:
@@ -300,7 +300,7 @@ def cuda_available() -> bool:
 
 
 def resolve_device(device: str) -> str:
-    """`auto` -> `cuda:0` when a GPU is usable, else `cpu`; `cuda` without a GPU is a usage error."""
+    """`auto` -> `cuda:0` when a GPU is usable, else `cpu`; `cuda` without one is a usage error."""
     if device not in ("auto", "cpu", "cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda (got {device!r})")
     if device == "cpu":
@@ -344,31 +344,36 @@ class _Acc:
 def scan_cpu(entries: Sequence[Entry], progress: Callable[[int], None] | None = None
              ) -> dict[int, ScanStats]:
     """NaN/Inf/negative counts and finite min/max per entry (by id), numpy over streamed chunks."""
-    import numpy as np
-
     from bufinspect.formats import stream
-    from bufinspect.numeric import as_float
 
     acc: dict[int, _Acc] = {}
     for e, _, arr in stream.pieces(entries):
-        a = acc.setdefault(id(e), _Acc())
-        if dtypes.DTYPES[e.dtype].kind == "complex":
-            a.merge(int(np.count_nonzero(np.isnan(arr))), int(np.count_nonzero(np.isinf(arr))),
-                    0, math.inf, -math.inf)
-        else:
-            x = as_float(arr, e.dtype)
-            lo, hi = x.min(), x.max()
-            nan = inf = 0
-            if not (math.isfinite(lo) and math.isfinite(hi)):
-                bad_nan, bad_inf = np.isnan(x), np.isinf(x)
-                nan, inf = int(np.count_nonzero(bad_nan)), int(np.count_nonzero(bad_inf))
-                x = x[~(bad_nan | bad_inf)]
-                lo, hi = (x.min(), x.max()) if x.size else (math.inf, -math.inf)
-            neg = int(np.count_nonzero(x < 0)) if lo < 0 else 0
-            a.merge(nan, inf, neg, float(lo), float(hi))
+        _numpy_piece(acc.setdefault(id(e), _Acc()), e, arr)
         if progress is not None:
             progress(arr.nbytes)
     return {k: v.result() for k, v in acc.items()}
+
+
+def _numpy_piece(a: _Acc, e: Entry, arr: Any) -> None:
+    """Fold one streamed piece into `a` with numpy."""
+    import numpy as np
+
+    from bufinspect.numeric import as_float
+
+    if dtypes.DTYPES[e.dtype].kind == "complex":
+        a.merge(int(np.count_nonzero(np.isnan(arr))), int(np.count_nonzero(np.isinf(arr))),
+                0, math.inf, -math.inf)
+        return
+    x = as_float(arr, e.dtype)
+    lo, hi = x.min(), x.max()
+    nan = inf = 0
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad_nan, bad_inf = np.isnan(x), np.isinf(x)
+        nan, inf = int(np.count_nonzero(bad_nan)), int(np.count_nonzero(bad_inf))
+        x = x[~(bad_nan | bad_inf)]
+        lo, hi = (x.min(), x.max()) if x.size else (math.inf, -math.inf)
+    neg = int(np.count_nonzero(x < 0)) if lo < 0 else 0
+    a.merge(nan, inf, neg, float(lo), float(hi))
 
 
 def _torch_dtype(name: str):
@@ -377,11 +382,18 @@ def _torch_dtype(name: str):
     return getattr(torch, name)
 
 
+# pieces smaller than this are reduced on the host: a dozen kernel launches cost more than the
+# work, and the bytes are already in host memory (results are exact either way)
+GPU_MIN_BYTES = 64 << 10
+
+
 def scan_gpu(entries: Sequence[Entry], device: str = "cuda:0",
-             progress: Callable[[int], None] | None = None) -> dict[int, ScanStats]:
+             progress: Callable[[int], None] | None = None,
+             min_bytes: int | None = None) -> dict[int, ScanStats]:
     """The same scan with torch on `device`: each streamed chunk is copied into one of two pinned
     host buffers, sent with a non-blocking copy and reduced there; results come back once at the
-    end. (`device="cpu"` runs the same kernels without pinning: tests use it to compare paths.)
+    end. Pieces under `min_bytes` (default `GPU_MIN_BYTES`) are reduced with numpy instead.
+    (`device="cpu"` runs the same kernels without pinning: tests use it to compare paths.)
     """
     import torch
 
@@ -391,11 +403,18 @@ def scan_gpu(entries: Sequence[Entry], device: str = "cuda:0",
     cuda = dev.type == "cuda"
     pinned = ([torch.empty(stream.CHUNK_BYTES, dtype=torch.uint8).pin_memory() for _ in range(2)]
               if cuda else [])
+    small = GPU_MIN_BYTES if min_bytes is None else min_bytes
+    acc: dict[int, _Acc] = {}
     done: list[Any] = [None, None]
     partial: list[tuple[int, Any]] = []  # (entry id, [nan, inf, neg, min, max] on the device)
     slot = 0
     with torch.no_grad():
         for e, _, arr in stream.pieces(entries):
+            if arr.nbytes < small:
+                _numpy_piece(acc.setdefault(id(e), _Acc()), e, arr)
+                if progress is not None:
+                    progress(arr.nbytes)
+                continue
             raw = torch.from_numpy(arr.view("u1"))
             if not cuda:
                 x = raw  # reduced at once, before the buffer is reused
@@ -413,7 +432,6 @@ def scan_gpu(entries: Sequence[Entry], device: str = "cuda:0",
             partial.append((id(e), _torch_row(x.view(_torch_dtype(e.dtype)))))
             if progress is not None:
                 progress(arr.nbytes)
-    acc: dict[int, _Acc] = {}
     if partial:
         table = torch.stack([r for _, r in partial]).cpu().tolist()
         for (eid, _), (nan, inf, neg, lo, hi) in zip(partial, table):
@@ -473,187 +491,192 @@ def _minority(groups: dict[Any, list[Entry]]) -> list[Entry]:
     return [e for k, v in groups.items() if k != major for e in v]
 
 
-def _metadata_checks(ck: Checkpoint, entries: list[Entry], gpus: int | None,
-                     policy: Policy) -> list[Finding]:
-    path = ck.path
-    out: list[Finding] = []
+def _are(n: int, one: str, many: str) -> str:
+    return one if n == 1 else many
 
-    def add(fid: str, keys: Iterable[str], message: str, severity: str | None = None) -> None:
-        out.append(Finding(fid, severity or FINDINGS[fid][0], path, tuple(keys), message))
 
-    module_entries = [e for e in entries if _container_kind(ck, e) in _MODULE_KINDS]
+class _Findings:
+    """Collects one checkpoint's findings; each `add` names the keys and says what to do."""
 
-    # devices
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.items: list[Finding] = []
+
+    def add(self, fid: str, entries_or_keys: Iterable[Entry | str], message: str,
+            severity: str | None = None) -> None:
+        keys = tuple(_qual(k) if isinstance(k, Entry) else k for k in entries_or_keys)
+        self.items.append(Finding(fid, severity or FINDINGS[fid][0], self.path, keys, message))
+
+
+def _keys(entries: Sequence[Entry], limit: int = 3) -> str:
+    return name_keys([_qual(e) for e in entries], limit)
+
+
+def _device_checks(out: _Findings, entries: list[Entry], module_entries: list[Entry],
+                   gpus: int | None) -> None:
     meta = [e for e in entries if e.device == "meta"]
     if meta:
-        add("meta-tensor", map(_qual, meta),
-            f"{name_keys([_qual(e) for e in meta])} {'was' if len(meta) == 1 else 'were'} saved "
-            f"from the meta device and hold no values: save after materializing the module "
-            f"(e.g. module.to_empty(device='cpu') and loading real weights)")
-    for cpath in dict.fromkeys(e.container for e in module_entries):
-        devs = _by_value([e for e in module_entries if e.container == cpath and e.device
-                          and e.device != "meta"], lambda e: e.device)
+        out.add("meta-tensor", meta,
+                f"{_keys(meta)} {_are(len(meta), 'was', 'were')} saved from the meta device and "
+                f"hold no values: save after materializing the module (e.g. "
+                f"module.to_empty(device='cpu') and loading real weights)")
+    for cpath, own in _by_value(module_entries, lambda e: e.container).items():
+        devs = _by_value([e for e in own if e.device and e.device != "meta"], lambda e: e.device)
         if len(devs) > 1:
             where = f" in {cpath!r}" if cpath else ""
-            add("mixed-devices", [_qual(e) for e in _minority(devs)],
-                f"module tensors{where} were saved from {len(devs)} devices: "
-                f"{_split_summary(devs)}; torch.load(..., map_location='cpu') puts them on one "
-                f"device")
+            out.add("mixed-devices", _minority(devs),
+                    f"module tensors{where} were saved from {len(devs)} devices: "
+                    f"{_split_summary(devs)}; torch.load(..., map_location='cpu') puts them on "
+                    f"one device")
     on_gpu = _by_value([e for e in entries if e.device not in (None, "cpu", "meta")],
                        lambda e: e.device)
     if on_gpu:
-        keys = [_qual(e) for v in on_gpu.values() for e in v]
-        devs = sorted(on_gpu)
-        add("gpu-saved", keys,
-            f"{_plural(len(keys), 'tensor')} saved from {', '.join(devs)} "
-            f"({name_keys(keys)}): a CPU-only machine needs "
-            f"torch.load(path, map_location='cpu')")
-    if gpus is not None:
-        missing = {d: v for d, v in on_gpu.items()
-                   if (i := _cuda_index(d)) is not None and i >= gpus}
-        if missing:
-            keys = [_qual(e) for v in missing.values() for e in v]
-            remap = ", ".join(f"'{d}': 'cuda:0'" for d in sorted(missing))
-            add("missing-device", keys,
-                f"{name_keys(keys)} {'was' if len(keys) == 1 else 'were'} saved from "
+        hit = [e for v in on_gpu.values() for e in v]
+        out.add("gpu-saved", hit,
+                f"{_plural(len(hit), 'tensor')} saved from {', '.join(sorted(on_gpu))} "
+                f"({_keys(hit)}): a CPU-only machine needs torch.load(path, map_location='cpu')")
+    if gpus is None:
+        return
+    missing = {d: v for d, v in on_gpu.items()
+               if (i := _cuda_index(d)) is not None and i >= gpus}
+    if missing:
+        hit = [e for v in missing.values() for e in v]
+        remap = ", ".join(f"'{d}': 'cuda:0'" for d in sorted(missing))
+        have = "cuda:0" if gpus == 1 else f"cuda:0..cuda:{gpus - 1}"
+        out.add("missing-device", hit,
+                f"{_keys(hit)} {_are(len(hit), 'was', 'were')} saved from "
                 f"{', '.join(sorted(missing))} but this machine has {_plural(gpus, 'GPU')} "
-                f"(cuda:0{'' if gpus == 1 else f'..cuda:{gpus - 1}'}): load with "
-                f"map_location={{{remap}}} or map_location='cpu'")
+                f"({have}): load with map_location={{{remap}}} or map_location='cpu'")
 
-    # dtypes
-    for cpath in dict.fromkeys(e.container for e in module_entries):
-        own = [e for e in module_entries if e.container == cpath and dtypes.is_floating(e.dtype)]
-        params = [e for e in own if e.role is Role.PARAMETER]
-        undecided = [e for e in own if e.role is Role.UNKNOWN]
-        groups = _by_value(params + undecided, lambda e: e.dtype)
+
+def _dtype_checks(out: _Findings, module_entries: list[Entry]) -> None:
+    for cpath, own in _by_value(module_entries, lambda e: e.container).items():
+        own = [e for e in own if dtypes.is_floating(e.dtype)]
+        groups = _by_value([e for e in own if e.role in (Role.PARAMETER, Role.UNKNOWN)],
+                           lambda e: e.dtype)
         if len(groups) > 1:
+            odd = _minority(groups)
             note = (" (including tensors whose role is undecided)"
-                    if any(e.role is Role.UNKNOWN for e in _minority(groups)) else "")
-            add("mixed-param-dtypes", [_qual(e) for e in _minority(groups)],
-                f"floating-point parameters have {len(groups)} dtypes{note}: "
-                f"{_split_summary(groups)}")
-        by_module = _by_value(own, lambda e: e.module)
-        odd: list[str] = []
-        detail: list[str] = []
-        for module, es in by_module.items():
-            p = [e for e in es if e.role is Role.PARAMETER]
-            b = [e for e in es if e.role is Role.BUFFER]
-            pd = {e.dtype for e in p}
-            if len(pd) != 1 or not b:
+                    if any(e.role is Role.UNKNOWN for e in odd) else "")
+            out.add("mixed-param-dtypes", odd,
+                    f"floating-point parameters have {len(groups)} dtypes{note}: "
+                    f"{_split_summary(groups)}")
+        odd, detail = [], []
+        for module, es in _by_value(own, lambda e: e.module).items():
+            pdt = {e.dtype for e in es if e.role is Role.PARAMETER}
+            if len(pdt) != 1:
                 continue
-            (want,) = pd
-            bad = [e for e in b if e.dtype != want]
+            (want,) = pdt
+            bad = [e for e in es if e.role is Role.BUFFER and e.dtype != want]
             if bad:
-                odd += [_qual(e) for e in bad]
-                detail.append(f"{name_keys([_qual(e) for e in bad], 2)} "
-                              f"{'/'.join(sorted({e.dtype for e in bad}))} vs parameters {want}")
+                odd += bad
+                bad_dt = "/".join(sorted({e.dtype for e in bad}))
+                detail.append(f"{_keys(bad, 2)} {bad_dt} vs parameters {want}")
         if odd:
-            add("buffer-dtype-mismatch", odd,
-                f"floating buffers differ in dtype from their module's parameters: "
-                f"{'; '.join(detail[:3])}{f' and {len(detail) - 3} more modules' if len(detail) > 3 else ''}"
-                f"; cast them to the parameters' dtype before saving")
+            more = f" and {len(detail) - 3} more modules" if len(detail) > 3 else ""
+            out.add("buffer-dtype-mismatch", odd,
+                    f"floating buffers differ in dtype from their module's parameters: "
+                    f"{'; '.join(detail[:3])}{more}; cast them to the parameters' dtype before "
+                    f"saving")
 
-    # normalization layers
-    stats_low = [e for e in module_entries if e.name in ("running_mean", "running_var")
-                 and (e.dtype in _LOW_PRECISION or e.dtype.startswith("float8"))]
-    if stats_low:
-        add("low-precision-stats", map(_qual, stats_low),
-            f"{name_keys([_qual(e) for e in stats_low])} "
-            f"{'is' if len(stats_low) == 1 else 'are'} stored in "
-            f"{'/'.join(sorted({e.dtype for e in stats_low}))}: running statistics lose "
-            f"precision (and float16 running_var can overflow); keep normalization buffers in "
-            f"float32")
+
+def _norm_checks(out: _Findings, ck: Checkpoint, module_entries: list[Entry]) -> None:
+    low = [e for e in module_entries if e.name in ("running_mean", "running_var")
+           and (e.dtype in _LOW_PRECISION or e.dtype.startswith("float8"))]
+    if low:
+        out.add("low-precision-stats", low,
+                f"{_keys(low)} {_are(len(low), 'is', 'are')} stored in "
+                f"{'/'.join(sorted({e.dtype for e in low}))}: running statistics lose precision "
+                f"(and a float16 running_var can overflow); keep normalization buffers in float32")
     nbt = [e for e in module_entries if e.name == "num_batches_tracked" and e.dtype != "int64"]
     if nbt:
-        add("num-batches-tracked-dtype", map(_qual, nbt),
-            f"{name_keys([_qual(e) for e in nbt])} "
-            f"{'is' if len(nbt) == 1 else 'are'} {'/'.join(sorted({e.dtype for e in nbt}))}, "
-            f"torch keeps num_batches_tracked as int64 (load_state_dict copies it into an int64 "
-            f"buffer; counts above the dtype's range were lost)")
-    new_fmt: list[str] = []
-    old_fmt: list[str] = []
-    for c in ck.containers:
-        if c.kind not in _MODULE_KINDS:
-            continue
-        names = _by_value([e for e in entries if e.container == c.path], lambda e: e.module)
-        for module, es in names.items():
-            own = {e.name for e in es}
-            if {"running_mean", "running_var"} <= own and "num_batches_tracked" not in own:
-                key = (f"{c.path}/" if c.path else "") + (f"{module}." if module else "") \
-                    + "num_batches_tracked"
-                version = (c.module_versions or {}).get(module)
-                (new_fmt if version is not None and version >= 2 else old_fmt).append(key)
-    if new_fmt:
-        add("missing-num-batches-tracked", new_fmt,
-            f"{name_keys(new_fmt)} missing although `_metadata` marks the module as version 2 "
-            f"(the format that has it): load_state_dict(strict=True) will report "
-            f"{'it' if len(new_fmt) == 1 else 'them'} missing; re-save from the module or add "
-            f"torch.tensor(0) entries")
-    if old_fmt:
-        add("missing-num-batches-tracked", old_fmt,
-            f"{name_keys(old_fmt)} absent: an old (pre-version-2 or `_metadata`-less) "
-            f"normalization state; load_state_dict fills in 0", severity="info")
+        out.add("num-batches-tracked-dtype", nbt,
+                f"{_keys(nbt)} {_are(len(nbt), 'is', 'are')} "
+                f"{'/'.join(sorted({e.dtype for e in nbt}))}; torch keeps num_batches_tracked as "
+                f"int64 (load_state_dict copies it into an int64 buffer)")
+    versioned: list[str] = []  # `_metadata` says version 2: strict loading reports the key missing
+    old: list[str] = []  # version 1 or no `_metadata`: torch fills in 0 when loading
+    for cpath, own in _by_value(module_entries, lambda e: e.container).items():
+        versions = ck.container(cpath).module_versions or {}
+        for module, es in _by_value(own, lambda e: e.module).items():
+            names = {e.name for e in es}
+            if {"running_mean", "running_var"} <= names and "num_batches_tracked" not in names:
+                key = f"{module}.num_batches_tracked" if module else "num_batches_tracked"
+                key = f"{cpath}/{key}" if cpath else key
+                (versioned if (versions.get(module) or 0) >= 2 else old).append(key)
+    if versioned:
+        out.add("missing-num-batches-tracked", versioned,
+                f"{name_keys(versioned)} missing although `_metadata` marks the module as "
+                f"version 2 (the format that has it): load_state_dict(strict=True) will report "
+                f"{_are(len(versioned), 'it', 'them')} missing; re-save from the module or add "
+                f"torch.tensor(0) entries")
+    if old:
+        out.add("missing-num-batches-tracked", old,
+                f"{name_keys(old)} absent: an old (pre-version-2 or `_metadata`-less) "
+                f"normalization state; load_state_dict fills in 0", severity="info")
 
-    # storage sharing and persistence
-    shared = _by_value([e for e in entries if e.data is not None],
-                       lambda e: e.data.storage_id)
-    groups = [v for v in shared.values() if len(v) > 1]
+
+def _storage_checks(out: _Findings, entries: list[Entry]) -> None:
+    groups = [v for v in _by_value([e for e in entries if e.data is not None],
+                                   lambda e: e.data.storage_id).values() if len(v) > 1]
     if groups:
-        keys = [_qual(e) for g in groups for e in g]
-        add("shared-storage", keys,
-            f"{_plural(len(groups), 'storage')} shared by several keys (tied or view tensors): "
-            + "; ".join(name_keys([_qual(e) for e in g], 3) for g in groups[:3])
-            + (f" and {len(groups) - 3} more groups" if len(groups) > 3 else ""))
-    nonpersistent = [e for e in entries if e.role is Role.BUFFER and e.persistent is False]
-    # Hook: a --model factory (roles issue) yields entries with persistent=False; they land here.
-    if nonpersistent:
-        add("non-persistent-buffer", map(_qual, nonpersistent),
-            f"{name_keys([_qual(e) for e in nonpersistent])} "
-            f"{'is a non-persistent buffer' if len(nonpersistent) == 1 else 'are non-persistent buffers'}: "
-            f"module.state_dict() will not hold {'it' if len(nonpersistent) == 1 else 'them'}, "
-            f"so a consumer of the state dict must recompute {'it' if len(nonpersistent) == 1 else 'them'}")
+        more = f" and {len(groups) - 3} more groups" if len(groups) > 3 else ""
+        out.add("shared-storage", [e for g in groups for e in g],
+                f"{_plural(len(groups), 'storage')} shared by several keys (tied or view "
+                f"tensors): {'; '.join(_keys(g) for g in groups[:3])}{more}")
+    # entries with persistent=False come from pickled modules, or (roles issue) a --model factory
+    npb = [e for e in entries if e.role is Role.BUFFER and e.persistent is False]
+    if npb:
+        it = _are(len(npb), "it", "them")
+        out.add("non-persistent-buffer", npb,
+                f"{_keys(npb)} {_are(len(npb), 'is a', 'are')} non-persistent "
+                f"{_are(len(npb), 'buffer', 'buffers')}: "
+                f"module.state_dict() will not hold {it}, so a consumer of the state dict must "
+                f"recompute {it}")
 
-    # policy
+
+def _policy_checks(out: _Findings, entries: list[Entry], policy: Policy) -> None:
     if policy.expect_dtype:
-        bad: list[Entry] = []
+        expect = policy.expect_dtype
+        either = {expect.get("parameter"), expect.get("buffer")} - {None}
+        bad = []
         for e in entries:
             if not dtypes.is_floating(e.dtype):
-                continue
-            want = policy.expect_dtype.get(e.role.value)
-            if e.role is Role.UNKNOWN and want is None:
-                options = {policy.expect_dtype.get("parameter"), policy.expect_dtype.get("buffer")}
-                options.discard(None)
-                if options and e.dtype not in options:
-                    bad.append(e)
-                continue
-            if want is not None and e.dtype != want:
-                bad.append(e)
+                continue  # integer and bool buffers cannot take a floating dtype
+            want = expect.get(e.role.value)
+            if want is not None:
+                bad += [e] if e.dtype != want else []
+            elif e.role is Role.UNKNOWN and either and e.dtype not in either:
+                bad.append(e)  # undecided: wrong only if neither a parameter nor a buffer fits
         if bad:
-            want = ", ".join(f"{r}={d}" for r, d in policy.expect_dtype.items())
-            add("expected-dtype", map(_qual, bad),
-                f"{name_keys([_qual(e) for e in bad])} "
-                f"({'/'.join(sorted({e.dtype for e in bad}))}) break the expected dtype ({want})")
+            want = ", ".join(f"{r}={d}" for r, d in expect.items())
+            out.add("expected-dtype", bad,
+                    f"{_keys(bad)} ({'/'.join(sorted({e.dtype for e in bad}))}) break the "
+                    f"expected dtype ({want})")
     if policy.expect_device:
         want = policy.expect_device
-
-        def fits(d: str) -> bool:
-            return d == want or (":" not in want and d.partition(":")[0] == want)
-
-        bad = [e for e in entries if e.device is not None and not fits(e.device)]
+        bad = [e for e in entries if e.device is not None and e.device != want
+               and not (":" not in want and e.device.partition(":")[0] == want)]
         if bad:
-            add("expected-device", map(_qual, bad),
-                f"{name_keys([_qual(e) for e in bad])} saved from "
-                f"{', '.join(sorted({e.device for e in bad}))}, expected {want}"
-                + ("; re-save after model.to('cpu') or load with map_location='cpu'"
-                   if want == "cpu" else ""))
-    return out
+            hint = ("; re-save after model.to('cpu') or load with map_location='cpu'"
+                    if want == "cpu" else "")
+            out.add("expected-device", bad,
+                    f"{_keys(bad)} saved from {', '.join(sorted({e.device for e in bad}))}, "
+                    f"expected {want}{hint}")
 
 
-def _container_kind(ck: Checkpoint, e: Entry) -> ContainerKind:
-    for c in ck.containers:
-        if c.path == e.container:
-            return c.kind
-    return ContainerKind.TENSORS
+def _metadata_checks(ck: Checkpoint, entries: list[Entry], gpus: int | None,
+                     policy: Policy) -> list[Finding]:
+    """Every finding that needs no tensor data, for one checkpoint's selected entries."""
+    out = _Findings(ck.path)
+    kinds = {c.path: c.kind for c in ck.containers}
+    module_entries = [e for e in entries if kinds.get(e.container) in _MODULE_KINDS]
+    _device_checks(out, entries, module_entries, gpus)
+    _dtype_checks(out, module_entries)
+    _norm_checks(out, ck, module_entries)
+    _storage_checks(out, entries)
+    _policy_checks(out, entries, policy)
+    return out.items
 
 
 def _numeric_findings(path: str, entries: list[Entry], stats: dict[int, ScanStats]

@@ -1,4 +1,4 @@
-"""`check`: each finding planted in a real checkpoint, policies from flags and pyproject, formats."""
+"""`check`: each finding planted in a real checkpoint, policies from flags and pyproject."""
 
 from __future__ import annotations
 
@@ -159,7 +159,8 @@ def test_nan_and_inf_counted_like_torch(run_check, tmp_path):
     assert found["nan"]["severity"] == found["inf"]["severity"] == "error"
     assert sorted(found["nan"]["keys"]) == sorted(want_nan)
     assert sorted(found["inf"]["keys"]) == sorted(want_inf)
-    assert found["nan"]["message"] == "4 NaNs in 2 tensors: conv1.weight (3) and bn1.running_mean (1)"
+    assert found["nan"]["message"] == \
+        "4 NaNs in 2 tensors: conv1.weight (3) and bn1.running_mean (1)"
     report = checking.check([str(path)], device="cpu")
     for k, n in want_nan.items():
         assert report.stats[(str(path), "", k)].nan == n

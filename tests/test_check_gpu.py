@@ -34,11 +34,18 @@ def save_tagged(obj, path, tag):
         ser.location_tag = orig
 
 
-def both(paths):
+@pytest.fixture(params=["default", "all-on-gpu"])
+def both(request, monkeypatch):
+    """Check on the CPU and on the GPU (also with every piece, however small, sent to the GPU)."""
+    if request.param == "all-on-gpu":
+        monkeypatch.setattr(checking, "GPU_MIN_BYTES", 0)
+
+    return run_both
+
+
+def run_both(paths):
     paths = [str(p) for p in paths]
-    cpu = checking.check(paths, device="cpu")
-    gpu = checking.check(paths, device="auto")
-    return cpu, gpu
+    return checking.check(paths, device="cpu"), checking.check(paths, device="auto")
 
 
 def assert_identical(cpu, gpu):
@@ -50,11 +57,11 @@ def assert_identical(cpu, gpu):
 
 
 @pytest.mark.parametrize("name", SAMPLE_FILES)
-def test_samples_identical_on_cpu_and_gpu(name):
+def test_samples_identical_on_cpu_and_gpu(both, name):
     assert_identical(*both([SAMPLES / name]))
 
 
-def test_every_dtype_identical(tmp_path):
+def test_every_dtype_identical(both, tmp_path):
     planted(tmp_path / "planted.pt")
     cpu, gpu = both([tmp_path / "planted.pt"])
     assert_identical(cpu, gpu)
@@ -81,7 +88,7 @@ def test_one_gigabyte_checkpoint_identical(tmp_path):
     torch.save(sd, path)
     del sd, half
     assert path.stat().st_size > 900 << 20
-    cpu, gpu = both([path])
+    cpu, gpu = run_both([path])
     assert_identical(cpu, gpu)
     assert {f.id for f in gpu.findings} == {"nan", "inf", "negative-variance",
                                             "mixed-param-dtypes"}
