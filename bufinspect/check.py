@@ -434,7 +434,7 @@ def scan_gpu(entries: Sequence[Entry], device: str = "cuda:0",
                 progress(arr.nbytes)
     if partial:
         table = torch.stack([r for _, r in partial]).cpu().tolist()
-        for (eid, _), (nan, inf, neg, lo, hi) in zip(partial, table):
+        for (eid, _), (nan, inf, neg, lo, hi) in zip(partial, table, strict=True):
             acc.setdefault(eid, _Acc()).merge(int(nan), int(inf), int(neg), lo, hi)
     return {k: v.result() for k, v in acc.items()}
 
@@ -550,7 +550,7 @@ def _device_checks(out: _Findings, entries: list[Entry], module_entries: list[En
 
 
 def _dtype_checks(out: _Findings, module_entries: list[Entry]) -> None:
-    for cpath, own in _by_value(module_entries, lambda e: e.container).items():
+    for own in _by_value(module_entries, lambda e: e.container).values():
         own = [e for e in own if dtypes.is_floating(e.dtype)]
         groups = _by_value([e for e in own if e.role in (Role.PARAMETER, Role.UNKNOWN)],
                            lambda e: e.dtype)
@@ -562,7 +562,7 @@ def _dtype_checks(out: _Findings, module_entries: list[Entry]) -> None:
                     f"floating-point parameters have {len(groups)} dtypes{note}: "
                     f"{_split_summary(groups)}")
         odd, detail = [], []
-        for module, es in _by_value(own, lambda e: e.module).items():
+        for es in _by_value(own, lambda e: e.module).values():
             pdt = {e.dtype for e in es if e.role is Role.PARAMETER}
             if len(pdt) != 1:
                 continue
@@ -736,7 +736,7 @@ def check(paths: Sequence[str], *, policy: Policy | None = None, device: str = "
     scan = [e for entries in selected for e in entries if _scannable(e)]
     measured = (scan_gpu(scan, where, progress) if where.startswith("cuda")
                 else scan_cpu(scan, progress)) if scan else {}
-    for ck, entries in zip(cks, selected):
+    for ck, entries in zip(cks, selected, strict=True):
         findings += _metadata_checks(ck, entries, gpus, policy)
         findings += _numeric_findings(ck.path, entries, measured)
         for e in entries:
