@@ -91,7 +91,7 @@ class ScanStats:
 
     nan: int = 0
     inf: int = 0
-    negative: int = 0  # finite values below zero
+    negative: int = 0  # finite values below zero (counted for running_var entries only)
     min: float | None = None  # over finite values
     max: float | None = None
 
@@ -372,7 +372,7 @@ def _numpy_piece(a: _Acc, e: Entry, arr: Any) -> None:
         nan, inf = int(np.count_nonzero(bad_nan)), int(np.count_nonzero(bad_inf))
         x = x[~(bad_nan | bad_inf)]
         lo, hi = (x.min(), x.max()) if x.size else (math.inf, -math.inf)
-    neg = int(np.count_nonzero(x < 0)) if lo < 0 else 0
+    neg = int(np.count_nonzero(x < 0)) if lo < 0 and _counts_negatives(e) else 0
     a.merge(nan, inf, neg, float(lo), float(hi))
 
 
@@ -429,7 +429,8 @@ def scan_gpu(entries: Sequence[Entry], device: str = "cuda:0",
                 done[slot] = torch.cuda.Event()
                 done[slot].record()
                 slot = 1 - slot
-            partial.append((id(e), _torch_row(x.view(_torch_dtype(e.dtype)))))
+            partial.append((id(e), _torch_row(x.view(_torch_dtype(e.dtype)),
+                                              _counts_negatives(e))))
             if progress is not None:
                 progress(arr.nbytes)
     if partial:
@@ -439,7 +440,11 @@ def scan_gpu(entries: Sequence[Entry], device: str = "cuda:0",
     return {k: v.result() for k, v in acc.items()}
 
 
-def _torch_row(x):
+def _counts_negatives(e: Entry) -> bool:
+    return e.name == "running_var"
+
+
+def _torch_row(x, negatives: bool):
     """[nan, inf, negative, finite min, finite max] of one chunk, as a float64 tensor."""
     import torch
 
@@ -455,7 +460,7 @@ def _torch_row(x):
     big = torch.full((), math.inf, dtype=x.dtype, device=x.device)
     lo = torch.where(finite, x, big).amin()
     hi = torch.where(finite, x, -big).amax()
-    neg = (finite & (x < 0)).sum()
+    neg = (finite & (x < 0)).sum() if negatives else torch.zeros((), device=x.device)
     return torch.stack([nan.double(), n_inf.double(), neg.double(), lo.double(), hi.double()])
 
 
