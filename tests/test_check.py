@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from importlib import resources
@@ -437,3 +438,36 @@ def test_name_keys_groups():
     assert checking.name_keys(["a"]) == "a"
     assert checking.name_keys(["a", "b"]) == "a and b"
     assert checking.name_keys([f"k{i}" for i in range(45)]) == "k0, k1, k2 and 42 more"
+
+
+def test_container_selection(run_check, cli, tmp_path):
+    sd = cnn_sd()
+    sd["bn1.running_var"][0] = -1.0
+    opt = {"state": {0: {"exp_avg": torch.full((2,), float("nan"))}}, "param_groups": []}
+    path = tmp_path / "train.pt"
+    torch.save({"model": sd, "optimizer": opt}, path)
+    found = ids(run_check(path, code=1))
+    assert set(found) == {"nan", "negative-variance"}
+    assert found["negative-variance"]["keys"] == ["model/bn1.running_var"]
+    found = ids(run_check(path, "--container", "model", code=1))
+    assert set(found) == {"negative-variance"}
+    r = cli("check", path, "--container", "nope")
+    assert r.exit_code == 2 and "no container 'nope'" in r.stderr
+
+
+def test_python_api_matches_cli(run_check):
+    path = str(SAMPLES / "cnn_cuda1.pt")
+    policy = checking.make_policy(expect_device="cpu", ignore=["gpu-saved"])
+    report = checking.check([path], policy=policy, device="cpu")
+    assert report.to_dict() == run_check(path, "--expect-device", "cpu", "--ignore", "gpu-saved")
+    assert not report.ok and report.count("error") == 2
+
+
+def test_pre_commit_hook_definition():
+    yaml = pytest.importorskip("yaml")
+    (hook,) = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    assert hook["id"] == "bufinspect-check" and hook["entry"] == "bufinspect check"
+    pattern = re.compile(hook["files"])
+    for name in ("a.pt", "dir/b.pth", "c.bin", "d.ckpt", "e.safetensors"):
+        assert pattern.search(name), name
+    assert not pattern.search("model.py")
