@@ -42,11 +42,11 @@ SEVERITIES = ("error", "warning", "info")
 # id -> (severity, one line for --help and the README)
 FINDINGS: dict[str, tuple[str, str]] = {
     "mixed-devices": ("error", "module tensors were saved from more than one device"),
-    "gpu-saved": ("warning", "tensors were saved from a GPU; a CPU-only load needs map_location"),
+    "gpu-saved": ("warning", "tensors saved from a GPU (a CPU-only load needs map_location)"),
     "missing-device": ("error", "a saved cuda index does not exist on this machine's GPUs"),
     "mixed-param-dtypes": ("warning", "floating-point parameters have more than one dtype"),
-    "buffer-dtype-mismatch": ("warning", "a module's floating buffers differ in dtype from its "
-                                         "parameters"),
+    "buffer-dtype-mismatch": ("warning", "a module's floating buffers differ from its "
+                                         "parameters' dtype"),
     "nan": ("error", "NaN values"),
     "inf": ("error", "infinite values"),
     "negative-variance": ("error", "a normalization running_var holds negative values"),
@@ -55,8 +55,8 @@ FINDINGS: dict[str, tuple[str, str]] = {
     "low-precision-stats": ("warning", "running_mean/running_var in float16, bfloat16 or float8"),
     "num-batches-tracked-dtype": ("warning", "num_batches_tracked is not int64"),
     "meta-tensor": ("error", "tensors saved from the meta device hold no values"),
-    "missing-num-batches-tracked": ("warning", "running statistics without num_batches_tracked "
-                                               "(info for the old, pre-version-2 format)"),
+    "missing-num-batches-tracked": ("warning", "running stats without num_batches_tracked "
+                                               "(info: old format)"),
     "shared-storage": ("info", "keys that share one storage (tied weights)"),
     "non-persistent-buffer": ("info", "buffers that a state dict of the module will not hold"),
 }

@@ -162,9 +162,9 @@ from bufinspect.render import OutputFormat  # noqa: E402  (kept under this ancho
 def _check_epilog() -> str:
     from bufinspect.check import FINDINGS
 
-    lines = ["Finding ids (severity): " + "; ".join(f"{k} ({v[0]}): {v[1]}"
-                                                  for k, v in FINDINGS.items()) + "."]
-    return "\n\n".join(lines)
+    width = max(len(k) for k in FINDINGS)
+    rows = [f"  {k:<{width}}  {sev:<7}  {what}" for k, (sev, what) in FINDINGS.items()]
+    return "Finding ids:\n\n\b\n" + "\n".join(rows)  # \b: click keeps the lines as they are
 
 
 @app.command(epilog=_check_epilog())
