@@ -313,11 +313,11 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
-def _scannable(e: Entry) -> bool:
-    from bufinspect.formats import stream
-
+def scannable(e: Entry) -> bool:
+    """True for the entries the numeric scan reads (floating and complex tensors with data)."""
     d = dtypes.DTYPES.get(e.dtype)
-    return d is not None and d.kind in ("float", "complex") and stream.readable(e)
+    return (d is not None and d.kind in ("float", "complex") and d.numpy is not None
+            and e.data is not None and e.numel > 0)
 
 
 class _Acc:
@@ -738,7 +738,7 @@ def check(paths: Sequence[str], *, policy: Policy | None = None, device: str = "
     stats: dict[tuple[str, str, str], ScanStats] = {}
     cks = list(loaded) if loaded is not None else [load(p) for p in paths]
     selected = [listing.select(ck, containers=containers) for ck in cks]
-    scan = [e for entries in selected for e in entries if _scannable(e)]
+    scan = [e for entries in selected for e in entries if scannable(e)]
     measured = (scan_gpu(scan, where, progress) if where.startswith("cuda")
                 else scan_cpu(scan, progress)) if scan else {}
     for ck, entries in zip(cks, selected, strict=True):

@@ -215,7 +215,7 @@ def check(
         with handled(p):
             loaded.append(load(p))
     with handled(paths[0]):
-        total = sum(e.nbytes for ck in loaded for e in ck.entries)
+        total = sum(e.nbytes for ck in loaded for e in ck.entries if checking.scannable(e))
         bar, progress = progress_for(total)
         if bar is not None:
             with bar:

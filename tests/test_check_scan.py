@@ -43,7 +43,7 @@ def _same(a: checking.ScanStats, b: checking.ScanStats) -> bool:
 def test_numpy_and_torch_kernels_agree(tmp_path):
     sd = planted(tmp_path / "planted.pt")
     entries = [e for e in bufinspect.load(str(tmp_path / "planted.pt")).entries
-               if checking._scannable(e)]
+               if checking.scannable(e)]
     assert len(entries) == len(sd)
     a = checking.scan_cpu(entries)
     b = checking.scan_gpu(entries, "cpu", min_bytes=0)
@@ -63,7 +63,7 @@ def test_numpy_and_torch_kernels_agree(tmp_path):
 @pytest.mark.parametrize("name", ["cnn_state_dict.pt", "train_adam.pt", "bn_after_train.pt",
                                   "cnn.safetensors"])
 def test_kernels_agree_on_samples(name):
-    entries = [e for e in bufinspect.load(str(SAMPLES / name)).entries if checking._scannable(e)]
+    entries = [e for e in bufinspect.load(str(SAMPLES / name)).entries if checking.scannable(e)]
     a = checking.scan_cpu(entries)
     b = checking.scan_gpu(entries, "cpu", min_bytes=0)
     assert a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
