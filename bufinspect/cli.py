@@ -167,6 +167,89 @@ def show(
 
 # ---- check (issue: check) ----------------------------------------------------------------
 
+from bufinspect.render import OutputFormat  # noqa: E402  (kept under this anchor for merges)
+
+
+def _check_epilog() -> str:
+    from bufinspect.check import FINDINGS
+
+    width = max(len(k) for k in FINDINGS)
+    rows = [f"  {k:<{width}}  {sev:<7}  {what}" for k, (sev, what) in FINDINGS.items()]
+    return "Finding ids:\n\n\b\n" + "\n".join(rows)  # \b: click keeps the lines as they are
+
+
+@app.command(epilog=_check_epilog())
+def check(
+    paths: List[str] = typer.Argument(..., help="Checkpoint files; several give one report."),
+    expect_dtype: Optional[str] = typer.Option(
+        None, "--expect-dtype", help="Expected floating dtype of module tensors: one dtype "
+        "(bfloat16) or per role (parameter=bfloat16,buffer=float32; roles parameter, buffer, "
+        "unknown, other)."),
+    expect_device: Optional[str] = typer.Option(
+        None, "--expect-device", help="Device every tensor must have been saved from: cpu, "
+        "cuda (any index) or cuda:N."),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="Where numeric checks run: auto (a CUDA GPU when torch sees "
+        "one, else the CPU; default), cpu, or cuda (exit 2 without a GPU)."),
+    strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="Warnings fail "
+                                          "the check too (exit 1)."),
+    ignore: Optional[List[str]] = typer.Option(None, "--ignore", help="Drop findings with this "
+                                               "id (repeatable, or comma-separated)."),
+    format: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", "-f",
+                                        help="table, json, markdown (a GitHub job summary) or "
+                                             "github (workflow annotations)."),
+    container: Optional[List[str]] = typer.Option(None, "--container", help="Only this state "
+                                                  "dict inside each checkpoint (repeatable)."),
+    no_config: bool = typer.Option(False, "--no-config", help="Ignore [tool.bufinspect.check] "
+                                   "in the nearest pyproject.toml."),
+) -> None:
+    """Check devices, dtypes and values of checkpoints, for CI.
+
+    Exit 0 when no error finding remains, 1 when one does (with --strict: or a warning), 2 for
+    bad input or usage. Settings can also come from [tool.bufinspect.check] in the nearest
+    pyproject.toml (keys expect-dtype, expect-device, device, strict, ignore); flags override
+    them. NaN/Inf and negative running variances are found by streaming the data once, on the
+    GPU when one is present. Nothing in a checkpoint is ever run.
+    """
+    from bufinspect import check as checking
+    from bufinspect import load, render
+
+    with handled(paths[0] if paths else None):
+        config, config_path, note = ({}, None, None) if no_config else checking.load_config()
+        if note:
+            _stderr(f"bufinspect: note: {config_path}: {note}")
+        policy = checking.make_policy(expect_dtype=expect_dtype, expect_device=expect_device,
+                                      ignore=ignore or (), strict=strict, config=config)
+        where = device if device is not None else config.get("device", "auto")
+    loaded = []
+    for p in paths:
+        with handled(p):
+            loaded.append(load(p))
+    with handled(paths[0]):
+        total = sum(e.nbytes for ck in loaded for e in ck.entries if checking.scannable(e))
+        bar, progress = progress_for(total)
+        if bar is not None:
+            with bar:
+                report = checking.check(paths, policy=policy, device=where,
+                                        containers=container or (), progress=progress,
+                                        loaded=loaded)
+        else:
+            report = checking.check(paths, policy=policy, device=where,
+                                    containers=container or (), loaded=loaded)
+    if format is OutputFormat.JSON:
+        sys.stdout.write(render.to_json(report.to_dict()) + "\n")
+    elif format is OutputFormat.MARKDOWN:
+        sys.stdout.write(render.render_check_markdown(report))
+    elif format is OutputFormat.GITHUB:
+        sys.stdout.write(render.render_check_github(report))
+        _stderr(render.check_verdict(report))
+    elif format is OutputFormat.TABLE:
+        render.render_check_table(report, stdout_console())
+    else:
+        render.assert_never(format)
+    raise typer.Exit(0 if report.ok else 1)
+
+
 
 # ---- annotate and other role commands (issue: roles) -------------------------------------
 
