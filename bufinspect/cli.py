@@ -120,27 +120,41 @@ def show(
                                         "first N components of their module path."),
     explain: bool = typer.Option(False, "--explain", help="List every entry with the evidence "
                                  "that decided its role."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Workers for --stats "
+                                       "(default: the number of cores)."),
+    distributed: Optional[bool] = typer.Option(None, "--distributed/--no-distributed",
+                                               help="Share --stats across torch.distributed "
+                                               "ranks; rank 0 prints the report (default: on "
+                                               "when launched by torchrun)."),
 ) -> None:
     """List every tensor of a checkpoint: buffers first, then parameters by module.
 
     Reads metadata only (no tensor data, no torch import) unless --stats is given.
+    Sharded folders (model.safetensors.index.json, torch.distributed.checkpoint) read as one.
     """
-    from bufinspect import listing, load, render
+    from bufinspect import listing, load, parallel, render
 
     with handled(path):
         ck = load(path)
-        entries = listing.select(ck, containers=container or (), roles=role or (),
-                                 filters=filter or ())
-        bar, progress = (None, None)
-        if stats:
-            bar, progress = progress_for(sum(e.nbytes for e in entries))
-        if bar is not None:
-            with bar:
-                report = listing.show(ck, containers=container or (), roles=role or (),
-                                      filters=filter or (), stats=stats, progress=progress)
+        select = dict(containers=container or (), roles=role or (), filters=filter or ())
+        workers = jobs or parallel.default_jobs()
+        from bufinspect import distributed as dist
+
+        if stats and dist.wanted(distributed):
+            report = dist.show(ck, jobs=workers, **select)
+            if report is None:  # not rank 0: rank 0 prints the one report
+                return
         else:
-            report = listing.show(ck, containers=container or (), roles=role or (),
-                                  filters=filter or (), stats=stats)
+            entries = listing.select(ck, **select)
+            bar, progress = (None, None)
+            if stats:
+                bar, progress = progress_for(sum(e.nbytes for e in entries))
+            if bar is not None:
+                with bar:
+                    report = listing.show(ck, **select, stats=stats, progress=progress,
+                                          jobs=workers)
+            else:
+                report = listing.show(ck, **select, stats=stats, jobs=workers)
     if format is ShowFormat.JSON:
         sys.stdout.write(render.to_json(report.to_dict()) + "\n")
     elif format is ShowFormat.MARKDOWN:

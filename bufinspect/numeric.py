@@ -126,15 +126,35 @@ def stats_kind(e: Entry) -> str | None:
     return d.kind
 
 
-def tensor_stats(entries: Iterable[Entry], progress=None) -> dict[tuple[str, str], TensorStats]:
+def tensor_stats(entries: Iterable[Entry], progress=None, jobs: int = 1
+                 ) -> dict[tuple[str, str], TensorStats]:
     """Stream every entry once, in file order, and return its statistics.
 
     Entries whose data cannot be read (meta tensors, quantized, packed dtypes) get no stats.
-    `progress(nbytes)` is called after each piece, for a progress bar.
+    `progress(nbytes)` is called after each piece, for a progress bar. With `jobs` > 1 the
+    entries are split into balanced groups streamed by `jobs` workers (`bufinspect.parallel`);
+    the statistics are the same whatever `jobs` is.
     """
+    entries = [e for e in entries if stats_kind(e) is not None]
+    if jobs <= 1 or len(entries) <= 1:
+        return _stats_serial(entries, progress)
+    from functools import partial
+
+    from bufinspect import parallel
+
+    if not parallel.uses_threads():
+        progress = None  # a callback cannot cross into worker processes
+    merged: dict[tuple[str, str], TensorStats] = {}
+    for part in parallel.map_entries(entries, partial(_stats_serial, progress=progress), jobs):
+        merged.update(part)
+    return {(e.container, e.key): merged[(e.container, e.key)] for e in entries
+            if (e.container, e.key) in merged}
+
+
+def _stats_serial(entries: list[Entry], progress=None) -> dict[tuple[str, str], TensorStats]:
+    """One worker's pass: its own stream buffers, its own accumulators."""
     from bufinspect.formats import stream
 
-    entries = [e for e in entries if stats_kind(e) is not None]
     acc: dict[int, StatsAccumulator] = {}
     for e, _, arr in stream.pieces(entries):
         a = acc.get(id(e))
