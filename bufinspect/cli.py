@@ -13,7 +13,11 @@ from contextlib import contextmanager
 from enum import Enum
 from typing import Iterator, List, Optional
 
-import typer
+# bufinspect runs its own workers (--jobs); OpenBLAS helper threads only slow a streaming pass
+# (PERFORMANCE.md) and make float sums depend on the core count. Set before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import typer  # noqa: E402
 
 from bufinspect import __version__
 from bufinspect.errors import BufinspectError
