@@ -36,10 +36,13 @@ def run_once(cmd: list[str], extra_env: dict[str, str] | None = None) -> tuple[f
     return wall, usage.ru_maxrss / 1024
 
 
-def measure(cmd: list[str], repeats: int = 5, extra_env: dict[str, str] | None = None
-            ) -> tuple[float, float]:
-    """(median wall seconds, max peak RSS MB) over `repeats` runs."""
+def measure(cmd: list[str], repeats: int = 5, extra_env: dict[str, str] | None = None,
+            fastest: list[float] | None = None) -> tuple[float, float]:
+    """(median wall seconds, max peak RSS MB) over `repeats` runs; appends the fastest run's
+    wall to `fastest` when given (on a shared, busy machine the minimum is the steadier figure)."""
     runs = [run_once(cmd, extra_env) for _ in range(repeats)]
+    if fastest is not None:
+        fastest.append(min(w for w, _ in runs))
     return statistics.median(w for w, _ in runs), max(r for _, r in runs)
 
 
@@ -78,3 +81,16 @@ def machine() -> str:
 
 def fmt_s(s: float) -> str:
     return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def write_section(name: str, text: str) -> None:
+    """Replace this script's section of benchmarks/RESULTS.md (between its markers)."""
+    path = ROOT / "benchmarks" / "RESULTS.md"
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    old = path.read_text() if path.exists() else "# bufinspect benchmark results\n"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    path.write_text(new)

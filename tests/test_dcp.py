@@ -64,7 +64,7 @@ def test_nested_state_and_byte_items(cli_json, tmp_path):
 
 def _chunked(folder, full: torch.Tensor, split_dim: int, parts: int) -> None:
     """A DCP folder whose one tensor is saved in chunks across two files, as FSDP ranks do."""
-    chunks, storage, offset = [], {}, 0
+    chunks, storage = [], {}
     folder.mkdir()
     blobs: dict[str, bytearray] = {"__0_0.distcp": bytearray(), "__1_0.distcp": bytearray()}
     start = 0

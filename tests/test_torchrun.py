@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from conftest import ROOT
@@ -21,8 +19,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and sys.platform != "linux",
-                    reason="torchrun not available")
 def test_torchrun_two_ranks_match_single_process(cli, tmp_path):
     torch.manual_seed(0)
     sd = {f"block{i}.conv.weight": torch.randn(16, 8, 3, 3) for i in range(12)}
@@ -43,3 +39,13 @@ def test_torchrun_two_ranks_match_single_process(cli, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout) == json.loads(single.stdout)
     assert run.stdout == single.stdout  # byte for byte: one report, from rank 0 only
+
+
+def test_distributed_flag_outside_torchrun_is_a_usage_error(cli, monkeypatch, samples):
+    for name in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    r = cli("show", samples / "cnn_state_dict.pt", "--stats", "--distributed")
+    assert r.exit_code == 2 and "torchrun" in r.stderr and r.stdout == ""
+    # without the flag and outside torchrun, nothing distributed happens (and no torch import)
+    r = cli("show", samples / "cnn_state_dict.pt", "--stats", "--format", "json")
+    assert r.exit_code == 0
