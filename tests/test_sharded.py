@@ -153,3 +153,15 @@ def test_corrupt_shard_names_the_shard(cli, pair):
     shard = sorted(folder.glob("*.safetensors"))[1]
     shard.write_bytes(shard.read_bytes()[:100])
     _refused(cli, folder, shard.name)
+
+
+def test_listing_does_not_import_torch(pair):
+    import subprocess
+    import sys
+
+    sd, single, folder = pair
+    code = ("import sys, bufinspect; ck = bufinspect.load(sys.argv[1]); "
+            "assert len(ck.entries) == int(sys.argv[2]); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code, str(folder), str(len(sd))], check=True,
+                   env={**os.environ, "PYTHONPATH": os.getcwd()})

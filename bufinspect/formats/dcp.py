@@ -34,6 +34,7 @@ _DCP_CLASSES = {"Metadata", "TensorStorageMetadata", "BytesStorageMetadata",
                 "ChunkStorageMetadata", "TensorProperties", "MetadataIndex",
                 "_MEM_FORMAT_ENCODING", "StorageMeta"}
 _OPTIMIZER_PARTS = {"state", "param_groups"}
+_SMALL_ITEM = 256 << 10
 
 
 def looks_like(folder: str) -> bool:
@@ -201,9 +202,11 @@ class _Files:
 def _item_tensor(path: str, fd: int, start: int, length: int, key: str) -> tuple[TensorRef, TensorData]:
     """Find the tensor of one embedded torch.save zip: its placeholder and where its bytes are."""
     where = f"{path} (item {key!r:.60})"
-    span = _Span(fd, start, length)
+    # small items (most of them) in one read; large ones through a window on the file
+    src: Any = io.BytesIO(os.pread(fd, length, start)) if length <= _SMALL_ITEM \
+        else io.BufferedReader(_Span(fd, start, length), 1 << 16)
     try:
-        with zipfile.ZipFile(io.BufferedReader(span, 1 << 16)) as z:
+        with zipfile.ZipFile(src) as z:
             infos = {i.filename: i for i in z.infolist()}
             pkl = next((n for n in infos if n.endswith("/data.pkl") or n == "data.pkl"), None)
             if pkl is None or infos[pkl].file_size > 1 << 20:
