@@ -99,6 +99,13 @@ def test_index_folder_lists_and_stats_like_single_file(cli_json, pair):
     assert st["mean"] == pytest.approx(w.double().mean().item(), rel=1e-9)
 
 
+def test_index_file_path_reads_its_folder(cli_json, pair):
+    sd, single, folder = pair
+    doc = cli_json("show", folder / "model.safetensors.index.json")
+    assert doc["format"] == "safetensors-sharded"
+    assert listing(doc) == listing(cli_json("show", folder))
+
+
 def test_folder_without_index(cli_json, tmp_path):
     sd = state_dict()
     save_sharded(sd, tmp_path, max_shard_size=6000, index=False)

@@ -14,6 +14,8 @@ def sniff(path: str) -> str:
         raise InputError("no such file or folder", path)
     if os.path.isdir(path):
         return _sniff_folder(path)
+    if path.endswith(".safetensors.index.json") and os.path.isfile(path):
+        return "safetensors-sharded"
     try:
         with open(path, "rb") as f:
             head = f.read(64)

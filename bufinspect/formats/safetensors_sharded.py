@@ -82,9 +82,15 @@ def _shard(path: str) -> tuple[dict[str, Any], dict[str, str], int, int]:
     return header, meta, data_start, size
 
 
-def read(folder: str) -> Checkpoint:
-    """Read a sharded safetensors folder's headers as one checkpoint (no tensor data)."""
-    index = index_of(folder)
+def read(path: str) -> Checkpoint:
+    """Read a sharded safetensors folder's headers as one checkpoint (no tensor data).
+
+    `path` is the folder, or one `*.safetensors.index.json` inside it.
+    """
+    if os.path.isfile(path) and path.endswith(INDEX_SUFFIX):
+        folder, index = os.path.dirname(path) or ".", path
+    else:
+        folder, index = path, index_of(path)
     metadata: dict[str, str] = {}
     if index is not None:
         weight_map, index_meta = _read_index(index, folder)
@@ -123,6 +129,6 @@ def read(folder: str) -> Checkpoint:
             if owner.get(key) != path:
                 raise InputError(f"the index maps {key!r:.80} to {os.path.basename(path)}, "
                                  "which does not hold it", index)
-    return Checkpoint(path=folder, format=Format.SAFETENSORS_SHARDED, size=size,
+    return Checkpoint(path=path, format=Format.SAFETENSORS_SHARDED, size=size,
                       containers=(Container("", ContainerKind.STATE_DICT, tuple(entries)),),
                       metadata=metadata)
