@@ -23,7 +23,9 @@ def load(path: str) -> Checkpoint:
     """Read a checkpoint's metadata and decide every tensor's role, without reading tensor data.
 
     Args:
-        path: a torch.save file (zip or legacy), or a `.safetensors` file.
+        path: a torch.save file (zip or legacy), a `.safetensors` file, or a sharded folder
+            (safetensors shards with or without `model.safetensors.index.json`, or a
+            torch.distributed.checkpoint folder), read as one checkpoint.
 
     Returns:
         A `Checkpoint` whose containers hold one `Entry` per tensor, each with its role,
@@ -45,7 +47,8 @@ def show(path: str, *, stats: bool = False, **select) -> ShowReport:
     Args:
         path: the checkpoint.
         stats: stream every selected tensor once for min/max/mean/std/NaN/Inf/zeros.
-        **select: `containers`, `roles`, `filters` as in `bufinspect.listing.select`.
+        **select: `containers`, `roles`, `filters` as in `bufinspect.listing.select`, and
+            `jobs` (workers for the statistics pass, see `bufinspect.parallel`).
     """
     from bufinspect import listing
 

@@ -13,7 +13,11 @@ from contextlib import contextmanager
 from enum import Enum
 from typing import Iterator, List, Optional
 
-import typer
+# bufinspect runs its own workers (--jobs); OpenBLAS helper threads only slow a streaming pass
+# (PERFORMANCE.md) and make float sums depend on the core count. Set before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import typer  # noqa: E402
 
 from bufinspect import __version__
 from bufinspect.errors import BufinspectError
@@ -125,30 +129,44 @@ def show(
                                         "calls FACTORY (or CLASS) with no arguments on the meta "
                                         "device. This RUNS YOUR CODE (never the checkpoint's); "
                                         "it is the only option that does."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Workers for --stats "
+                                       "(default: the number of cores)."),
+    distributed: Optional[bool] = typer.Option(None, "--distributed/--no-distributed",
+                                               help="Share --stats across torch.distributed "
+                                               "ranks; rank 0 prints the report (default: on "
+                                               "when launched by torchrun)."),
 ) -> None:
     """List every tensor of a checkpoint: buffers first, then parameters by module.
 
     Reads metadata only (no tensor data, no torch import) unless --stats or --model is given.
+    Sharded folders (model.safetensors.index.json, torch.distributed.checkpoint) read as one.
     """
-    from bufinspect import listing, load, render
+    from bufinspect import listing, load, parallel, render
 
     matches = []
     with handled(path):
         ck = load(path)
         if model is not None:
             ck, matches = _apply_model(ck, model)
-        entries = listing.select(ck, containers=container or (), roles=role or (),
-                                 filters=filter or ())
-        bar, progress = (None, None)
-        if stats:
-            bar, progress = progress_for(sum(e.nbytes for e in entries))
-        if bar is not None:
-            with bar:
-                report = listing.show(ck, containers=container or (), roles=role or (),
-                                      filters=filter or (), stats=stats, progress=progress)
+        select = dict(containers=container or (), roles=role or (), filters=filter or ())
+        workers = jobs or parallel.default_jobs()
+        from bufinspect import distributed as dist
+
+        if stats and dist.wanted(distributed):
+            report = dist.show(ck, jobs=workers, **select)
+            if report is None:  # not rank 0: rank 0 prints the one report
+                return
         else:
-            report = listing.show(ck, containers=container or (), roles=role or (),
-                                  filters=filter or (), stats=stats)
+            entries = listing.select(ck, **select)
+            bar, progress = (None, None)
+            if stats:
+                bar, progress = progress_for(sum(e.nbytes for e in entries))
+            if bar is not None:
+                with bar:
+                    report = listing.show(ck, **select, stats=stats, progress=progress,
+                                          jobs=workers)
+            else:
+                report = listing.show(ck, **select, stats=stats, jobs=workers)
     if format is ShowFormat.JSON:
         doc = report.to_dict()
         if model is not None:

@@ -32,12 +32,13 @@ def select(checkpoint: Checkpoint, *, containers: Iterable[str] = (), roles: Ite
 
 def show(checkpoint: Checkpoint, *, containers: Iterable[str] = (), roles: Iterable[Role] = (),
          filters: Iterable[str] = (), stats: bool = False,
-         progress: Callable[[int], None] | None = None) -> ShowReport:
-    """Build the `show` report; with `stats`, stream the selected tensors once for statistics."""
+         progress: Callable[[int], None] | None = None, jobs: int = 1) -> ShowReport:
+    """Build the `show` report; with `stats`, stream the selected tensors once for statistics
+    (on `jobs` workers: the report is the same whatever `jobs` is)."""
     entries = select(checkpoint, containers=containers, roles=roles, filters=filters)
     table = None
     if stats:
         from bufinspect.numeric import tensor_stats
 
-        table = tensor_stats(entries, progress)
+        table = tensor_stats(entries, progress, jobs=jobs)
     return ShowReport(checkpoint, tuple(entries), table)

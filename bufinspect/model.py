@@ -47,6 +47,10 @@ class TensorData:
     storage_nbytes: int
     storage_offset: int = 0  # in elements
     stride: tuple[int, ...] | None = None  # None: C-contiguous
+    # a tensor saved in chunks (DCP, FSDP): the chunks' own C-contiguous data, in the order
+    # `stream.pieces` yields them; the fields above then describe the first chunk
+    parts: tuple["TensorData", ...] = ()
+    part_numels: tuple[int, ...] = ()  # elements in each part
 
     @property
     def storage_id(self) -> tuple[str, int]:

@@ -47,7 +47,7 @@ def _fp8_table(name: str) -> np.ndarray:
 def as_float(arr: np.ndarray, dtype: str) -> np.ndarray:
     """Raw elements of a floating dtype as a numpy float array (bfloat16/float8 widened)."""
     if dtype == "bfloat16":
-        return (arr.astype(np.uint32) << 16).view(np.float32)
+        return np.left_shift(arr, 16, dtype=np.uint32).view(np.float32)  # one pass, no temp
     if dtype.startswith("float8"):
         return _fp8_table(dtype)[arr]
     if dtype == "float16":
@@ -84,7 +84,10 @@ class StatsAccumulator:
             return
         if x.dtype == np.bool_:
             x = x.view(np.uint8)
-        self.zeros += int(np.count_nonzero(x == 0))  # 3x faster than count_nonzero(x) on floats
+        if self.kind == "float":
+            self.zeros += int(np.count_nonzero(x == 0))  # 4x faster than counting floats
+        else:
+            self.zeros += int(x.size - np.count_nonzero(x))
         lo, hi = x.min(), x.max()
         if self.kind == "float" and not (math.isfinite(lo) and math.isfinite(hi)):
             nan = np.isnan(x)
@@ -131,15 +134,35 @@ def stats_kind(e: Entry) -> str | None:
     return d.kind
 
 
-def tensor_stats(entries: Iterable[Entry], progress=None) -> dict[tuple[str, str], TensorStats]:
+def tensor_stats(entries: Iterable[Entry], progress=None, jobs: int = 1
+                 ) -> dict[tuple[str, str], TensorStats]:
     """Stream every entry once, in file order, and return its statistics.
 
     Entries whose data cannot be read (meta tensors, quantized, packed dtypes) get no stats.
-    `progress(nbytes)` is called after each piece, for a progress bar.
+    `progress(nbytes)` is called after each piece, for a progress bar. With `jobs` > 1 the
+    entries are split into balanced groups streamed by `jobs` workers (`bufinspect.parallel`);
+    the statistics are the same whatever `jobs` is.
     """
+    entries = [e for e in entries if stats_kind(e) is not None]
+    if jobs <= 1 or len(entries) <= 1:
+        return _stats_serial(entries, progress)
+    from functools import partial
+
+    from bufinspect import parallel
+
+    if not parallel.uses_threads():
+        progress = None  # a callback cannot cross into worker processes
+    merged: dict[tuple[str, str], TensorStats] = {}
+    for part in parallel.map_entries(entries, partial(_stats_serial, progress=progress), jobs):
+        merged.update(part)
+    return {(e.container, e.key): merged[(e.container, e.key)] for e in entries
+            if (e.container, e.key) in merged}
+
+
+def _stats_serial(entries: list[Entry], progress=None) -> dict[tuple[str, str], TensorStats]:
+    """One worker's pass: its own stream buffers, its own accumulators."""
     from bufinspect.formats import stream
 
-    entries = [e for e in entries if stats_kind(e) is not None]
     acc: dict[int, StatsAccumulator] = {}
     for e, _, arr in stream.pieces(entries):
         a = acc.get(id(e))

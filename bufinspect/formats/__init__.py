@@ -13,7 +13,9 @@ def sniff(path: str) -> str:
     if not os.path.exists(path):
         raise InputError("no such file or folder", path)
     if os.path.isdir(path):
-        raise InputError("a folder that is not a checkpoint bufinspect can read", path)
+        return _sniff_folder(path)
+    if path.endswith(".safetensors.index.json") and os.path.isfile(path):
+        return "safetensors-sharded"
     try:
         with open(path, "rb") as f:
             head = f.read(64)
@@ -32,9 +34,31 @@ def sniff(path: str) -> str:
     raise InputError("not a checkpoint (unrecognized format)", path)
 
 
+def _sniff_folder(path: str) -> str:
+    """A DCP folder (`.metadata`) or a sharded safetensors folder (index or `*.safetensors`)."""
+    from bufinspect.formats import dcp, safetensors_sharded
+
+    try:
+        if dcp.looks_like(path):
+            return "dcp"
+        if safetensors_sharded.index_of(path) or safetensors_sharded.shards_of(path):
+            return "safetensors-sharded"
+    except OSError as exc:
+        raise InputError(f"cannot read folder ({exc.strerror})", path) from None
+    raise InputError("a folder that is not a checkpoint bufinspect can read", path)
+
+
 def read(path: str) -> Checkpoint:
     """Read the metadata of the checkpoint at `path` (no tensor data, no torch import)."""
     kind = sniff(path)
+    if kind == "dcp":
+        from bufinspect.formats import dcp
+
+        return dcp.read(path)
+    if kind == "safetensors-sharded":
+        from bufinspect.formats import safetensors_sharded
+
+        return safetensors_sharded.read(path)
     if kind == "zip":
         from bufinspect.formats import torch_zip
 

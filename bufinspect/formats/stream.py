@@ -19,7 +19,7 @@ import numpy as np
 
 from bufinspect import dtypes
 from bufinspect.errors import InputError
-from bufinspect.model import Entry
+from bufinspect.model import Entry, TensorData
 
 CHUNK_BYTES = 4 << 20
 _GAP = 64 << 10  # read through gaps up to this size rather than issuing another read
@@ -40,37 +40,48 @@ def readable(e: Entry) -> bool:
     return e.data is not None and d is not None and d.numpy is not None and e.numel > 0
 
 
-def _byte_range(e: Entry) -> tuple[int, int]:
+def _byte_range(data: TensorData, dtype: str, numel: int) -> tuple[int, int]:
+    size = dtypes.itemsize(dtype)
+    return data.offset + data.storage_offset * size, numel * size
+
+
+def _segments(e: Entry) -> list[tuple[TensorData, int, int]]:
+    """(contiguous data, first element, element count) for each part of an entry."""
     assert e.data is not None
-    size = dtypes.itemsize(e.dtype)
-    return e.data.offset + e.data.storage_offset * size, e.numel * size
+    if not e.data.parts:
+        return [(e.data, 0, e.numel)] if e.data.stride is None else []
+    out, first = [], 0
+    for part, n in zip(e.data.parts, e.data.part_numels):
+        out.append((part, first, n))
+        first += n
+    return out
 
 
 def plan(entries: Iterable[Entry], chunk_bytes: int = CHUNK_BYTES) -> list[_Window]:
     """Group the entries' byte ranges into reads of at most `chunk_bytes`, in file order."""
-    flat = [e for e in entries if readable(e) and e.data.stride is None]
-    flat.sort(key=lambda e: (e.data.file, _byte_range(e)[0]))
+    flat = [(e, d, f, n) for e in entries if readable(e) for d, f, n in _segments(e) if n > 0]
+    flat.sort(key=lambda t: (t[1].file, _byte_range(t[1], t[0].dtype, t[3])[0]))
     windows: list[_Window] = []
     cur: _Window | None = None
-    for e in flat:
-        start, length = _byte_range(e)
+    for e, data, base, numel in flat:
+        start, length = _byte_range(data, e.dtype, numel)
         size = dtypes.itemsize(e.dtype)
         if length > chunk_bytes:
             per = max(chunk_bytes // size, 1)
-            for first in range(0, e.numel, per):
-                count = min(per, e.numel - first)
-                w = _Window(e.data.file, start + first * size, count * size)
-                w.pieces.append((e, first, 0, count))
+            for first in range(0, numel, per):
+                count = min(per, numel - first)
+                w = _Window(data.file, start + first * size, count * size)
+                w.pieces.append((e, base + first, 0, count))
                 windows.append(w)
             cur = None
             continue
-        if (cur is None or cur.file != e.data.file or start < cur.offset
+        if (cur is None or cur.file != data.file or start < cur.offset
                 or start > cur.offset + cur.length + _GAP
                 or start + length - cur.offset > chunk_bytes):
-            cur = _Window(e.data.file, start, length)
+            cur = _Window(data.file, start, length)
             windows.append(cur)
         cur.length = max(cur.length, start + length - cur.offset)
-        cur.pieces.append((e, 0, start - cur.offset, e.numel))
+        cur.pieces.append((e, base, start - cur.offset, numel))
     return windows
 
 
@@ -128,7 +139,7 @@ def pieces(entries: Iterable[Entry], chunk_bytes: int = CHUNK_BYTES
 def _strided(entries: list[Entry], files: _Files) -> Iterator[tuple[Entry, int, np.ndarray]]:
     """Non-contiguous views (rare in checkpoints): read the span they cover, one at a time."""
     for e in entries:
-        if not readable(e) or e.data.stride is None:
+        if not readable(e) or e.data.stride is None or e.data.parts:
             continue
         size = dtypes.itemsize(e.dtype)
         span = (sum((n - 1) * s for n, s in zip(e.shape, e.data.stride)) + 1) * size

@@ -1,0 +1,285 @@
+"""bufinspect against the limits: realistic checkpoints, the naive torch way, and `cat`.
+
+Generates (under benchmarks/_work/, git-ignored, deleted at the end; ~6.5 GB of disk):
+  - resnet: ResNet-like state dict, 160 conv+BatchNorm blocks (.pt, ~0.2 GB), an "after" copy
+    with changed running stats, and the same state dict as a torch.distributed.checkpoint folder
+  - llm-1g / llm-4g: LLM-like, 256 large bf16 matrices in sharded safetensors with an index
+  - many: 50,000 small tensors (.pt)
+and measures whole processes (wall, peak RSS from os.wait4): `bufinspect show`, `show --stats`
+with --jobs 1 / --jobs 2 (threads) / --jobs 2 (processes), `diff` and `check` when the installed
+CLI has them, the naive torch.load (or safetensors load_file) + whole-tensor ops, and `cat` of
+the same bytes on a warm page cache. Writes benchmarks/RESULTS.md.
+
+    python benchmarks/bench_scale.py [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _measure import WORK, bufinspect, env, fmt_s, machine, measure, write_section
+
+QUICK = "--quick" in sys.argv
+REPEATS = 3
+
+NAIVE_SHOW = r"""
+import sys, torch
+from safetensors.torch import load_file
+for p in sys.argv[1:]:
+    sd = load_file(p) if p.endswith(".safetensors") else torch.load(p, weights_only=True)
+    for k, t in sd.items():
+        print(k, tuple(t.shape), t.dtype, t.device)
+    del sd
+"""
+
+NAIVE_STATS = r"""
+import sys, torch
+from safetensors.torch import load_file
+for p in sys.argv[1:]:
+    sd = load_file(p) if p.endswith(".safetensors") else torch.load(p, weights_only=True)
+    for k, t in sd.items():
+        f = t.double() if not t.is_floating_point() else t.float()
+        print(k, f.min().item(), f.max().item(), f.mean().item(), f.std().item() if f.numel() > 1 else 0,
+              f.isnan().sum().item(), f.isinf().sum().item(), (f == 0).sum().item())
+    del sd
+"""
+
+NAIVE_DIFF = r"""
+import sys, torch
+a = torch.load(sys.argv[1], weights_only=True)
+b = torch.load(sys.argv[2], weights_only=True)
+for k in a:
+    if not torch.equal(a[k], b[k]):
+        print(k, (a[k].double() - b[k].double()).abs().max().item())
+"""
+
+
+# ---- generation (in child processes, so this process's RSS stays small) ----------------------
+
+
+def _gen(kind: str, out: str, size: int) -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    out_p = Path(out)
+    if kind == "resnet":
+        sd = {}
+        c = 64
+        for i in range(160):
+            width = c * (1 + (i * 4) // 160)  # 64 .. 256 channels, deeper is wider
+            sd[f"layer{i // 40 + 1}.{i % 40}.conv.weight"] = torch.randn(width, width, 3, 3,
+                                                                         generator=g) * 0.05
+            for n, v in (("weight", torch.ones(width)), ("bias", torch.zeros(width)),
+                         ("running_mean", torch.randn(width, generator=g) * 0.1),
+                         ("running_var", torch.rand(width, generator=g) + 0.5),
+                         ("num_batches_tracked", torch.tensor(1000))):
+                sd[f"layer{i // 40 + 1}.{i % 40}.bn.{n}"] = v
+        sd["fc.weight"] = torch.randn(1000, 256, generator=g) * 0.01
+        sd["fc.bias"] = torch.zeros(1000)
+        torch.save(sd, out_p / "resnet.pt")
+        for k in sd:
+            if k.endswith("running_mean"):
+                sd[k] = sd[k] + 0.01  # a few steps of training moved the running stats
+        torch.save(sd, out_p / "resnet_after.pt")
+        import warnings
+
+        import torch.distributed.checkpoint as dcp
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp.save(sd, checkpoint_id=str(out_p / "resnet_dcp"))
+    elif kind == "llm":
+        from safetensors.torch import save_file
+
+        n = 256
+        per = size // n // 2  # bf16 elements per matrix
+        cols = 4096
+        rows = max(per // cols, 1)
+        shards, cur, used, limit = [], {}, 0, 1 << 30
+        for i in range(n):
+            t = (torch.randn(rows, cols, generator=g) * 0.02).to(torch.bfloat16)
+            cur[f"model.layers.{i // 8}.mlp_{i % 8}.weight"] = t
+            used += t.numel() * 2
+            if used >= limit:
+                shards.append(cur)
+                cur, used = {}, 0
+        if cur:
+            shards.append(cur)
+        folder = out_p / f"llm-{size >> 30}g"
+        folder.mkdir()
+        weight_map = {}
+        for j, part in enumerate(shards):
+            name = f"model-{j + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(part, str(folder / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in part})
+        total = sum(t.numel() * 2 for s in shards for t in s.values())
+        (folder / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    elif kind == "many":
+        sd = {f"blocks.{i // 5}.p{i % 5}": torch.randn(16, generator=g) for i in range(50_000)}
+        torch.save(sd, out_p / "many.pt")
+
+
+def generate(kind: str, size: int = 0) -> None:
+    subprocess.run([sys.executable, __file__, "--gen", kind, str(WORK), str(size)], check=True,
+                   env=env())
+
+
+# ---- measuring ---------------------------------------------------------------------------
+
+
+def data_files(path: Path) -> list[str]:
+    if path.is_dir():
+        return sorted(str(p) for p in path.iterdir() if p.suffix in (".safetensors", ".distcp"))
+    return [str(path)]
+
+
+def nbytes(path: Path) -> int:
+    return sum(Path(p).stat().st_size for p in data_files(path))
+
+
+def has_command(name: str) -> bool:
+    out = subprocess.run(bufinspect("--help"), capture_output=True, text=True, env=env()).stdout
+    return any(line.strip().startswith(name + " ") or line.strip() == name
+               for line in out.splitlines())
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[str] = []
+
+    def add(self, case: str, what: str, size: int, wall: float, rss: float, cat: float | None,
+            note: str = "") -> None:
+        gbs = f"{size / wall / 1e9:.2f}" if size and wall else "-"
+        ratio = f"{wall / cat:.2f}x" if cat else "-"
+        row = (f"| {case} | {what} | {size / 2**30:.2f} GiB | {fmt_s(wall)} | {rss:.0f} MB | "
+               f"{gbs} | {ratio} | {note} |")
+        self.rows.append(row)
+        print(row, flush=True)
+
+    def markdown(self) -> str:
+        head = ("| case | command | bytes | wall (median) | peak RSS | GB/s | vs cat | note |\n"
+                "| --- | --- | --- | --- | --- | --- | --- | --- |\n")
+        return head + "\n".join(self.rows) + "\n"
+
+
+def bench_case(t: Table, case: str, path: Path, *, naive: bool, other: Path | None,
+               diff: bool, check: bool, jobs_compare: bool) -> dict[str, float]:
+    files = data_files(path)
+    size = nbytes(path)
+    reps = 1 if size > (2 << 30) else REPEATS
+    cat = ["cat", *files]
+    measure(cat, repeats=1)  # warm the page cache
+    cat_wall, cat_rss = measure(cat, repeats=reps)
+    t.add(case, "`cat` (warm cache)", size, cat_wall, cat_rss, None)
+    out = {"cat": cat_wall}
+    wall, rss = measure(bufinspect("show", path, "--format", "json"), repeats=5)
+    t.add(case, "`bufinspect show`", 0, wall, rss, None, "metadata only")
+    out["show"] = wall
+    for jobs, pool in (("1", "thread"), ("2", "thread"), ("2", "process")):
+        if (not jobs_compare and (jobs, pool) != ("2", "thread")) or (
+                pool == "process" and size > (2 << 30)):
+            continue
+        wall, rss = measure(bufinspect("show", path, "--stats", "--jobs", jobs, "--format", "json"),
+                            repeats=reps, extra_env={"BUFINSPECT_POOL": pool})
+        t.add(case, f"`show --stats --jobs {jobs}` ({pool} pool)", size, wall, rss, cat_wall)
+        out[f"stats{jobs}{pool}"] = wall
+    if diff and other is not None:
+        wall, rss = measure(bufinspect("diff", path, other, "--format", "json"), repeats=reps)
+        t.add(case, "`bufinspect diff`", size + nbytes(other), wall, rss, None)
+    if check:
+        wall, rss = measure(bufinspect("check", path, "--format", "json"), repeats=reps)
+        t.add(case, "`bufinspect check`", 0, wall, rss, None)
+    if naive:
+        wall, rss = measure([sys.executable, "-c", NAIVE_SHOW, *files], repeats=1)
+        t.add(case, "naive listing: `torch.load` / `load_file`", 0, wall, rss, None, "1 run")
+        if size <= (2 << 30):  # 4 minutes for 4 GB here; the 1 GB run shows the same
+            wall, rss = measure([sys.executable, "-c", NAIVE_STATS, *files], repeats=1)
+            t.add(case, "naive stats: load + whole-tensor ops", size, wall, rss, cat_wall,
+                  "1 run")
+        if other is not None:
+            wall, rss = measure([sys.executable, "-c", NAIVE_DIFF, str(path), str(other)],
+                                repeats=1)
+            t.add(case, "naive diff: 2x `torch.load` + `torch.equal`", size + nbytes(other),
+                  wall, rss, None, "1 run")
+    return out
+
+
+def main() -> int:
+    if WORK.exists():
+        shutil.rmtree(WORK)
+    WORK.mkdir()
+    started = time.perf_counter()
+    t = Table()
+    diff, check = has_command("diff"), has_command("check")
+    print(machine())
+    print(f"diff command: {'yes' if diff else 'not in this CLI, skipped'}; "
+          f"check command: {'yes' if check else 'not in this CLI, skipped'}")
+    found: dict[str, dict[str, float]] = {}
+    try:
+        generate("resnet")
+        found["resnet"] = bench_case(t, "resnet .pt", WORK / "resnet.pt", naive=True,
+                                     other=WORK / "resnet_after.pt", diff=diff, check=check,
+                                     jobs_compare=True)
+        found["resnet-dcp"] = bench_case(t, "resnet DCP", WORK / "resnet_dcp", naive=False,
+                                         other=None, diff=False, check=check,
+                                         jobs_compare=False)
+        generate("many")
+        found["many"] = bench_case(t, "50k tensors .pt", WORK / "many.pt", naive=True, other=None,
+                                   diff=False, check=check, jobs_compare=False)
+        for gib in ((1,) if QUICK else (1, 4)):
+            generate("llm", gib << 30)
+            case = f"llm {gib} GB sharded"
+            found[case] = bench_case(t, case, WORK / f"llm-{gib}g", naive=True, other=None,
+                                     diff=False, check=check, jobs_compare=True)
+            shutil.rmtree(WORK / f"llm-{gib}g")
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    write_results(t, found, elapsed, diff, check)
+    return 0
+
+
+def write_results(t: Table, found: dict, elapsed: float, diff: bool, check: bool) -> None:
+    rss = {r.split("|")[1].strip() + r.split("|")[2].strip(): r.split("|")[5].strip()
+           for r in t.rows}
+    lines = ["## Scale (`python benchmarks/bench_scale.py`)", "",
+             "Whole processes, warm page cache; wall is the median of 3 runs (5 for "
+             "listing, 1 for the naive runs and for data passes over 2 GB); peak RSS is the "
+             "child's own `ru_maxrss` from `os.wait4`. GB/s is bytes read / wall; `vs cat` is "
+             "wall / wall of `cat` over the same files.", "",
+             "### Machine", "", machine(),
+             f"Total benchmark time {elapsed:.0f} s. `diff`: "
+             f"{'measured' if diff else 'not in this CLI yet (skipped)'}; `check`: "
+             f"{'measured' if check else 'not in this CLI yet (skipped)'}.", "",
+             "### Figures", "", t.markdown(), "### Reading them", ""]
+    for case, f in found.items():
+        parts = [f"- **{case}**: listing {fmt_s(f['show'])}"]
+        if "stats1thread" in f:
+            text = (f"stats --jobs 1 {f['stats1thread'] / f['cat']:.2f}x cat, --jobs 2 (threads) "
+                    f"{f['stats2thread'] / f['cat']:.2f}x cat (speed-up "
+                    f"{f['stats1thread'] / f['stats2thread']:.2f}x)")
+            if "stats2process" in f:
+                text += f", --jobs 2 (processes) {f['stats2process'] / f['cat']:.2f}x cat"
+            parts.append(text)
+        elif "stats2thread" in f:
+            parts.append(f"stats --jobs 2 {f['stats2thread'] / f['cat']:.2f}x cat")
+        lines.append("; ".join(parts))
+    lines.append("")
+    lines.append("Peak RSS of `show --stats --jobs 2` (threads): " + ", ".join(
+        f"{k.split('`')[0]} {v}" for k, v in rss.items() if "--jobs 2` (thread" in k) + ".")
+    lines.append("")
+    write_section("bench_scale", "\n".join(lines))
+    print(f"wrote benchmarks/RESULTS.md ({elapsed:.0f} s)")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--gen"]:
+        _gen(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        sys.exit(0)
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Sharded safetensors folders read as one checkpoint.
+
+Two layouts: a Hugging Face folder with `model.safetensors.index.json` (`weight_map`: key ->
+shard file), and a plain folder of `*.safetensors` shards without an index. Every shard's header
+is validated by `safetensors_fmt.parse_header`; entries point into their own shard, so
+`stream.pieces` reads across files unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from bufinspect.errors import InputError
+from bufinspect.formats import safetensors_fmt
+from bufinspect.model import Checkpoint, Container, ContainerKind, Entry, Format
+
+INDEX_SUFFIX = ".safetensors.index.json"
+_MAX_INDEX = 256 << 20
+
+
+def index_of(folder: str) -> str | None:
+    """The folder's `*.safetensors.index.json`, preferring `model.safetensors.index.json`."""
+    names = sorted(n for n in os.listdir(folder) if n.endswith(INDEX_SUFFIX))
+    if "model" + INDEX_SUFFIX in names:
+        return os.path.join(folder, "model" + INDEX_SUFFIX)
+    if len(names) > 1:
+        raise InputError(f"several safetensors indexes ({', '.join(names[:3])}); pass one of "
+                         "them", folder)
+    return os.path.join(folder, names[0]) if names else None
+
+
+def shards_of(folder: str) -> list[str]:
+    """The `*.safetensors` files directly inside `folder`, sorted by name."""
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                  if n.endswith(".safetensors") and os.path.isfile(os.path.join(folder, n)))
+
+
+def _inside(folder: str, name: Any, index: str) -> str:
+    """The shard path for an index entry, refused unless it is a plain file name in the folder."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise InputError(f"weight_map names a shard that is not a file name: {name!r:.80}", index)
+    if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/") or "\\" in name:
+        raise InputError(f"weight_map points outside the folder: {name!r:.80}", index)
+    path = os.path.join(folder, name)
+    if os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) \
+            != os.path.realpath(folder):
+        raise InputError(f"weight_map points outside the folder: {name!r:.80}", index)
+    if not os.path.isfile(path):
+        raise InputError(f"weight_map names a missing shard {name!r:.80}", index)
+    return path
+
+
+def _read_index(index: str, folder: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """(key -> shard path, index metadata) from a validated index file."""
+    if os.path.getsize(index) > _MAX_INDEX:
+        raise InputError("index file is too large", index)
+    try:
+        with open(index, "rb") as f:
+            doc = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InputError(f"invalid JSON in the index ({str(exc)[:120]})", index) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("weight_map"), dict):
+        raise InputError("index has no weight_map object", index)
+    meta = doc.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise InputError("index metadata is not an object", index)
+    shard_paths: dict[str, str] = {}
+    weight_map = {}
+    for key, name in doc["weight_map"].items():
+        if name not in shard_paths:
+            shard_paths[name] = _inside(folder, name, index)
+        weight_map[key] = shard_paths[name]
+    return weight_map, meta
+
+
+def _shard(path: str) -> tuple[dict[str, Any], dict[str, str], int, int]:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header, meta, data_start = safetensors_fmt.parse_header(path, f, size)
+    return header, meta, data_start, size
+
+
+def read(path: str) -> Checkpoint:
+    """Read a sharded safetensors folder's headers as one checkpoint (no tensor data).
+
+    `path` is the folder, or one `*.safetensors.index.json` inside it.
+    """
+    if os.path.isfile(path) and path.endswith(INDEX_SUFFIX):
+        folder, index = os.path.dirname(path) or ".", path
+    else:
+        folder, index = path, index_of(path)
+    metadata: dict[str, str] = {}
+    if index is not None:
+        weight_map, index_meta = _read_index(index, folder)
+        if not weight_map:
+            raise InputError("index weight_map is empty", index)
+        shards = list(dict.fromkeys(weight_map.values()))  # first-mention order
+        shards.sort(key=os.path.basename)
+        for k, v in index_meta.items():
+            metadata[f"index.{k}"] = str(v)
+    else:
+        shards = shards_of(folder)
+        if not shards:
+            raise InputError("a folder that is not a checkpoint bufinspect can read", folder)
+    entries: list[Entry] = []
+    owner: dict[str, str] = {}
+    size = 0
+    for path in shards:
+        header, meta, data_start, shard_size = _shard(path)
+        size += shard_size
+        for k, v in meta.items():
+            metadata.setdefault(k, v)
+        for key in header:
+            if key in owner:
+                raise InputError(f"tensor {key!r:.80} is in two shards "
+                                 f"({os.path.basename(owner[key])} and "
+                                 f"{os.path.basename(path)})", folder)
+            owner[key] = path
+        if index is not None:
+            for key in header:
+                if weight_map.get(key) != path:
+                    raise InputError(f"tensor {key!r:.80} is in {os.path.basename(path)} but "
+                                     "the index does not map it there", index)
+        entries.extend(safetensors_fmt.entries_of(path, header, data_start))
+    if index is not None:
+        for key, path in weight_map.items():
+            if owner.get(key) != path:
+                raise InputError(f"the index maps {key!r:.80} to {os.path.basename(path)}, "
+                                 "which does not hold it", index)
+    return Checkpoint(path=path, format=Format.SAFETENSORS_SHARDED, size=size,
+                      containers=(Container("", ContainerKind.STATE_DICT, tuple(entries)),),
+                      metadata=metadata)

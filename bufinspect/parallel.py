@@ -1,0 +1,86 @@
+"""A worker pool over entries: balanced groups in file order, results in a fixed order.
+
+`map_entries(entries, fn, jobs)` cuts the entries (sorted by where their bytes are) into `jobs`
+contiguous groups of about equal bytes and runs `fn(group)` for each on a pool. Each call of
+`fn` streams its own group through its own `stream.pieces` buffers, so memory stays bounded per
+worker; results come back in group order, so output never depends on scheduling.
+
+Threads are the default: numpy releases the GIL in the reductions that dominate a data pass.
+`BUFINSPECT_POOL=process` switches to processes (then `fn` and its results must pickle).
+`partition` is also what `bufinspect.distributed` uses to give each rank its share.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Callable, Sequence, TypeVar
+
+from bufinspect.model import Entry
+
+T = TypeVar("T")
+
+
+def default_jobs() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+def _where(e: Entry) -> tuple[str, int]:
+    if e.data is None:
+        return ("", 0)
+    return (e.data.file, e.data.offset)
+
+
+def partition(entries: Sequence[Entry], groups: int) -> list[list[Entry]]:
+    """`groups` contiguous runs of the entries in file order, of about equal bytes each.
+
+    Always returns exactly `groups` lists (some may be empty), so rank i can take list i.
+    """
+    groups = max(int(groups), 1)
+    ordered = sorted(entries, key=_where)
+    total = sum(e.nbytes for e in ordered)
+    out: list[list[Entry]] = [[] for _ in range(groups)]
+    done = 0
+    for e in ordered:
+        # the group whose byte range holds this entry's midpoint
+        i = min(int((done + e.nbytes / 2) * groups / total), groups - 1) if total else 0
+        out[i].append(e)
+        done += e.nbytes
+    return out
+
+
+def uses_threads() -> bool:
+    """True unless BUFINSPECT_POOL=process asks for worker processes."""
+    return os.environ.get("BUFINSPECT_POOL", "thread") != "process"
+
+
+def _executor(jobs: int) -> Executor:
+    if not uses_threads():
+        import multiprocessing
+
+        return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"))
+    return ThreadPoolExecutor(jobs, thread_name_prefix="bufinspect")
+
+
+def map_entries(entries: Sequence[Entry], fn: Callable[[list[Entry]], T], jobs: int) -> list[T]:
+    """Run `fn` over balanced groups of `entries` on `jobs` workers; results in group order.
+
+    Args:
+        entries: the entries to work on (any order; groups follow file order).
+        fn: called once per non-empty group; must only touch the entries it is given.
+        jobs: number of workers; 1 runs `fn(entries)` in this thread.
+
+    Returns:
+        One result per non-empty group, in file order of the groups.
+    """
+    entries = list(entries)
+    jobs = max(1, min(int(jobs), len(entries)))
+    if jobs == 1:
+        return [fn(entries)] if entries else []
+    parts = [g for g in partition(entries, jobs) if g]
+    with _executor(jobs) as pool:
+        return list(pool.map(fn, parts))

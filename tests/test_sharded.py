@@ -1,0 +1,174 @@
+"""Sharded safetensors folders list, and stat, exactly like the unsharded file they split."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jsonschema
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from test_show import schema
+
+
+class ShardNet(nn.Module):
+    """Convs with BatchNorm buffers, a bf16 head: enough tensors to spread over three shards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(16, 32, 3), nn.BatchNorm2d(32), nn.ReLU())
+        self.head = nn.Linear(32, 64).to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block(self.stem(x)).mean((2, 3))
+        return self.head(x.to(torch.bfloat16))
+
+
+def state_dict() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    m = ShardNet()
+    m.train()
+    m(torch.randn(2, 3, 8, 8))  # move running stats off their defaults
+    return {k: v.detach().clone().contiguous() for k, v in m.state_dict().items()}
+
+
+def save_sharded(sd: dict[str, torch.Tensor], folder, max_shard_size: int, index: bool = True,
+                 prefix: str = "model") -> list[str]:
+    """Split like `save_pretrained(max_shard_size=...)`: keys in order, a new shard when full."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    used = 0
+    for k, v in sd.items():
+        n = v.numel() * v.element_size()
+        if shards[-1] and used + n > max_shard_size:
+            shards.append({})
+            used = 0
+        shards[-1][k] = v
+        used += n
+    names = [f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map = {}
+    for name, part in zip(names, shards):
+        save_file(part, str(folder / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in part})
+    if index:
+        total = sum(v.numel() * v.element_size() for v in sd.values())
+        (folder / f"{prefix}.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    return names
+
+
+def listing(doc):
+    return {e["key"]: (tuple(e["shape"]), e["dtype"], e["role"]) for e in doc["entries"]}
+
+
+def stats(doc):
+    return {e["key"]: e["stats"] for e in doc["entries"]}
+
+
+@pytest.fixture
+def pair(tmp_path):
+    sd = state_dict()
+    single = tmp_path / "single.safetensors"
+    save_file(sd, str(single), metadata={"format": "pt"})
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    names = save_sharded(sd, folder, max_shard_size=6000)
+    assert len(names) == 3
+    return sd, single, folder
+
+
+def test_index_folder_lists_and_stats_like_single_file(cli_json, pair):
+    sd, single, folder = pair
+    one = cli_json("show", single, "--stats")
+    many = cli_json("show", folder, "--stats")
+    jsonschema.validate(many, schema())
+    assert many["format"] == "safetensors-sharded"
+    assert listing(many) == listing(one)
+    assert {k: (v[0], v[1]) for k, v in listing(many).items()} == {
+        k: (tuple(v.shape), str(v.dtype)[6:]) for k, v in sd.items()}
+    assert stats(many) == stats(one)
+    assert many["summary"] == one["summary"]
+    assert many["size"] == sum(os.path.getsize(p) for p in folder.glob("*.safetensors"))
+    # statistics agree with torch's own
+    w = sd["head.weight"].float()
+    st = stats(many)["head.weight"]
+    assert st["min"] == w.min().item() and st["max"] == w.max().item()
+    assert st["mean"] == pytest.approx(w.double().mean().item(), rel=1e-9)
+
+
+def test_index_file_path_reads_its_folder(cli_json, pair):
+    sd, single, folder = pair
+    doc = cli_json("show", folder / "model.safetensors.index.json")
+    assert doc["format"] == "safetensors-sharded"
+    assert listing(doc) == listing(cli_json("show", folder))
+
+
+def test_folder_without_index(cli_json, tmp_path):
+    sd = state_dict()
+    save_sharded(sd, tmp_path, max_shard_size=6000, index=False)
+    doc = cli_json("show", tmp_path, "--stats")
+    assert doc["format"] == "safetensors-sharded"
+    assert {k: v[:2] for k, v in listing(doc).items()} == {
+        k: (tuple(v.shape), str(v.dtype)[6:]) for k, v in sd.items()}
+    assert all(e["stats"] is not None for e in doc["entries"])
+
+
+def _refused(cli, path, words):
+    r = cli("show", path)
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("target,words", [
+    ("../outside.safetensors", "outside the folder"),
+    ("/etc/passwd", "outside the folder"),
+    ("sub/../../outside.safetensors", "outside the folder"),
+    ("missing.safetensors", "missing shard"),
+])
+def test_index_paths_stay_inside(cli, pair, target, words):
+    sd, single, folder = pair
+    (folder.parent / "outside.safetensors").write_bytes(single.read_bytes())
+    index = folder / "model.safetensors.index.json"
+    doc = json.loads(index.read_text())
+    doc["weight_map"]["head.weight"] = target
+    index.write_text(json.dumps(doc))
+    _refused(cli, folder, words)
+
+
+def test_index_key_not_in_its_shard(cli, pair):
+    sd, single, folder = pair
+    index = folder / "model.safetensors.index.json"
+    doc = json.loads(index.read_text())
+    first = sorted(set(doc["weight_map"].values()))[0]
+    doc["weight_map"]["ghost.weight"] = first
+    index.write_text(json.dumps(doc))
+    _refused(cli, folder, "does not hold it")
+
+
+def test_broken_index_json(cli, pair):
+    sd, single, folder = pair
+    (folder / "model.safetensors.index.json").write_text("{not json")
+    _refused(cli, folder, "invalid JSON")
+
+
+def test_corrupt_shard_names_the_shard(cli, pair):
+    sd, single, folder = pair
+    shard = sorted(folder.glob("*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[:100])
+    _refused(cli, folder, shard.name)
+
+
+def test_listing_does_not_import_torch(pair):
+    import subprocess
+    import sys
+
+    sd, single, folder = pair
+    code = ("import sys, bufinspect; ck = bufinspect.load(sys.argv[1]); "
+            "assert len(ck.entries) == int(sys.argv[2]); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code, str(folder), str(len(sd))], check=True,
+                   env={**os.environ, "PYTHONPATH": os.getcwd()})
