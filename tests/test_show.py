@@ -251,3 +251,19 @@ def test_keep_vars_state_dict_marks_parameters(tmp_path):
     roles = {e.key: (e.role, e.evidence) for e in bufinspect.load(tmp_path / "kv.pt").entries}
     assert roles["0.weight"] == (Role.PARAMETER, "pickle:Parameter")
     assert roles["1.running_var"][0] is Role.BUFFER
+
+
+def test_long_sections_render_as_plain_columns(samples, monkeypatch):
+    """Past PLAIN_ROWS rows a section skips rich's layout (linear time) and stays aligned."""
+    from rich.console import Console
+
+    from bufinspect import render
+
+    monkeypatch.setattr(render, "PLAIN_ROWS", 2)
+    out = io.StringIO()
+    render.render_show_table(bufinspect.show(samples / "cnn_state_dict.pt"),
+                             Console(width=100, file=out, color_system=None))
+    text = out.getvalue()
+    assert "┃" not in text.split("Buffers (6)")[1].split("\n\n")[0]
+    lines = [ln for ln in text.splitlines() if ln.startswith(("bn1.running_var", "norm2.running_var"))]
+    assert len(lines) == 2 and lines[0].index("[8]") == lines[1].index("[8]")
