@@ -100,7 +100,7 @@ def _entry_row(e: Entry, stats: TensorStats | None, with_stats: bool, with_conta
     row += [clean(e.key), fmt_shape(e.shape), e.dtype, clean(e.device or "-"),
             human_bytes(e.nbytes)]
     if e.role is Role.BUFFER:
-        row.append("yes" if e.persistent is not False else "no")
+        row.append({True: "yes", False: "no"}.get(e.persistent, "-"))  # None: not recorded
     if explain:
         row.append(clean(e.evidence))
     if with_stats:
