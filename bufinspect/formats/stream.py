@@ -149,3 +149,167 @@ def read_array(e: Entry) -> np.ndarray:
     for _, first, arr in pieces([e]):
         out[first: first + arr.size] = arr
     return out
+
+
+# ---- paired streaming (diff) ---------------------------------------------------------------
+
+_IOV_MAX = 512
+_SLOT_ALIGN = 64
+
+
+@dataclass
+class PairChunk:
+    """One step of `paired_chunks`: raw bytes of both sides, laid out identically.
+
+    `raw_a` and `raw_b` are uint8 views of the used part of each side's buffer (padding between
+    slots zeroed on both sides), so `numpy.array_equal(raw_a, raw_b)` says at once whether every
+    piece of the step is byte-identical. `items` holds `(pair index, first element, a, b)` with
+    1-D views in the entries' element dtype. Views are valid only until the next step is taken.
+    """
+
+    raw_a: np.ndarray
+    raw_b: np.ndarray
+    items: list[tuple[int, int, np.ndarray, np.ndarray]]
+
+
+def _contiguous(e: Entry) -> bool:
+    return readable(e) and e.data.stride is None
+
+
+def _pair_plan(pairs: list[tuple[Entry, Entry]], chunk_bytes: int
+               ) -> list[list[tuple[int, int, int, int]]]:
+    """Batches of (pair index, first element, slot offset, count): small pairs packed together,
+    large ones cut into chunks, in A's file order."""
+    order = sorted(range(len(pairs)), key=lambda i: (pairs[i][0].data.file,
+                                                     _byte_range(pairs[i][0])[0]))
+    batches: list[list[tuple[int, int, int, int]]] = []
+    cur: list[tuple[int, int, int, int]] = []
+    used = 0
+    for i in order:
+        e = pairs[i][0]
+        size = dtypes.itemsize(e.dtype)
+        nbytes = e.numel * size
+        if nbytes > chunk_bytes // 4:
+            per = max(chunk_bytes // size, 1)
+            for first in range(0, e.numel, per):
+                batches.append([(i, first, 0, min(per, e.numel - first))])
+            continue
+        slot = -(-used // _SLOT_ALIGN) * _SLOT_ALIGN
+        if cur and (slot + nbytes > chunk_bytes or len(cur) >= _IOV_MAX // 2):
+            batches.append(cur)
+            cur, slot = [], 0
+        cur.append((i, 0, slot, e.numel))
+        used = slot + nbytes
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _read_side(files: _Files, spans: list[tuple[str, int, int, int]], buf: mmap.mmap,
+               scratch: mmap.mmap) -> None:
+    """Read (file, file offset, slot, nbytes) spans into `buf`, one preadv per run of nearby
+    spans (gaps land in `scratch`)."""
+    spans = sorted(spans, key=lambda s: (s[0], s[1]))
+    mv, sc = memoryview(buf), memoryview(scratch)
+    i = 0
+    while i < len(spans):
+        file, start, slot, n = spans[i]
+        iov = [mv[slot: slot + n]]
+        end = start + n
+        j = i + 1
+        while (j < len(spans) and spans[j][0] == file and end <= spans[j][1] <= end + _GAP
+               and len(iov) < _IOV_MAX - 2):
+            _, off, s2, n2 = spans[j]
+            if off > end:
+                iov.append(sc[: off - end])
+            iov.append(mv[s2: s2 + n2])
+            end = off + n2
+            j += 1
+        fd = files.fds.get(file)
+        if fd is None:
+            fd = files.fds[file] = os.open(file, os.O_RDONLY)
+        want, got, pos = end - start, 0, start
+        while got < want:
+            k = os.preadv(fd, iov, pos)
+            if k <= 0:
+                raise InputError("file ends inside tensor data (truncated or changed while "
+                                 "reading?)", file)
+            got += k
+            pos += k
+            while iov and k >= len(iov[0]):  # drop what is filled, keep the rest of a partial
+                k -= len(iov[0])
+                iov.pop(0)
+            if k:
+                iov[0] = iov[0][k:]
+        i = j
+    mv.release()
+    sc.release()
+
+
+def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYTES
+                  ) -> Iterator[PairChunk]:
+    """Stream pairs of entries with the same dtype and element count in step, chunk by chunk.
+
+    Both sides are read into reusable page-aligned buffers (two per side: one being read by a
+    reader thread while the caller looks at the other), so peak memory is `4 * chunk_bytes`
+    whatever the checkpoints' sizes. Runs of nearby tensors are read with one `preadv` each.
+    Non-contiguous tensors (rare) are read whole, one pair at a time, at the end.
+    """
+    flat = [i for i, (a, b) in enumerate(pairs) if _contiguous(a) and _contiguous(b)]
+    batches = _pair_plan([pairs[i] for i in flat], chunk_bytes)
+    files = _Files()
+    bufs = [[mmap.mmap(-1, chunk_bytes) for _ in range(2)] for _ in range(2)]
+    scratch = mmap.mmap(-1, _GAP)
+
+    def spans(batch, side):
+        out = []
+        for i, first, slot, count in batch:
+            e = pairs[flat[i]][side]
+            start, _ = _byte_range(e)
+            size = dtypes.itemsize(e.dtype)
+            out.append((e.data.file, start + first * size, slot, count * size))
+        return out
+
+    def load(k: int) -> None:
+        batch = batches[k]
+        for side in (0, 1):
+            buf = bufs[side][k % 2]
+            _read_side(files, spans(batch, side), buf, scratch)
+            prev = 0
+            for i, _, slot, count in batch:  # zero the padding: whole-step compares stay exact
+                if slot > prev:
+                    buf[prev:slot] = bytes(slot - prev)
+                prev = slot + count * dtypes.itemsize(pairs[flat[i]][0].dtype)
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(load, 0) if batches else None
+            for k, batch in enumerate(batches):
+                pending.result()
+                if k + 1 < len(batches):
+                    pending = pool.submit(load, k + 1)
+                ba, bb = bufs[0][k % 2], bufs[1][k % 2]
+                items = []
+                end = 0
+                for i, first, slot, count in batch:
+                    a, b = pairs[flat[i]]
+                    dt = np.dtype(dtypes.DTYPES[a.dtype].numpy)
+                    items.append((flat[i], first, np.frombuffer(ba, dt, count, slot),
+                                  np.frombuffer(bb, dt, count, slot)))
+                    end = slot + count * dt.itemsize
+                yield PairChunk(np.frombuffer(ba, np.uint8, end), np.frombuffer(bb, np.uint8, end),
+                                items)
+                del items
+        for idx, (a, b) in enumerate(pairs):
+            if readable(a) and readable(b) and not (_contiguous(a) and _contiguous(b)):
+                va, vb = read_array(a), read_array(b)
+                yield PairChunk(va.view(np.uint8), vb.view(np.uint8), [(idx, 0, va, vb)])
+    finally:
+        files.close()
+        scratch.close()
+        for side in bufs:
+            for buf in side:
+                try:
+                    buf.close()
+                except BufferError:  # a consumer still holds a view; the GC frees it later
+                    pass
