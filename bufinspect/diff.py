@@ -246,7 +246,8 @@ def align(keys_a: list[str], keys_b: list[str], *, strip: Sequence[str] = (),
     User rules first: `strip` removes a prefix from keys of both sides, `add` prepends a prefix
     to A's keys, `rename` replaces a leading OLD with NEW in A's keys. Then, with `auto`, a
     wrapper prefix (`module.`, `_orig_mod.`) that every key of one side has and no key of the
-    other has is removed from that side, repeatedly (for `_orig_mod.module.` and the like).
+    other has is removed from that side when that aligns more keys, repeatedly (for
+    `_orig_mod.module.` and the like).
     """
     ma = {k: k for k in keys_a}
     mb = {k: k for k in keys_b}
@@ -271,19 +272,23 @@ def align(keys_a: list[str], keys_b: list[str], *, strip: Sequence[str] = (),
         if hit:
             applied["a"].append(f"rename {old}={new}")
     if auto:
-        changed = True
-        while changed:
-            changed = False
+        while True:  # greedily take the wrapper removal that aligns the most keys, if any
+            va, vb = list(ma.values()), list(mb.values())
+            best, best_n = None, len(set(va) & set(vb))
             for p in WRAPPER_PREFIXES:
-                va, vb = list(ma.values()), list(mb.values())
-                for m, side, mine, other in ((ma, "a", va, vb), (mb, "b", vb, va)):
+                for side, mine, other in (("a", va, vb), ("b", vb, va)):
                     if _strip_common(mine, p) and not any(v.startswith(p) for v in other):
-                        for k in m:
-                            m[k] = m[k][len(p):]
-                        applied[side].append(f"strip {p}")
-                        applied["auto"] = True
-                        changed = True
-                        break
+                        n = len({v[len(p):] for v in mine} & set(other))
+                        if n > best_n:
+                            best, best_n = (side, p), n
+            if best is None:
+                break
+            side, p = best
+            m = ma if side == "a" else mb
+            for k in m:
+                m[k] = m[k][len(p):]
+            applied[side].append(f"strip {p}")
+            applied["auto"] = True
     return ma, mb, {k: v for k, v in applied.items() if v}
 
 

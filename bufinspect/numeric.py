@@ -180,8 +180,9 @@ class DiffAccumulator:
 
     def add(self, a: np.ndarray, b: np.ndarray, dtype: str) -> None:
         """Compare one chunk pair (raw elements as streamed) in float64."""
-        for i in range(0, a.size, _BLOCK):
-            self._add(widen64(a[i: i + _BLOCK], dtype), widen64(b[i: i + _BLOCK], dtype))
+        with np.errstate(invalid="ignore", over="ignore"):
+            for i in range(0, a.size, _BLOCK):
+                self._add(widen64(a[i: i + _BLOCK], dtype), widen64(b[i: i + _BLOCK], dtype))
 
     def _add(self, fa: np.ndarray, fb: np.ndarray) -> None:
         self.diff_elems += fa.size
