@@ -385,7 +385,8 @@ def _bb(entries: list[Entry]) -> dict[int, float]:
     out: dict[int, float] = {}
     for e, _, arr in stream.pieces(entries):
         x = widen64(arr, e.dtype)
-        out[id(e)] = out.get(id(e), 0.0) + float(np.vdot(x, x).real)
+        sq = float(np.vdot(x, x).real) if x.dtype.kind == "c" else float(np.einsum("i,i->", x, x))
+        out[id(e)] = out.get(id(e), 0.0) + sq
     return out
 
 
@@ -408,13 +409,13 @@ def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], 
     readable = [i for i, (a, b) in enumerate(pairs)
                 if stream.readable(a) and stream.readable(b)]
     for chunk in stream.paired_chunks([pairs[i] for i in readable]):
-        same_step = np.array_equal(_words(chunk.raw_a), _words(chunk.raw_b))
+        same_step = chunk.equal
         for j, first, a, b in chunk.items:
             i = readable[j]
             dtype = pairs[i][0].dtype
             if pairs[i][0].numel == 1 and dtypes.DTYPES[dtype].kind in ("int", "uint", "bool"):
                 scalars[i] = (_scalar(a, dtype), _scalar(b, dtype))
-            if same_step or np.array_equal(_words(a), _words(b)):
+            if same_step or stream.same_bytes(a, b):
                 accs[i].add_equal(a.size)
             else:
                 engine.add(accs[i], a, b, dtype)
@@ -478,12 +479,6 @@ def metrics(acc, numel: int) -> dict[str, Any]:
             "nonfinite": acc.nonfinite, "rel_l2": rel_l2, "cosine": cosine, "envelope": env}
 
 
-def _words(raw: np.ndarray) -> np.ndarray:
-    """A raw byte view as 8-byte words when the length allows (array_equal runs ~3x faster)."""
-    raw = raw.view(np.uint8) if raw.dtype != np.uint8 else raw
-    if raw.size % 8 == 0 and raw.ctypes.data % 8 == 0:
-        return raw.view(np.uint64)
-    return raw
 
 
 def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope.BUFFERS,

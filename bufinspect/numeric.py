@@ -180,40 +180,64 @@ class DiffAccumulator:
 
     def add(self, a: np.ndarray, b: np.ndarray, dtype: str) -> None:
         """Compare one chunk pair (raw elements as streamed) in float64."""
-        with np.errstate(invalid="ignore", over="ignore"):
+        cplx = dtypes.DTYPES[dtype].kind == "complex"
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             for i in range(0, a.size, _BLOCK):
-                self._add(widen64(a[i: i + _BLOCK], dtype), widen64(b[i: i + _BLOCK], dtype))
+                pa, pb = a[i: i + _BLOCK], b[i: i + _BLOCK]
+                if cplx:
+                    self._add(widen64(pa, dtype), widen64(pb, dtype), None)
+                else:
+                    w = _work(pa.size)
+                    np.copyto(w[0], _narrow(pa, dtype), casting="unsafe")
+                    np.copyto(w[1], _narrow(pb, dtype), casting="unsafe")
+                    self._add(w[0], w[1], w)
 
-    def _add(self, fa: np.ndarray, fb: np.ndarray) -> None:
-        self.diff_elems += fa.size
-        d = np.abs(fa - fb)
-        absb = np.abs(fb)
+    def _add(self, fa: np.ndarray, fb: np.ndarray, w) -> None:
+        # reusable scratch (`w`): fresh temporaries cost a page fault per 4 KiB on every call
+        n = fa.size
+        if w is None:
+            w = (None, None, np.empty(n), np.empty(n), np.empty(n), np.empty(n, bool))
+        d, absb, t, mask = w[2], w[3], w[4], w[5]
+        self.diff_elems += n
+        np.subtract(fa, fb, out=d) if fa.dtype != np.complex128 else None
+        if fa.dtype == np.complex128:
+            d[...] = np.abs(fa - fb)
+        else:
+            np.abs(d, out=d)
+        np.abs(fb, out=absb)
         bad_extra = 0
-        if not np.isfinite(d).all() or not np.isfinite(absb).all():
+        if not (np.isfinite(np.add.reduce(d)) and np.isfinite(np.add.reduce(absb))):
             nan_a, nan_b = np.isnan(fa), np.isnan(fb)
             same = (fa == fb) | (nan_a & nan_b)  # equal infinities, NaN in the same place
             odd = ~same & ~np.isfinite(d)  # a new/removed NaN, or inf against anything else
             bad_extra = int(np.count_nonzero(odd))
             self.nonfinite += bad_extra
-            d = np.where(same | odd, 0.0, d)
-            absb = np.where(odd | ~np.isfinite(absb), 0.0, absb)
-            fa, fb = np.where(odd | same & ~np.isfinite(fa), 0.0, fa), \
-                np.where(odd | same & ~np.isfinite(fb), 0.0, fb)
-        self.mismatched += int(np.count_nonzero(d > self.atol + self.rtol * absb)) + bad_extra
-        mx = float(d.max()) if d.size else 0.0
+            d[same | odd] = 0.0
+            absb[odd | ~np.isfinite(absb)] = 0.0
+            fa = np.where(odd | same & ~np.isfinite(fa), 0.0, fa)
+            fb = np.where(odd | same & ~np.isfinite(fb), 0.0, fb)
+        np.multiply(absb, self.rtol, out=t)
+        np.add(t, self.atol, out=t)
+        np.greater(d, t, out=mask)
+        self.mismatched += int(np.count_nonzero(mask)) + bad_extra
+        mx = float(np.maximum.reduce(d)) if n else 0.0
         if mx > 0:
             self.max_abs = max(self.max_abs, mx)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rel = d / absb
-            rel[d == 0] = 0.0
-            self.max_rel = max(self.max_rel, float(rel.max()))
-            self.sum_abs += float(d.sum())
-            self.sum_d2 += float(np.vdot(d, d))
+            np.divide(d, absb, out=t)  # 0/0 gives NaN, which fmax skips
+            rel = float(np.fmax.reduce(t))
+            self.max_rel = max(self.max_rel, 0.0 if rel != rel else rel)
+            self.sum_abs += float(np.add.reduce(d))
+            self.sum_d2 += _dot(d, d)
             if self.envelope is not None:
                 self._envelope(d, absb)
-        self.aa += float(np.vdot(fa, fa).real)
-        self.ab += float(np.vdot(fb, fa).real)
-        self.bb += float(np.vdot(fb, fb).real)
+        if fa.dtype == np.complex128:
+            self.aa += float(np.vdot(fa, fa).real)
+            self.ab += float(np.vdot(fb, fa).real)
+            self.bb += float(np.vdot(fb, fb).real)
+        else:
+            self.aa += _dot(fa, fa)
+            self.ab += _dot(fb, fa)
+            self.bb += _dot(fb, fb)
 
     def _envelope(self, d: np.ndarray, absb: np.ndarray) -> None:
         sel = d > 0
@@ -242,6 +266,30 @@ class DiffAccumulator:
                 out.append([lo, hi, d])
                 best = d  # a bucket with larger |b| and no larger max can never decide anything
         return out
+
+
+def _dot(x: np.ndarray, y: np.ndarray) -> float:
+    """Dot product without BLAS: idle OpenBLAS threads made small dots ~90x slower here."""
+    return float(np.einsum("i,i->", x, y))
+
+
+_WORK: list[np.ndarray] = []
+
+
+def _work(n: int) -> tuple[np.ndarray, ...]:
+    """Views of n elements into the kernel's reusable scratch (a, b, d, |b|, t, mask)."""
+    if not _WORK:
+        _WORK.extend([np.empty(_BLOCK) for _ in range(5)] + [np.empty(_BLOCK, bool)])
+    return tuple(x[:n] for x in _WORK)
+
+
+def _narrow(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """Raw elements in a dtype numpy can cast to float64 (bf16/fp8/fp16 widened, bool as 0/1)."""
+    if arr.dtype == np.bool_:
+        return arr.view(np.uint8)
+    if dtypes.DTYPES[dtype].kind == "float":
+        return as_float(arr, dtype)
+    return arr
 
 
 def widen64(arr: np.ndarray, dtype: str) -> np.ndarray:
