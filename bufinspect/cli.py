@@ -298,8 +298,9 @@ def diff(
 @app.command()
 def trend(
     paths: List[str] = typer.Argument(..., help="Two or more checkpoints, in order."),
-    metric: str = typer.Option("rel_l2", "--metric", help="Change measure per step: rel_l2 "
-                               "(||a-b|| / ||b||), max_abs, mean_abs or max_rel."),
+    metric: str = typer.Option("max_abs", "--metric", help="Change measure per step: max_abs, "
+                               "rel_l2 (||a-b|| / ||b||; always 1 for a buffer that started at "
+                               "zero), mean_abs or max_rel."),
     all_: bool = typer.Option(False, "--all", help="Every module-state tensor."),
     params: bool = typer.Option(False, "--params", help="Parameters (and unknown entries)."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Also write a line chart (PNG, SVG, "

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 from bufinspect.errors import UsageError
 from bufinspect.model import SCHEMA
 
-METRICS = ("rel_l2", "max_abs", "mean_abs", "max_rel")
+METRICS = ("max_abs", "rel_l2", "mean_abs", "max_rel")
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,14 @@ class TrendReport:
                 "rows": [r.to_dict() for r in self.rows]}
 
 
-def trend(paths: Sequence[str], *, metric: str = "rel_l2", scope: str = "buffers",
+def trend(paths: Sequence[str], *, metric: str = "max_abs", scope: str = "buffers",
           progress: Callable[[int], None] | None = None, **diff_options) -> TrendReport:
     """Diff every checkpoint against the first and collect one metric per key and step.
 
     Args:
         paths: two or more checkpoints, in order (e.g. one per epoch).
-        metric: `rel_l2` (default, scale-free), `max_abs`, `mean_abs` or `max_rel`.
+        metric: `max_abs` (default), `rel_l2` (||a-b|| / ||b||: scale-free, but always 1 for a
+            buffer that started at zero, such as a fresh running_mean), `mean_abs`, `max_rel`.
         scope: as for `bufinspect.diff.diff`.
         **diff_options: passed to `bufinspect.diff.diff` (tolerances, alignment, device...).
     """
