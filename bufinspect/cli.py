@@ -223,7 +223,7 @@ def diff(
                                                "starting with it) to NEW (repeatable)."),
     no_auto_align: bool = typer.Option(False, "--no-auto-align", help="Do not remove 'module.'"
                                        " / '_orig_mod.' prefixes that only one side has."),
-    device: Device = typer.Option(Device.CPU, "--device", help="Where numeric work runs: cpu "
+    device: Device = typer.Option(Device.AUTO, "--device", help="Where numeric work runs: cpu "
                                   "(numpy), cuda (a GPU; error without one), or auto (a GPU when "
                                   "present and over 64 MiB of data differs)."),
     save_metrics: Optional[str] = typer.Option(None, "--save-metrics", help="Also write the "
@@ -308,7 +308,7 @@ def trend(
     format: ShowFormat = typer.Option(ShowFormat.TABLE, "--format", "-f", help="table or json."),
     container: Optional[List[str]] = typer.Option(None, "--container", help="The state dict to "
                                                   "use in every checkpoint."),
-    device: Device = typer.Option(Device.CPU, "--device", help="cpu, cuda or auto (as for diff)."),
+    device: Device = typer.Option(Device.AUTO, "--device", help="cpu, cuda or auto (as for diff)."),
 ) -> None:
     """Show how each buffer drifts across a series of checkpoints (e.g. one per epoch).
 

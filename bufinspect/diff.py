@@ -77,7 +77,8 @@ class Tolerance:
                 raise ValueError
         except ValueError:
             raise UsageError(f"--tol {spec!r}: expected GLOB=RTOL[,ATOL] with non-negative "
-                             "numbers, e.g. 'running_var=1e-3' or '*.running_*=1e-3,1e-6'") from None
+                             "numbers, e.g. 'running_var=1e-3' or '*.running_*=1e-3,1e-6'"
+                             ) from None
         return cls(glob, rtol, atol)
 
     def matches(self, key: str) -> bool:
@@ -307,8 +308,8 @@ class _Engine:
         if device == "cuda":
             self.cuda = _cuda_kernel()
             if self.cuda is None:
-                raise UsageError("--device cuda: no CUDA GPU is available (torch.cuda.is_available()"
-                                 " is False)")
+                raise UsageError("--device cuda: no CUDA GPU is available "
+                                 "(torch.cuda.is_available() is False)")
 
     @property
     def name(self) -> str:
@@ -320,7 +321,8 @@ class _Engine:
             self.cuda = _cuda_kernel()
             self.want = "cpu" if self.cuda is None else "cuda"
         self.seen += a.nbytes
-        if self.cuda is not None and acc.envelope is None and dtypes.DTYPES[dtype].kind != "complex":
+        kind = dtypes.DTYPES[dtype].kind
+        if self.cuda is not None and acc.envelope is None and kind != "complex":
             self.cuda(acc, a, b, dtype)
         else:
             acc.add(a, b, dtype)

@@ -352,7 +352,7 @@ def test_cuda_path_matches_cpu(tmp_path, samples):
     for ec, eg in zip(cpu["entries"], gpu["entries"]):
         for k, v in ec.items():
             if isinstance(v, float):
-                assert eg[k] == pytest.approx(v, rel=1e-12, abs=1e-15), k
+                assert eg[k] == pytest.approx(v, rel=1e-9, abs=1e-15), k  # summation order
             else:
                 assert eg[k] == v, k
 

@@ -292,7 +292,8 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
     sub-blocks with memcmp: `PairChunk.equal` says whether the whole step is byte-identical, so
     the caller only looks closer at steps that differ. Peak memory is `4 * chunk_bytes` (two
     buffer pairs) whatever the checkpoints' sizes. (Two reader threads measured no faster on
-    2 cores: reading is bound by memory bandwidth, and more threads fight over the GIL.) Runs of nearby tensors are read with one `preadv`
+    2 cores: reading is bound by memory bandwidth, and more threads fight over the GIL.)
+    Runs of nearby tensors are read with one `preadv`
     each. Non-contiguous tensors (rare) are read whole, one pair at a time, at the end.
     """
     flat = [i for i, (a, b) in enumerate(pairs) if _contiguous(a) and _contiguous(b)]
