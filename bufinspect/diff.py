@@ -410,19 +410,21 @@ def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], 
     scalars: dict[int, tuple[Any, Any]] = {}
     readable = [i for i, (a, b) in enumerate(pairs)
                 if stream.readable(a) and stream.readable(b)]
-    for chunk in stream.paired_chunks([pairs[i] for i in readable]):
-        same_step = chunk.equal
-        for j, first, a, b in chunk.items:
+    for chunk in stream.paired_chunks([pairs[i] for i in readable], skip_equal=True):
+        for j, first, count, a, b in chunk.items:
             i = readable[j]
             dtype = pairs[i][0].dtype
+            if progress is not None:
+                progress(2 * count * dtypes.itemsize(dtype))
+            if a is None:  # identical, and never kept
+                accs[i].add_equal(count)
+                continue
             if pairs[i][0].numel == 1 and dtypes.DTYPES[dtype].kind in ("int", "uint", "bool"):
                 scalars[i] = (_scalar(a, dtype), _scalar(b, dtype))
-            if same_step or stream.same_bytes(a, b):
-                accs[i].add_equal(a.size)
+            if chunk.equal or stream.same_bytes(a, b):
+                accs[i].add_equal(count)
             else:
                 engine.add(accs[i], a, b, dtype)
-        if progress is not None:
-            progress(chunk.raw_a.nbytes + chunk.raw_b.nbytes)
     # entries with both equal and differing chunks: norms of the equal part, by a second pass
     partly = [pairs[i][1] for i in readable if accs[i].equal_elems and accs[i].diff_elems]
     if partly:

@@ -162,9 +162,9 @@ def test_metadata_changes(tmp_path, base_sd, cli_json, monkeypatch):
     read = []
     real = stream.paired_chunks
 
-    def spy(pairs, *args):
+    def spy(pairs, *args, **kwargs):
         read.extend(a.key for a, _ in pairs)
-        return real(pairs, *args)
+        return real(pairs, *args, **kwargs)
     monkeypatch.setattr(stream, "paired_chunks", spy)
     report = D.diff(str(a), str(b), scope="all")
     got = {e.key: e for e in report.entries}
@@ -186,8 +186,8 @@ def test_metadata_changes(tmp_path, base_sd, cli_json, monkeypatch):
 def test_metadata_only_pairs_skip_reading(tmp_path, base_sd, monkeypatch):
     a = save({"x.running_mean": torch.zeros(4)}, tmp_path / "a.pt")
     b = save({"x.running_mean": torch.zeros(4, dtype=torch.float64)}, tmp_path / "b.pt")
-    monkeypatch.setattr(stream, "paired_chunks", lambda pairs, *a: iter(()) if not pairs else
-                        (_ for _ in ()).throw(AssertionError("read data")))
+    monkeypatch.setattr(stream, "paired_chunks", lambda pairs, *a, **k: iter(()) if not pairs
+                        else (_ for _ in ()).throw(AssertionError("read data")))
     assert D.diff(str(a), str(b)).entries[0].status is D.Status.DTYPE
 
 
@@ -456,3 +456,32 @@ def test_rejudge_envelope_bounds():
             truth = bool(np.all(d <= atol + rtol * ab))
             verdict = rejudge(pts, rtol, atol)
             assert verdict is None or verdict == truth, (rtol, atol)
+
+
+def test_paired_chunks_unaligned_offsets(tmp_path):
+    """safetensors data is often only 4-byte aligned, and A and B differ in header length:
+    reads start at aligned offsets, views must still hold exactly the tensor's elements."""
+    from safetensors.torch import save_file
+
+    import bufinspect
+
+    torch.manual_seed(4)
+    big = torch.randn(700_000)  # 2.8 MB: one piece of its own
+    save_file({"a.weight": big, "x": torch.zeros(3)}, str(tmp_path / "a.safetensors"))
+    changed = big.clone()
+    changed[123_456] = 7.0
+    save_file({"a.weight": changed, "longer_name_shifts_the_header": torch.zeros(5)},
+              str(tmp_path / "b.safetensors"))
+    ea = next(e for e in bufinspect.load(str(tmp_path / "a.safetensors")).entries
+              if e.key == "a.weight")
+    eb = next(e for e in bufinspect.load(str(tmp_path / "b.safetensors")).entries
+              if e.key == "a.weight")
+    for skip in (False, True):
+        (chunk,) = list(stream.paired_chunks([(ea, eb)], skip_equal=skip))
+        assert not chunk.equal
+        (_, first, count, a, b), = chunk.items
+        assert (first, count) == (0, big.numel())
+        assert torch.equal(torch.from_numpy(a.copy()), big)
+        assert torch.equal(torch.from_numpy(b.copy()), changed)
+    same = list(stream.paired_chunks([(ea, ea)], skip_equal=True))
+    assert [c.equal for c in same] == [True] and same[0].items[0][3] is None
