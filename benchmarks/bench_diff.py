@@ -51,6 +51,21 @@ NAIVE_ST = NAIVE.replace("torch.load(sys.argv[1], map_location=\"cpu\", weights_
 ).replace("import sys, torch", "import sys, torch\nfrom safetensors.torch import load_file")
 
 
+PHASES = r"""
+import sys, time
+t0 = time.perf_counter()
+import numpy
+t1 = time.perf_counter()
+import bufinspect
+from bufinspect import diff
+ca, cb = bufinspect.load(sys.argv[1]), bufinspect.load(sys.argv[2])
+t2 = time.perf_counter()
+diff.diff(ca, cb, scope="all", device="cpu")
+t3 = time.perf_counter()
+print(f"{t1 - t0:.3f} {t2 - t1:.3f} {t3 - t2:.3f}")
+"""
+
+
 def make_state(size_gb: float, seed: int = 0):
     """A ResNet-like state dict of about `size_gb` GB (float32)."""
     import torch
@@ -184,6 +199,14 @@ def main() -> None:
               f"{n_rss / d_rss:.0f}x more")
         print(f"(diff - start-up) / cat  : {beyond:5.2f}x  (target <= 1.5x: "
               f"{'met' if beyond <= 1.5 else 'MISSED'})")
+        phases = [subprocess.run([sys.executable, "-c", PHASES, str(a), str(b)], check=True,
+                                 capture_output=True, text=True).stdout.split()
+                  for _ in range(args.runs)]
+        imp, meta, sweep = (statistics.median(float(p[i]) for p in phases) for i in range(3))
+        cat2 = wall(f"cat {a} {b} > /dev/null", args.runs)
+        print(f"in-process phases        : import numpy {imp:.2f} s, read metadata of both "
+              f"{meta:.2f} s, data sweep {sweep:.2f} s = {sweep / cat2:.2f}x cat ({cat2:.2f} s, "
+              "measured right after)")
     if not args.keep:
         for pair in pairs.values():
             for p in pair:
