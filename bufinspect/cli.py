@@ -16,7 +16,7 @@ from typing import Iterator, List, Optional
 import typer
 
 from bufinspect import __version__
-from bufinspect.errors import BufinspectError, UsageError
+from bufinspect.errors import BufinspectError
 from bufinspect.model import Role
 
 app = typer.Typer(
@@ -244,8 +244,9 @@ def diff(
     about 1% (2**-7) of rtol*|b| of the new tolerance: those are reported changed and marked
     approximate. Mismatch counts are only kept for unchanged tolerances.
     """
-    from bufinspect import render
     from bufinspect import diff as diff_mod
+    from bufinspect import render
+    from bufinspect.errors import UsageError
 
     with handled(from_metrics or a or b):
         try:
@@ -317,6 +318,7 @@ def trend(
     """
     from bufinspect import render
     from bufinspect import trend as trend_mod
+    from bufinspect.errors import UsageError
 
     with handled(paths[0] if paths else None):
         if all_ and params:
