@@ -248,7 +248,7 @@ def _read_side(files: _Files, spans: list[tuple[str, int, int, int]], buf: mmap.
     sc.release()
 
 
-_SUB = 128 << 10  # sub-block size for comparing in cache (two of these fit in L2)
+_SUB = 1 << 20  # sub-block size for identical data (1 MiB: fewer calls beat L2 residency here)
 # Reads start at a file offset rounded down to this: the kernel's copy from the page cache ran
 # ~3x slower here from offsets that are only 4-byte aligned (safetensors data often is).
 _ALIGN = 64
@@ -298,7 +298,7 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
     about `2 * chunk_bytes` whatever the checkpoints' sizes.
 
     With `skip_equal`, a step that is one piece of a large tensor is first read and compared in
-    128 KiB sub-blocks through two small buffers that stay in the core's cache; when every
+    1 MiB sub-blocks through two small buffers that stay in the CPU's caches; when every
     sub-block matches, the step is yielded with `equal=True` and `None` for its arrays (the
     bytes were never kept), otherwise it is read again whole. Identical data then costs about
     what `cat` costs, instead of the memory traffic of filling big buffers.
