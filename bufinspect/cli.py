@@ -183,6 +183,196 @@ def show(
 # ---- diff (issue: diff) ------------------------------------------------------------------
 
 
+class DiffScope(str, Enum):
+    BUFFERS = "buffers"
+    ALL = "all"
+    PARAMETERS = "parameters"
+
+
+class Device(str, Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+_TOL_HELP = ("Per-key tolerance override GLOB=RTOL[,ATOL] (repeatable; the last match wins). "
+             "GLOB matches the whole key or its tail after a dot: 'running_var=1e-3' covers "
+             "every *.running_var; 'layer4.*=1e-4,1e-6' sets both tolerances. Without ATOL the "
+             "global --atol applies.")
+
+
+def _write_metrics(report, path: str) -> None:
+    from bufinspect import render
+
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(render.to_json(report.to_dict(envelope=True)) + "\n")
+
+
+def _emit_diff(report, format, show_equal: bool) -> None:
+    from bufinspect import render
+
+    if format is render.OutputFormat.JSON:
+        sys.stdout.write(render.to_json(report.to_dict()) + "\n")
+    elif format is render.OutputFormat.MARKDOWN:
+        sys.stdout.write(render.render_diff_markdown(report, show_equal=show_equal))
+    elif format is render.OutputFormat.GITHUB:
+        sys.stdout.write(render.render_diff_github(report))
+    elif format is render.OutputFormat.TABLE:
+        render.render_diff_table(report, stdout_console(), show_equal=show_equal)
+    else:
+        render.assert_never(format)
+
+
+@app.command()
+def diff(
+    a: Optional[str] = typer.Argument(None, help="The checkpoint before (A)."),
+    b: Optional[str] = typer.Argument(None, help="The checkpoint after (B)."),
+    all_: bool = typer.Option(False, "--all", help="Compare every module-state tensor."),
+    params: bool = typer.Option(False, "--params", help="Compare parameters (and entries whose "
+                                "role is unknown) instead of buffers."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", min=0, help="Relative tolerance "
+                                         "[default: 1e-05]."),
+    atol: Optional[float] = typer.Option(None, "--atol", min=0, help="Absolute tolerance "
+                                         "[default: 1e-08]. An element is close when "
+                                         "|a-b| <= atol + rtol*|b| (float64)."),
+    tol: Optional[List[str]] = typer.Option(None, "--tol", help=_TOL_HELP),
+    format: str = typer.Option("table", "--format", "-f",
+                               help="Output format: table, json, markdown or github (workflow "
+                                    "annotations, one ::error per differing entry)."),
+    show_equal: bool = typer.Option(False, "--show-equal", help="List equal entries too."),
+    container: Optional[List[str]] = typer.Option(None, "--container", help="The state dict to "
+                                                  "compare, e.g. 'model' (give it twice for A and "
+                                                  "B). Default: the one module state dict."),
+    strip_prefix: Optional[List[str]] = typer.Option(None, "--strip-prefix", help="Remove this "
+                                                     "key prefix on both sides (repeatable)."),
+    add_prefix: Optional[List[str]] = typer.Option(None, "--add-prefix", help="Prepend this "
+                                                   "prefix to A's keys (repeatable)."),
+    rename: Optional[List[str]] = typer.Option(None, "--rename", help="OLD=NEW: rename A's key "
+                                               "OLD (or, when OLD ends with '.', every key "
+                                               "starting with it) to NEW (repeatable)."),
+    no_auto_align: bool = typer.Option(False, "--no-auto-align", help="Do not remove 'module.'"
+                                       " / '_orig_mod.' prefixes that only one side has."),
+    device: Device = typer.Option(Device.AUTO, "--device", help="Where numeric work runs: cpu "
+                                  "(numpy), cuda (a GPU; error without one), or auto (a GPU when "
+                                  "present and over 64 MiB of data differs)."),
+    save_metrics: Optional[str] = typer.Option(None, "--save-metrics", help="Also write the "
+                                               "per-entry metrics as JSON to this file, with "
+                                               "what --from-metrics needs to re-judge."),
+    from_metrics: Optional[str] = typer.Option(None, "--from-metrics", help="Re-judge a file "
+                                               "written by --save-metrics under new --rtol/"
+                                               "--atol/--tol, without reading checkpoints."),
+) -> None:
+    """Compare the buffers (or all tensors) of two checkpoints, element by element.
+
+    Keys are aligned first: a 'module.' (DDP) or '_orig_mod.' (torch.compile) prefix that one
+    side has and the other lacks is removed, and the mapping is printed. Statuses: equal, close
+    (within tolerance), changed, added, removed, shape, dtype. Exit code 0 when nothing in scope
+    differs beyond tolerance, 1 when something does, 2 on bad input or usage.
+
+    Re-judging with --from-metrics is exact except for entries whose worst element lies within
+    about 1% (2**-7) of rtol*|b| of the new tolerance: those are reported changed and marked
+    approximate. Mismatch counts are only kept for unchanged tolerances.
+    """
+    from bufinspect import diff as diff_mod
+    from bufinspect import render
+    from bufinspect.errors import UsageError
+
+    with handled(from_metrics or a or b):
+        try:
+            fmt = render.OutputFormat(format)
+        except ValueError:
+            raise UsageError(f"--format {format!r}: expected table, json, markdown or github") \
+                from None
+        if all_ and params:
+            raise UsageError("--all and --params exclude each other")
+        scope = DiffScope.ALL if all_ else DiffScope.PARAMETERS if params else DiffScope.BUFFERS
+        if from_metrics is not None:
+            if a is not None or b is not None:
+                raise UsageError("--from-metrics takes no checkpoints")
+            doc = diff_mod.load_metrics(from_metrics)
+            report = diff_mod.rejudge_report(doc, rtol=rtol, atol=atol, tolerances=tol,
+                                             source=from_metrics)
+            approx = sum(e.approximate for e in report.entries)
+            if approx:
+                _stderr(f"bufinspect: note: {approx} entr{'y is' if approx == 1 else 'ies are'} "
+                        "too close to the new tolerance to decide from saved metrics; reported "
+                        "changed (diff the checkpoints for an exact verdict)")
+        else:
+            if a is None or b is None:
+                raise UsageError("diff needs two checkpoints A B (or --from-metrics FILE)")
+            from bufinspect import load
+
+            with handled(a):
+                ck_a = load(a)
+            with handled(b):
+                ck_b = load(b)
+            bar, progress = progress_for(sum(e.nbytes for e in ck_a.entries)
+                                         + sum(e.nbytes for e in ck_b.entries))
+            kwargs = dict(scope=scope.value, rtol=1e-5 if rtol is None else rtol,
+                          atol=1e-8 if atol is None else atol, tolerances=tol or (),
+                          containers=container or (), strip_prefix=strip_prefix or (),
+                          add_prefix=add_prefix or (), rename=rename or (),
+                          auto_align=not no_auto_align, device=device.value,
+                          save_envelope=save_metrics is not None, progress=progress)
+            if bar is not None:
+                with bar:
+                    report = diff_mod.diff(ck_a, ck_b, **kwargs)
+            else:
+                report = diff_mod.diff(ck_a, ck_b, **kwargs)
+            if save_metrics is not None:
+                _write_metrics(report, save_metrics)
+    _emit_diff(report, fmt, show_equal)
+    raise typer.Exit(1 if report.has_differences else 0)
+
+
+@app.command()
+def trend(
+    paths: List[str] = typer.Argument(..., help="Two or more checkpoints, in order."),
+    metric: str = typer.Option("max_abs", "--metric", help="Change measure per step: max_abs, "
+                               "rel_l2 (||a-b|| / ||b||; always 1 for a buffer that started at "
+                               "zero), mean_abs or max_rel."),
+    all_: bool = typer.Option(False, "--all", help="Every module-state tensor."),
+    params: bool = typer.Option(False, "--params", help="Parameters (and unknown entries)."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Also write a line chart (PNG, SVG, "
+                                       "PDF by extension); needs bufinspect[plot] (matplotlib)."),
+    format: ShowFormat = typer.Option(ShowFormat.TABLE, "--format", "-f", help="table or json."),
+    container: Optional[List[str]] = typer.Option(None, "--container", help="The state dict to "
+                                                  "use in every checkpoint."),
+    device: Device = typer.Option(Device.AUTO, "--device", help="cpu, cuda or auto (as for diff)."),
+) -> None:
+    """Show how each buffer drifts across a series of checkpoints (e.g. one per epoch).
+
+    One line per tensor: a sparkline of its change against the first checkpoint at every step,
+    sorted by total drift. Keys are aligned as in diff.
+    """
+    from bufinspect import render
+    from bufinspect import trend as trend_mod
+    from bufinspect.errors import UsageError
+
+    with handled(paths[0] if paths else None):
+        if all_ and params:
+            raise UsageError("--all and --params exclude each other")
+        if format is ShowFormat.MARKDOWN:
+            raise UsageError("trend prints table or json")
+        scope = "all" if all_ else "parameters" if params else "buffers"
+        if plot is not None:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                raise UsageError("--plot needs matplotlib: pip install 'bufinspect[plot]'") \
+                    from None
+        report = trend_mod.trend(paths, metric=metric, scope=scope,
+                                 containers=container[:1] if container else (),
+                                 device=device.value)
+        if plot is not None:
+            trend_mod.plot(report, plot)
+            _stderr(f"bufinspect: wrote {plot}")
+    if format is ShowFormat.JSON:
+        sys.stdout.write(render.to_json(report.to_dict()) + "\n")
+    else:
+        render.render_trend_table(report, stdout_console())
+
+
 # ---- check (issue: check) ----------------------------------------------------------------
 
 from bufinspect.render import OutputFormat  # noqa: E402  (kept under this anchor for merges)

@@ -179,3 +179,169 @@ def _stats_serial(entries: list[Entry], progress=None) -> dict[tuple[str, str], 
         if a is not None:
             out[(e.container, e.key)] = a.result()
     return out
+
+
+# ---- diff kernels --------------------------------------------------------------------------
+
+_BLOCK = 1 << 16  # elements per inner step: float64 temporaries stay in cache
+_ENV_SHIFT = 45  # float64 bits kept for an envelope bucket: sign, exponent, 7 mantissa bits
+
+
+class DiffAccumulator:
+    """Diff metrics of one entry pair, fed only the chunks whose bytes differ.
+
+    Chunks that are byte-identical add nothing but `equal_elems`; the caller fills in the norms of
+    those parts later when the entry turns out to differ (see `bufinspect.diff`). With `envelope`
+    on, it also keeps, per bucket of |b| (7 mantissa bits), the largest |a-b|: enough to re-judge
+    `|a-b| <= atol + rtol*|b|` for other tolerances (see `rejudge`).
+    """
+
+    __slots__ = ("rtol", "atol", "max_abs", "max_rel", "sum_abs", "sum_d2", "aa", "ab", "bb",
+                 "mismatched", "nonfinite", "diff_elems", "equal_elems", "envelope")
+
+    def __init__(self, rtol: float, atol: float, envelope: bool = False):
+        self.rtol, self.atol = rtol, atol
+        self.max_abs = self.max_rel = self.sum_abs = self.sum_d2 = 0.0
+        self.aa = self.ab = self.bb = 0.0
+        self.mismatched = self.nonfinite = self.diff_elems = self.equal_elems = 0
+        self.envelope: dict[int, float] | None = {} if envelope else None
+
+    def add(self, a: np.ndarray, b: np.ndarray, dtype: str) -> None:
+        """Compare one chunk pair (raw elements as streamed) in float64."""
+        cplx = dtypes.DTYPES[dtype].kind == "complex"
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            for i in range(0, a.size, _BLOCK):
+                pa, pb = a[i: i + _BLOCK], b[i: i + _BLOCK]
+                if cplx:
+                    self._add(widen64(pa, dtype), widen64(pb, dtype), None)
+                else:
+                    w = _work(pa.size)
+                    np.copyto(w[0], _narrow(pa, dtype), casting="unsafe")
+                    np.copyto(w[1], _narrow(pb, dtype), casting="unsafe")
+                    self._add(w[0], w[1], w)
+
+    def _add(self, fa: np.ndarray, fb: np.ndarray, w) -> None:
+        # reusable scratch (`w`): fresh temporaries cost a page fault per 4 KiB on every call
+        n = fa.size
+        if w is None:
+            w = (None, None, np.empty(n), np.empty(n), np.empty(n), np.empty(n, bool))
+        d, absb, t, mask = w[2], w[3], w[4], w[5]
+        self.diff_elems += n
+        np.subtract(fa, fb, out=d) if fa.dtype != np.complex128 else None
+        if fa.dtype == np.complex128:
+            d[...] = np.abs(fa - fb)
+        else:
+            np.abs(d, out=d)
+        np.abs(fb, out=absb)
+        bad_extra = 0
+        if not (np.isfinite(np.add.reduce(d)) and np.isfinite(np.add.reduce(absb))):
+            nan_a, nan_b = np.isnan(fa), np.isnan(fb)
+            same = (fa == fb) | (nan_a & nan_b)  # equal infinities, NaN in the same place
+            odd = ~same & ~np.isfinite(d)  # a new/removed NaN, or inf against anything else
+            bad_extra = int(np.count_nonzero(odd))
+            self.nonfinite += bad_extra
+            d[same | odd] = 0.0
+            absb[odd | ~np.isfinite(absb)] = 0.0
+            fa = np.where(odd | same & ~np.isfinite(fa), 0.0, fa)
+            fb = np.where(odd | same & ~np.isfinite(fb), 0.0, fb)
+        np.multiply(absb, self.rtol, out=t)
+        np.add(t, self.atol, out=t)
+        np.greater(d, t, out=mask)
+        self.mismatched += int(np.count_nonzero(mask)) + bad_extra
+        mx = float(np.maximum.reduce(d)) if n else 0.0
+        if mx > 0:
+            self.max_abs = max(self.max_abs, mx)
+            np.divide(d, absb, out=t)  # 0/0 gives NaN, which fmax skips
+            rel = float(np.fmax.reduce(t))
+            self.max_rel = max(self.max_rel, 0.0 if rel != rel else rel)
+            self.sum_abs += float(np.add.reduce(d))
+            self.sum_d2 += _dot(d, d)
+            if self.envelope is not None:
+                self._envelope(d, absb)
+        if fa.dtype == np.complex128:
+            self.aa += float(np.vdot(fa, fa).real)
+            self.ab += float(np.vdot(fb, fa).real)
+            self.bb += float(np.vdot(fb, fb).real)
+        else:
+            self.aa += _dot(fa, fa)
+            self.ab += _dot(fb, fa)
+            self.bb += _dot(fb, fb)
+
+    def _envelope(self, d: np.ndarray, absb: np.ndarray) -> None:
+        sel = d > 0
+        keys = np.ascontiguousarray(absb[sel], np.float64).view(np.uint64) >> np.uint64(_ENV_SHIFT)
+        lo = int(keys.min())
+        top = np.full(int(keys.max()) - lo + 1, -1.0)
+        np.maximum.at(top, (keys - np.uint64(lo)).astype(np.intp), d[sel])
+        env = self.envelope
+        for k in np.flatnonzero(top >= 0):
+            key = lo + int(k)
+            env[key] = max(env.get(key, 0.0), float(top[k]))
+
+    def add_equal(self, n: int) -> None:
+        """Count `n` elements that were byte-identical (their norms come later, if needed)."""
+        self.equal_elems += n
+
+    def envelope_points(self) -> list[list[float]]:
+        """The kept buckets as [|b| low, |b| high, max |a-b|], dominated buckets dropped."""
+        out: list[list[float]] = []
+        best = -1.0
+        for key in sorted(self.envelope or ()):
+            d = self.envelope[key]
+            if d > best:
+                lo = float(np.uint64(key << _ENV_SHIFT).view(np.float64))
+                hi = float(np.uint64((key + 1) << _ENV_SHIFT).view(np.float64))
+                out.append([lo, hi, d])
+                best = d  # a bucket with larger |b| and no larger max can never decide anything
+        return out
+
+
+def _dot(x: np.ndarray, y: np.ndarray) -> float:
+    """Dot product without BLAS: idle OpenBLAS threads made small dots ~90x slower here."""
+    return float(np.einsum("i,i->", x, y))
+
+
+_WORK: list[np.ndarray] = []
+
+
+def _work(n: int) -> tuple[np.ndarray, ...]:
+    """Views of n elements into the kernel's reusable scratch (a, b, d, |b|, t, mask)."""
+    if not _WORK:
+        _WORK.extend([np.empty(_BLOCK) for _ in range(5)] + [np.empty(_BLOCK, bool)])
+    return tuple(x[:n] for x in _WORK)
+
+
+def _narrow(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """Raw elements in a dtype numpy can cast to float64 (bf16/fp8/fp16 widened, bool as 0/1)."""
+    if arr.dtype == np.bool_:
+        return arr.view(np.uint8)
+    if dtypes.DTYPES[dtype].kind == "float":
+        return as_float(arr, dtype)
+    return arr
+
+
+def widen64(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """Raw streamed elements as float64 (complex128 for complex dtypes, 0/1 for bool)."""
+    kind = dtypes.DTYPES[dtype].kind
+    if kind == "complex":
+        return arr.astype(np.complex128)
+    if arr.dtype == np.bool_:
+        arr = arr.view(np.uint8)
+    if kind == "float":
+        arr = as_float(arr, dtype)
+    return arr.astype(np.float64)
+
+
+def rejudge(points: list[list[float]], rtol: float, atol: float) -> bool | None:
+    """Decide from envelope points whether every element meets `|a-b| <= atol + rtol*|b|`.
+
+    True: all within; False: some element is not; None: too close to the boundary to tell
+    from the buckets (within rtol * |b| * 2**-7 of it).
+    """
+    upper = max((d - rtol * lo for lo, _, d in points), default=0.0)
+    if upper <= atol:
+        return True
+    lower = max((d - rtol * hi for _, hi, d in points), default=0.0)
+    if lower > atol:
+        return False
+    return None

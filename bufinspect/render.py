@@ -249,6 +249,202 @@ def render_show_markdown(report: ShowReport, *, depth: int | None = None,
 # ---- diff ----------------------------------------------------------------------------------
 
 
+_META = ("added", "removed", "shape", "dtype")
+
+
+def _diff_sorted(report) -> list:
+    """Entries by how much they moved: metadata changes, then changed, then close, largest first."""
+    rank = {"added": 0, "removed": 0, "shape": 0, "dtype": 0, "changed": 1, "close": 2, "equal": 3}
+    return sorted(report.entries, key=lambda e: (rank[e.status.value], -e.moved))
+
+
+def _detail(e) -> str:
+    st = e.status.value
+    if st == "shape":
+        return f"shape {fmt_shape(e.shape)} -> {fmt_shape(e.shape_b)}"
+    if st == "dtype":
+        return f"dtype {e.dtype} -> {e.dtype_b}"
+    if st == "added":
+        return f"only in B: {fmt_shape(e.shape)} {e.dtype}"
+    if st == "removed":
+        return f"only in A: {fmt_shape(e.shape)} {e.dtype}"
+    parts = []
+    if e.old is not None:
+        parts.append(f"{e.old} -> {e.new}")
+    if e.nonfinite:
+        parts.append(f"{e.nonfinite} NaN/inf differ")
+    if e.note:
+        parts.append(e.note)
+    if e.approximate:
+        parts.append("near the tolerance: re-run on the files")
+    if e.key_b and e.key_b != e.key:
+        parts.append(f"B: {e.key_b}")
+    return "; ".join(parts)
+
+
+def diff_rows(report, *, show_equal: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the diff table (names cleaned), sorted by how much each entry moved."""
+    header = ["status", "key", "max_abs", "max_rel", "mean_abs", "rel_l2", "cosine",
+              "mismatched", "detail"]
+    rows = []
+    for e in _diff_sorted(report):
+        if e.status.value == "equal" and not show_equal:
+            continue
+        mism = "-" if e.mismatched is None else f"{e.mismatched}/{e.numel}"
+        rows.append([e.status.value, clean(e.key), fmt_float(e.max_abs), fmt_float(e.max_rel),
+                     fmt_float(e.mean_abs), fmt_float(e.rel_l2), fmt_float(e.cosine), mism,
+                     clean(_detail(e))])
+    return header, rows
+
+
+def _tolerance_text(report) -> str:
+    text = f"rtol={report.rtol:g}, atol={report.atol:g}"
+    if report.tolerances:
+        text += "; " + ", ".join(clean(str(t)) for t in report.tolerances)
+    return text
+
+
+def diff_verdict(report) -> str:
+    """One line: the verdict, the counts and the tolerances used."""
+    s = report.summary
+    counts = ", ".join(f"{v} {k}" for k, v in s.items() if v) or "nothing in scope"
+    where = f"{report.scope.value}, {_tolerance_text(report)}"
+    if report.from_metrics:
+        where += ", re-judged from saved metrics"
+    if report.has_differences:
+        return f"DIFFERENT: {counts} ({where})"
+    return f"SAME within tolerance: {counts} ({where})"
+
+
+def diff_alignment(report) -> list[str]:
+    """Lines saying how keys were aligned (empty when nothing was changed)."""
+    out = []
+    for side, name in (("a", "A"), ("b", "B")):
+        ops = report.alignment.get(side)
+        if ops:
+            how = " (automatic)" if report.alignment.get("auto") else ""
+            out.append(f"keys of {name} ({clean(report.paths[0 if side == 'a' else 1])}): "
+                       + ", ".join(clean(o) for o in ops) + how)
+    return out
+
+
+def _equal_line(report, show_equal: bool) -> str | None:
+    n = report.summary["equal"]
+    if n and not show_equal:
+        return f"{n} equal entr{'y' if n == 1 else 'ies'} not listed (--show-equal lists them)"
+    return None
+
+
+def render_diff_table(report, console: Any, *, show_equal: bool = False) -> None:
+    """The human diff: alignment, a table sorted by movement, the equal count, the verdict."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    console.print(f"[bold]diff[/bold] {escape(clean(report.paths[0]))} -> "
+                  f"{escape(clean(report.paths[1]))}")
+    for line in diff_alignment(report):
+        console.print(escape(line))
+    header, rows = diff_rows(report, show_equal=show_equal)
+    if rows:
+        table = Table(show_edge=False, header_style="dim")
+        for h in header:
+            table.add_column(h, justify="left" if h in ("status", "key", "detail") else "right",
+                             no_wrap=h in ("status", "key"), overflow="fold")
+        styles = {"changed": "red", "added": "yellow", "removed": "yellow", "shape": "magenta",
+                  "dtype": "magenta", "close": "cyan", "equal": "dim"}
+        for row in rows:
+            table.add_row(*(escape(c) for c in row), style=styles.get(row[0]))
+        console.print(table)
+    line = _equal_line(report, show_equal)
+    if line:
+        console.print(line, style="dim")
+    verdict = diff_verdict(report)
+    console.print(escape(verdict), style="bold red" if report.has_differences else "bold green")
+
+
+def render_diff_markdown(report, *, show_equal: bool = False) -> str:
+    """The diff as GitHub-flavoured markdown (for job summaries)."""
+    parts = [f"## bufinspect diff `{_md_cell(clean(report.paths[0]))}` -> "
+             f"`{_md_cell(clean(report.paths[1]))}`", ""]
+    parts += [f"- {_md_cell(line)}" for line in diff_alignment(report)]
+    parts.append(f"- **{_md_cell(diff_verdict(report))}**")
+    header, rows = diff_rows(report, show_equal=show_equal)
+    if rows:
+        parts += ["", markdown_table(header, rows)]
+    line = _equal_line(report, show_equal)
+    if line:
+        parts += ["", _md_cell(line)]
+    return "\n".join(parts) + "\n"
+
+
+def _gh(text: str, prop: bool = False) -> str:
+    """Escape for a workflow command (data part; `prop` also escapes ',' and ':')."""
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    if prop:
+        text = text.replace(":", "%3A").replace(",", "%2C")
+    return text
+
+
+def render_diff_github(report) -> str:
+    """GitHub Actions annotations: one `::error` per differing entry, then a `::notice` verdict."""
+    out = []
+    for e in _diff_sorted(report):
+        st = e.status.value
+        if st in ("equal", "close"):
+            continue
+        what = {"changed": "changed", "added": "added", "removed": "removed",
+                "shape": "changed shape", "dtype": "changed dtype"}[st]
+        msg = f"{clean(e.key)} {what}"
+        if st == "changed" and e.note is None:
+            msg += (f": max_abs={fmt_float(e.max_abs)} max_rel={fmt_float(e.max_rel)} "
+                    f"mismatched={e.mismatched}/{e.numel} (rtol={e.rtol:g}, atol={e.atol:g})")
+        detail = _detail(e)
+        if detail and (st != "changed" or e.old is not None or e.nonfinite or e.note):
+            msg += f" [{clean(detail)}]"
+        path = report.paths[1] if st != "removed" else report.paths[0]
+        out.append(f"::error file={_gh(clean(path), True)},title=bufinspect diff::{_gh(msg)}")
+    kind = "error" if report.has_differences else "notice"
+    out.append(f"::{kind} title=bufinspect diff::{_gh(diff_verdict(report))}")
+    return "\n".join(out) + "\n"
+
+
+_SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float | None]) -> str:
+    """Unicode sparkline scaled to the largest value (0 is the lowest bar, None/NaN a space)."""
+    finite = [v for v in values if v is not None and v == v and v != float("inf")]
+    top = max(finite, default=0.0)
+    out = []
+    for v in values:
+        if v is None or v != v:
+            out.append(" ")
+        elif v == float("inf"):
+            out.append("!")
+        else:
+            out.append(_SPARK[min(int(v / top * (len(_SPARK) - 1) + 0.5), len(_SPARK) - 1)]
+                       if top > 0 else _SPARK[0])
+    return "".join(out)
+
+
+def render_trend_table(report, console: Any) -> None:
+    """One line per entry: sparkline of its change against the first checkpoint, by total drift."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    console.print(f"[bold]trend[/bold] of {len(report.paths)} checkpoints against "
+                  f"{escape(clean(report.paths[0]))} ({report.metric})")
+    table = Table(show_edge=False, header_style="dim")
+    for h in ("key", "trend", "last", "max", "status"):
+        table.add_column(h, justify="right" if h in ("last", "max") else "left", no_wrap=True)
+    for row in report.rows:
+        finite = [v for v in row.values if v is not None]
+        table.add_row(escape(clean(row.key)), sparkline(row.values),
+                      fmt_float(row.values[-1]), fmt_float(max(finite, default=None)),
+                      escape(row.note))
+    console.print(table)
+
+
 # ---- check ---------------------------------------------------------------------------------
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}

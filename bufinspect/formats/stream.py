@@ -160,3 +160,263 @@ def read_array(e: Entry) -> np.ndarray:
     for _, first, arr in pieces([e]):
         out[first: first + arr.size] = arr
     return out
+
+
+# ---- paired streaming (diff) ---------------------------------------------------------------
+
+_IOV_MAX = 512
+_SLOT_ALIGN = 64
+
+
+@dataclass
+class PairChunk:
+    """One step of `paired_chunks`: raw bytes of both sides, laid out identically.
+
+    `raw_a` and `raw_b` are uint8 views of the used part of each side's buffer (padding between
+    slots zeroed on both sides); `equal` says whether they are byte-identical. `items` holds
+    `(pair index, first element, element count, a, b)` with 1-D views in the entries' element
+    dtype. Views are valid only until the next step is taken. With `skip_equal`, an identical
+    step may come with `None` for the raw views and the arrays.
+    """
+
+    raw_a: np.ndarray | None
+    raw_b: np.ndarray | None
+    items: list[tuple[int, int, int, np.ndarray | None, np.ndarray | None]]
+    equal: bool  # every byte of the step is the same on both sides
+
+
+def _contiguous(e: Entry) -> bool:
+    return readable(e) and e.data.stride is None
+
+
+def _pair_plan(pairs: list[tuple[Entry, Entry]], chunk_bytes: int
+               ) -> list[list[tuple[int, int, int, int]]]:
+    """Batches of (pair index, first element, slot offset, count): small pairs packed together,
+    large ones cut into chunks, in A's file order."""
+    order = sorted(range(len(pairs)), key=lambda i: (pairs[i][0].data.file,
+                                                     _byte_range(pairs[i][0])[0]))
+    batches: list[list[tuple[int, int, int, int]]] = []
+    cur: list[tuple[int, int, int, int]] = []
+    used = 0
+    for i in order:
+        e = pairs[i][0]
+        size = dtypes.itemsize(e.dtype)
+        nbytes = e.numel * size
+        if nbytes > chunk_bytes // 4:
+            per = max(chunk_bytes // size, 1)
+            for first in range(0, e.numel, per):
+                batches.append([(i, first, 0, min(per, e.numel - first))])
+            continue
+        slot = -(-used // _SLOT_ALIGN) * _SLOT_ALIGN
+        if cur and (slot + nbytes > chunk_bytes or len(cur) >= _IOV_MAX // 2):
+            batches.append(cur)
+            cur, slot = [], 0
+        cur.append((i, 0, slot, e.numel))
+        used = slot + nbytes
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _read_side(files: _Files, spans: list[tuple[str, int, int, int]], buf: mmap.mmap,
+               scratch: mmap.mmap) -> None:
+    """Read (file, file offset, slot, nbytes) spans into `buf`, one preadv per run of nearby
+    spans (gaps land in `scratch`)."""
+    spans = sorted(spans, key=lambda s: (s[0], s[1]))
+    mv, sc = memoryview(buf), memoryview(scratch)
+    i = 0
+    while i < len(spans):
+        file, start, slot, n = spans[i]
+        iov = [mv[slot: slot + n]]
+        end = start + n
+        j = i + 1
+        while (j < len(spans) and spans[j][0] == file and end <= spans[j][1] <= end + _GAP
+               and len(iov) < _IOV_MAX - 2):
+            _, off, s2, n2 = spans[j]
+            if off > end:
+                iov.append(sc[: off - end])
+            iov.append(mv[s2: s2 + n2])
+            end = off + n2
+            j += 1
+        fd = files.fds.get(file)
+        if fd is None:
+            fd = files.fds[file] = os.open(file, os.O_RDONLY)
+        want, got, pos = end - start, 0, start
+        while got < want:
+            k = os.preadv(fd, iov, pos)
+            if k <= 0:
+                raise InputError("file ends inside tensor data (truncated or changed while "
+                                 "reading?)", file)
+            got += k
+            pos += k
+            while iov and k >= len(iov[0]):  # drop what is filled, keep the rest of a partial
+                k -= len(iov[0])
+                iov.pop(0)
+            if k:
+                iov[0] = iov[0][k:]
+        i = j
+    mv.release()
+    sc.release()
+
+
+_SUB = 1 << 20  # sub-block for identical data (1 MiB: fewer calls beat L2 residency here)
+# Reads start at a file offset rounded down to this: the kernel's copy from the page cache ran
+# ~3x slower here from offsets that are only 4-byte aligned (safetensors data often is).
+_ALIGN = 64
+_memcmp = None
+
+
+def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two arrays hold the same bytes: libc memcmp without the GIL and without a
+    temporary (numpy's array_equal builds a bool array per call, whose page faults cost more
+    than the compare)."""
+    global _memcmp
+    if a.nbytes != b.nbytes:
+        return False
+    if _memcmp is None:
+        try:
+            import ctypes
+
+            fn = ctypes.CDLL(None).memcmp
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+            _memcmp = fn
+        except (OSError, AttributeError):  # no libc to call: numpy it is
+            _memcmp = False
+    if _memcmp and a.flags.c_contiguous and b.flags.c_contiguous:
+        return _memcmp(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
+    return bool(np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)))
+
+
+def _pread(fd: int, view: memoryview, pos: int, file: str) -> None:
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], pos + got)
+        if n <= 0:
+            raise InputError("file ends inside tensor data (truncated or changed while "
+                             "reading?)", file)
+        got += n
+
+
+def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYTES, *,
+                  skip_equal: bool = False) -> Iterator[PairChunk]:
+    """Stream pairs of entries with the same dtype and element count in step, chunk by chunk.
+
+    Each step (both sides) is read into two reusable page-aligned buffers and compared with
+    memcmp: `PairChunk.equal` says whether the whole step is byte-identical, so the caller only
+    looks closer at steps that differ. Runs of nearby tensors are read with one `preadv` each.
+    Non-contiguous tensors (rare) are read whole, one pair at a time, at the end. Peak memory is
+    about `2 * chunk_bytes` whatever the checkpoints' sizes.
+
+    With `skip_equal`, a step that is one piece of a large tensor is first read and compared in
+    1 MiB sub-blocks through two small buffers that stay in the CPU's caches; when every
+    sub-block matches, the step is yielded with `equal=True` and `None` for its arrays (the
+    bytes were never kept), otherwise it is read again whole. Identical data then costs
+    1.3-1.8x what `cat` costs here, instead of ~2.5x when filling the big buffers.
+
+    Reads of large pieces start at a 64-byte aligned file offset (the views start a few bytes
+    into the buffer). No reader thread: the caller has nothing to do for identical steps, and on
+    the 2-core machine here a reader thread (or two) measured 1.3-1.7x slower than reading in
+    line.
+    """
+    flat = [i for i, (a, b) in enumerate(pairs) if _contiguous(a) and _contiguous(b)]
+    batches = _pair_plan([pairs[i] for i in flat], chunk_bytes)
+    files = _Files()
+    bufs = [mmap.mmap(-1, chunk_bytes + _ALIGN) for _ in range(2)]
+    hot = [mmap.mmap(-1, _SUB + _ALIGN) for _ in range(2)]
+    scratch = mmap.mmap(-1, _GAP)  # gap bytes land here; nobody reads them
+
+    def fd(file: str) -> int:
+        if file not in files.fds:
+            files.fds[file] = os.open(file, os.O_RDONLY)
+        return files.fds[file]
+
+    def spans(batch, side):
+        out = []
+        for i, first, slot, count in batch:
+            e = pairs[flat[i]][side]
+            start, _ = _byte_range(e)
+            size = dtypes.itemsize(e.dtype)
+            out.append((e.data.file, start + first * size, slot, count * size))
+        return out
+
+    def same_in_cache(sa, sb) -> bool:
+        (fa, pa, _, n), (fb, pb, _, _) = sa, sb
+        da, db = pa % _ALIGN, pb % _ALIGN
+        ha, hb = memoryview(hot[0]), memoryview(hot[1])
+        va, vb = np.frombuffer(hot[0], np.uint8), np.frombuffer(hot[1], np.uint8)
+        try:
+            for off in range(0, n, _SUB):
+                m = min(_SUB, n - off)
+                _pread(fd(fa), ha[: da + m], pa + off - da, fa)
+                _pread(fd(fb), hb[: db + m], pb + off - db, fb)
+                if not same_bytes(va[da: da + m], vb[db: db + m]):
+                    return False
+            return True
+        finally:
+            ha.release()
+            hb.release()
+
+    def load(batch) -> tuple[bool | None, int, int]:
+        """Fill the big buffers with the step: (equal, where A's bytes start, where B's start);
+        equal is None when the step was skipped as identical."""
+        ba, bb = bufs
+        if len(batch) == 1:  # one piece of one tensor
+            sa, sb = spans(batch, 0)[0], spans(batch, 1)[0]
+            if skip_equal and same_in_cache(sa, sb):
+                return None, 0, 0
+            n = sa[3]
+            da, db = sa[1] % _ALIGN, sb[1] % _ALIGN
+            ma, mb = memoryview(ba), memoryview(bb)
+            try:
+                _pread(fd(sa[0]), ma[: da + n], sa[1] - da, sa[0])
+                _pread(fd(sb[0]), mb[: db + n], sb[1] - db, sb[0])
+            finally:
+                ma.release()
+                mb.release()
+            return same_bytes(np.frombuffer(ba, np.uint8, n, da),
+                              np.frombuffer(bb, np.uint8, n, db)), da, db
+        for side, buf in ((0, ba), (1, bb)):
+            _read_side(files, spans(batch, side), buf, scratch)
+            prev = 0
+            for i, _, slot, count in batch:  # zero the padding: whole-step compares stay exact
+                if slot > prev:
+                    buf[prev:slot] = bytes(slot - prev)
+                prev = slot + count * dtypes.itemsize(pairs[flat[i]][0].dtype)
+        return same_bytes(np.frombuffer(ba, np.uint8, prev),
+                          np.frombuffer(bb, np.uint8, prev)), 0, 0
+
+    try:
+        for batch in batches:
+            equal, da, db = load(batch)
+            ba, bb = bufs
+            items = []
+            end = 0
+            for i, first, slot, count in batch:
+                a, b = pairs[flat[i]]
+                dt = np.dtype(dtypes.DTYPES[a.dtype].numpy)
+                if equal is None:
+                    items.append((flat[i], first, count, None, None))
+                else:
+                    items.append((flat[i], first, count, np.frombuffer(ba, dt, count, slot + da),
+                                  np.frombuffer(bb, dt, count, slot + db)))
+                end = slot + count * dt.itemsize
+            if equal is None:
+                yield PairChunk(None, None, items, True)
+            else:
+                yield PairChunk(np.frombuffer(ba, np.uint8, end, da),
+                                np.frombuffer(bb, np.uint8, end, db), items, equal)
+            del items
+        for idx, (a, b) in enumerate(pairs):
+            if readable(a) and readable(b) and not (_contiguous(a) and _contiguous(b)):
+                va, vb = read_array(a), read_array(b)
+                yield PairChunk(va.view(np.uint8), vb.view(np.uint8),
+                                [(idx, 0, va.size, va, vb)], same_bytes(va, vb))
+    finally:
+        files.close()
+        scratch.close()
+        for buf in bufs + hot:
+            try:
+                buf.close()
+            except BufferError:  # a consumer still holds a view; the GC frees it later
+                pass
