@@ -186,7 +186,8 @@ class PairChunk:
 
 
 def _contiguous(e: Entry) -> bool:
-    return readable(e) and e.data.stride is None
+    """One plain byte range: not a strided view, not assembled from chunks (DCP)."""
+    return readable(e) and e.data.stride is None and not e.data.parts
 
 
 def _pair_plan(pairs: list[tuple[Entry, Entry]], chunk_bytes: int
@@ -194,7 +195,7 @@ def _pair_plan(pairs: list[tuple[Entry, Entry]], chunk_bytes: int
     """Batches of (pair index, first element, slot offset, count): small pairs packed together,
     large ones cut into chunks, in A's file order."""
     order = sorted(range(len(pairs)), key=lambda i: (pairs[i][0].data.file,
-                                                     _byte_range(pairs[i][0])[0]))
+                                                     _byte_range(pairs[i][0].data, pairs[i][0].dtype, pairs[i][0].numel)[0]))
     batches: list[list[tuple[int, int, int, int]]] = []
     cur: list[tuple[int, int, int, int]] = []
     used = 0
@@ -335,7 +336,7 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
         out = []
         for i, first, slot, count in batch:
             e = pairs[flat[i]][side]
-            start, _ = _byte_range(e)
+            start, _ = _byte_range(e.data, e.dtype, e.numel)
             size = dtypes.itemsize(e.dtype)
             out.append((e.data.file, start + first * size, slot, count * size))
         return out
