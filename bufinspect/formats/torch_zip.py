@@ -6,6 +6,7 @@ import io
 import os
 import struct
 import zipfile
+import zlib
 
 from bufinspect.errors import InputError
 from bufinspect.formats import _torch_common
@@ -14,6 +15,9 @@ from bufinspect.formats._walk import containers_of
 from bufinspect.model import Checkpoint, Format
 
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+# what zipfile raises on a corrupt archive (a new version, encryption, a broken deflate stream)
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
+               RuntimeError, zlib.error, struct.error)
 _MAX_RATIO = 64  # a compressed pickle that inflates more than this is a zip bomb
 
 
@@ -24,7 +28,7 @@ class ZipArchive:
         self.path = path
         try:
             self.zip = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        except _ZIP_ERRORS as exc:
             raise InputError(f"not a readable zip archive ({exc})", path) from None
         self.size = os.path.getsize(path)
         self.fd = os.open(path, os.O_RDONLY)
@@ -59,7 +63,7 @@ class ZipArchive:
                              self.path)
         try:
             return self.zip.read(info)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        except _ZIP_ERRORS as exc:
             raise InputError(f"cannot read {name} ({exc})", self.path) from None
 
     def data_span(self, name: str) -> tuple[int, int] | None:

@@ -273,6 +273,26 @@ def _zip_cases(out: Path, sentinel_dir: Path, real: list[tuple[str, bytes]]) -> 
     data0 = next(n for n, _ in real if n.endswith("/data/0"))
     p.write_bytes(_patch_central_size(p.read_bytes(), data0, 0x7FFFFFFF))
     cases.append(Case("zip_data_size_lie", p, "zip", "tensor data declared far beyond the file"))
+    p = out / "zip_version_too_new.pt"  # central directory: "needs zip version 9.9 to extract"
+    blob = bytearray((out / "zip_traversal.pt").read_bytes())
+    at = blob.find(b"PK\x01\x02")
+    blob[at + 6] = 99
+    p.write_bytes(bytes(blob))
+    cases.append(Case("zip_version_too_new", p, "zip", "a member that needs zip version 9.9"))
+    p = out / "zip_encrypted_flag.pt"
+    _write_zip(p, real)
+    blob = bytearray(p.read_bytes())
+    for at in (blob.find(b"PK\x03\x04") + 6, blob.find(b"PK\x01\x02") + 8):
+        blob[at] |= 1
+    p.write_bytes(bytes(blob))
+    cases.append(Case("zip_encrypted_flag", p, "zip", "data.pkl marked encrypted"))
+    p = out / "zip_corrupt_deflate.pt"
+    _write_zip(p, real, deflate=("data.pkl",))
+    blob = bytearray(p.read_bytes())
+    start = blob.find(b"PK\x03\x04") + 30 + len(real[0][0])
+    blob[start: start + 8] = b"\xff" * 8
+    p.write_bytes(bytes(blob))
+    cases.append(Case("zip_corrupt_deflate", p, "zip", "data.pkl's deflate stream is broken"))
     p = out / "zip_truncated_directory.pt"
     blob = (out / "zip_traversal.pt").read_bytes()
     p.write_bytes(blob[:-10])
