@@ -4,8 +4,10 @@ The longer harness is scripts/fuzz.py."""
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
+import shutil
 import signal
 import struct
 import tempfile
@@ -24,6 +26,7 @@ FUZZ = settings(max_examples=200, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 PER_EXAMPLE_S = 10
 _DIR = Path(tempfile.mkdtemp(prefix="bufinspect-fuzz-"))
+atexit.register(shutil.rmtree, _DIR, True)
 SENTINELS = _DIR / "sentinels"
 SENTINELS.mkdir()
 
