@@ -389,6 +389,8 @@ def _safetensors_cases(out: Path) -> list[Case]:
         "float_shape": ("a float dimension", _st({"a": {**t, "shape": [2.0]}}, b"\0" * 8)),
         "dtype_size_mismatch": ("F64 x 2 in 8 bytes", _st({"a": {**t, "dtype": "F64"}},
                                                           b"\0" * 8)),
+        "dtype_not_string": ("a dtype that is a JSON list (found by hypothesis)", _st(
+            {"a": {**t, "dtype": ["F32"]}}, b"\0" * 8)),
         "unknown_dtype": ("dtype that does not exist", _st({"a": {**t, "dtype": "Q7"}},
                                                            b"\0" * 8)),
         "header_is_array": ("a JSON array header", _st([1, 2, 3])),
