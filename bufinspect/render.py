@@ -28,7 +28,7 @@ def assert_never(value: NoReturn) -> NoReturn:  # pragma: no cover - unreachable
 
 
 # C0/C1 controls, DEL, and the bidi embedding/override/isolate characters
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 
 
 def clean(text: str) -> str:

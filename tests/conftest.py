@@ -62,3 +62,18 @@ def torch_listing(path) -> dict[str, tuple[tuple[int, ...], str, str]]:
 
     walk(obj, "")
     return out
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def samples_never_change():
+    """Nothing lost: sample_checkpoints/ hashes the same after the whole suite as before it."""
+    before = _tree_digest(SAMPLES)
+    yield
+    assert _tree_digest(SAMPLES) == before, "a test or bufinspect changed sample_checkpoints/"

@@ -11,6 +11,10 @@ from bufinspect.formats._unpickle import TensorRef
 from bufinspect.model import TensorData
 
 
+# a view may repeat its storage (stride 0, as `expand` makes) up to this many bytes in all
+_MAX_VIEW_BYTES = 1 << 30
+
+
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     strides, acc = [], 1
     for n in reversed(shape):
@@ -26,12 +30,21 @@ def make_locator(path: str, file: str, storages: Callable[[str], tuple[int, int]
     `storages(key)` gives (byte offset, byte length) of a storage, or None if the file lacks it.
     """
 
+    spans: dict[str, tuple[int, int] | None] = {}  # a storage shared by many tensors: one read
+    seen: dict[int, tuple[TensorRef, TensorData | None]] = {}  # a tensor listed many times
+
     def locate(t: TensorRef) -> TensorData | None:
+        if id(t) not in seen:
+            seen[id(t)] = (t, place(t))
+        return seen[id(t)][1]
+
+    def place(t: TensorRef) -> TensorData | None:
         if t.storage is None or t.layout not in ("strided", "quantized"):
             return None
-        where = storages(t.storage.key)
+        key = t.storage.key
+        where = spans[key] if key in spans else spans.setdefault(key, storages(key))
         if where is None:
-            raise InputError(f"storage {t.storage.key!r} is missing from the archive", path)
+            raise InputError(f"storage {_unpickle.brief(key)} is missing from the archive", path)
         offset, nbytes = where
         size = dtypes.itemsize(t.dtype)
         if t.numel and size:
@@ -39,6 +52,9 @@ def make_locator(path: str, file: str, storages: Callable[[str], tuple[int, int]
             if (last + 1) * size > nbytes:
                 raise InputError(f"a tensor of shape {list(t.shape)} does not fit in its storage "
                                  f"({nbytes} bytes)", path)
+        if t.numel * size > max(nbytes, _MAX_VIEW_BYTES):
+            raise InputError(f"a tensor of shape {list(t.shape)} repeats its {nbytes}-byte "
+                             "storage beyond any real checkpoint; refusing it", path)
         stride = None if t.stride == contiguous_strides(t.shape) else t.stride
         return TensorData(file, offset, nbytes, t.storage_offset, stride)
 
@@ -47,10 +63,11 @@ def make_locator(path: str, file: str, storages: Callable[[str], tuple[int, int]
 
 def refuse_calls(path: str, log: _unpickle.UnpickleLog) -> None:
     calls = _unpickle.dangerous_calls(log)
-    if calls:
-        shown = ", ".join(calls[:3]) + (" ..." if len(calls) > 3 else "")
-        raise UnsafeInputError(f"the pickle asks to call {shown}; refusing it (nothing was run)",
-                               path)
+    names = calls or _unpickle.denied_globals(log)
+    if names:
+        shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+        verb = "asks to call" if calls else "names"
+        raise UnsafeInputError(f"the pickle {verb} {shown}; refusing it (nothing was run)", path)
 
 
 def unpickle(path: str, file: Any, persistent: Callable[[Any], Any]) -> tuple[Any, _unpickle.UnpickleLog]:

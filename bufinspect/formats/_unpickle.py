@@ -42,17 +42,53 @@ _INERT_CALLS = {
 }
 
 
-@dataclass(frozen=True)
+# modules no checkpoint needs a global from: a pickle that merely names one (even without calling
+# it) is refused. A second layer only: calls to any stub are refused anyway.
+_DENY_MODULES = (
+    "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy", "pty",
+    "code", "codeop", "ctypes", "pickle", "_pickle", "marshal", "shelve", "webbrowser", "signal",
+    "multiprocessing", "asyncio", "pdb", "timeit", "functools", "operator", "types", "io", "_io",
+    "tempfile", "urllib", "http", "dill", "cloudpickle", "joblib", "torch.hub", "torch._C",
+    "torch.jit", "torch.ops", "torch._ops", "torch.serialization", "torch.utils.cpp_extension",
+)
+_DENY_NAMES = {"torch.load", "torch.save", "torch.compile"}
+# builtins a checkpoint may name (plain data types); every other builtin is refused
+_SAFE_BUILTINS = {"object", "complex", "slice", "range", "bytearray", "int", "float", "str",
+                  "bytes", "bool", "dict", "list", "tuple", "set", "frozenset", "NoneType"}
+
+
+def brief(v: Any) -> str:
+    """A short description of an object from a pickle (never a full repr: shared lists explode)."""
+    if isinstance(v, (str, bytes)):
+        return repr(v[:60]) + ("..." if len(v) > 60 else "")
+    if v is None or isinstance(v, (bool, float)):
+        return repr(v)
+    if isinstance(v, int):
+        return str(v) if v.bit_length() < 128 else "a huge integer"
+    if isinstance(v, (tuple, list)):
+        inner = ", ".join(brief(x) if isinstance(x, (str, bytes, int, float, type(None)))
+                          else type(x).__name__ for x in v[:6])
+        return f"{type(v).__name__} of {len(v)} ({inner}{', ...' if len(v) > 6 else ''})"
+    return stub_name(v) or type(v).__name__
+
+
+@dataclass(frozen=True, slots=True)
 class DTypeRef:
     name: str
 
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("a pickle tried to change a type")
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class StorageType:
     dtype: str | None  # None for UntypedStorage (the tensor's dtype comes separately)
 
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("a pickle tried to change a type")
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class StorageRef:
     """A storage named by a persistent id; its bytes are never touched here."""
 
@@ -61,6 +97,9 @@ class StorageRef:
     location: str
     numel: int | None  # as declared by the persistent id (elements, or bytes if untyped)
     view_offset: int = 0  # legacy storage views: element offset into the root storage
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("a pickle tried to change a storage")
 
 
 @dataclass
@@ -80,6 +119,9 @@ class TensorRef:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("a pickle tried to change a tensor")
 
 
 class Stub:
@@ -176,7 +218,7 @@ class _Safe:
 
 def _ints(v: Any, what: str) -> tuple[int, ...]:
     if not isinstance(v, (tuple, list)) or not all(type(x) is int and x >= 0 for x in v):
-        raise pickle.UnpicklingError(f"bad tensor {what}: {v!r:.80}")
+        raise pickle.UnpicklingError(f"bad tensor {what}: {brief(v)}")
     if len(v) > 64:
         raise pickle.UnpicklingError(f"tensor {what} has {len(v)} dimensions")
     return tuple(v)
@@ -187,7 +229,7 @@ def _strided(storage: Any, offset: Any, size: Any, stride: Any, dtype: str | Non
     if not isinstance(storage, StorageRef):
         raise pickle.UnpicklingError("tensor without a storage placeholder")
     if type(offset) is not int or offset < 0:
-        raise pickle.UnpicklingError(f"bad storage offset {offset!r:.40}")
+        raise pickle.UnpicklingError(f"bad storage offset {brief(offset)}")
     shape = _ints(size, "size")
     strides = _ints(stride, "stride")
     if len(strides) != len(shape):
@@ -384,12 +426,24 @@ def dangerous_calls(log: UnpickleLog) -> list[str]:
     return sorted({c for c in log.calls if c not in _INERT_CALLS})
 
 
+def denied_globals(log: UnpickleLog) -> list[str]:
+    """Globals the pickle names that no checkpoint needs (shells, importers, evaluators)."""
+    def denied(full: str) -> bool:
+        module, _, name = full.rpartition(".")
+        if module == "builtins":
+            return name not in _SAFE_BUILTINS
+        return full in _DENY_NAMES or any(module == m or module.startswith(m + ".")
+                                          for m in _DENY_MODULES)
+
+    return sorted({g for g in log.globals if denied(g)})
+
+
 def storage_from_pid(pid: Any) -> StorageRef:
     """Parse a zip-format persistent id: ('storage', StorageType, key, location, numel)."""
     if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
-        raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+        raise pickle.UnpicklingError(f"unexpected persistent id {brief(pid)}")
     _, stype, key, location, numel = pid
     if not isinstance(stype, StorageType) or not isinstance(key, str) \
             or not isinstance(location, str) or type(numel) is not int or numel < 0:
-        raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+        raise pickle.UnpicklingError(f"unexpected persistent id {brief(pid)}")
     return StorageRef(key=key, dtype=stype.dtype, location=location, numel=numel)

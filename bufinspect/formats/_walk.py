@@ -12,6 +12,7 @@ from bufinspect.model import Container, ContainerKind, Entry, Role, TensorData
 # budget for walking the object graph: a pickle can share one list a billion times over
 MAX_NODES = 2_000_000
 MAX_DEPTH = 200
+MAX_ENTRIES = 500_000  # tensors listed (a shared tensor counts once per place it appears)
 
 Locate = Callable[[TensorRef], TensorData | None]
 
@@ -21,12 +22,16 @@ class Walker:
         self.path = path
         self.locate = locate
         self.nodes = 0
+        self.entries = 0
         self.containers: list[Container] = []
 
     # -- entries -----------------------------------------------------------------------------
 
     def entry(self, container: str, key: str, t: TensorRef, role: Role, evidence: str,
               persistent: bool | None = None) -> Entry:
+        self.entries += 1  # one tensor shared a billion times is a bomb too
+        if self.entries > MAX_ENTRIES:
+            raise InputError(f"the pickle lists more than {MAX_ENTRIES} tensors", self.path)
         device = t.storage.location if t.storage is not None else t.device
         return Entry(
             container=container, key=key, role=role, evidence=evidence, shape=t.shape,

@@ -62,8 +62,10 @@ def parse_header(path: str, f: Any, size: int) -> tuple[dict[str, Any], dict[str
         if not isinstance(info, dict):
             raise InputError(f"tensor {key!r:.80} has no description", path)
         code, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if code not in dtypes.SAFETENSORS and code not in dtypes.SAFETENSORS_PACKED:
-            raise InputError(f"tensor {key!r:.80} has unknown dtype {code!r:.20}", path)
+        if not isinstance(code, str) or (code not in dtypes.SAFETENSORS
+                                         and code not in dtypes.SAFETENSORS_PACKED):
+            shown = repr(code[:20]) if isinstance(code, str) else type(code).__name__
+            raise InputError(f"tensor {key!r:.80} has unknown dtype {shown}", path)
         if not isinstance(shape, list) or len(shape) > 64 or not all(
                 type(d) is int and 0 <= d < 1 << 62 for d in shape):
             raise InputError(f"tensor {key!r:.80} has an invalid shape", path)

@@ -10,7 +10,7 @@ from typing import Any
 from bufinspect import dtypes
 from bufinspect.errors import InputError
 from bufinspect.formats import _torch_common
-from bufinspect.formats._unpickle import StorageRef, StorageType, Stub
+from bufinspect.formats._unpickle import StorageRef, StorageType, Stub, brief
 from bufinspect.formats._walk import containers_of
 from bufinspect.model import Checkpoint, Format
 
@@ -20,17 +20,17 @@ MAGIC_PREFIX = b"\x80\x02\x8a\x0a" + MAGIC.to_bytes(10, "little")
 
 def _persistent(pid: Any) -> Any:
     if not isinstance(pid, tuple) or not pid:
-        raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+        raise pickle.UnpicklingError(f"unexpected persistent id {brief(pid)}")
     if pid[0] == "module":  # ('module', cls, source_file, source): source is never run
         if len(pid) == 4 and isinstance(pid[1], type) and issubclass(pid[1], Stub):
             return pid[1]
         raise pickle.UnpicklingError("bad module reference")
     if pid[0] != "storage" or len(pid) != 6:
-        raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+        raise pickle.UnpicklingError(f"unexpected persistent id {brief(pid)}")
     _, stype, key, location, numel, view = pid
     if not isinstance(stype, StorageType) or not isinstance(key, str) \
             or not isinstance(location, str) or type(numel) is not int:
-        raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+        raise pickle.UnpicklingError(f"unexpected persistent id {brief(pid)}")
     offset = 0
     if view is not None:
         if not (isinstance(view, tuple) and len(view) == 3 and type(view[1]) is int
@@ -44,13 +44,13 @@ def _persistent(pid: Any) -> Any:
 def read(path: str) -> Checkpoint:
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        magic, _ = _torch_common.unpickle(path, f, _no_persistent)
+        magic = _header(path, f)
         if magic != MAGIC:
             raise InputError("not a torch.save file (bad magic number)", path)
-        protocol, _ = _torch_common.unpickle(path, f, _no_persistent)
+        protocol = _header(path, f)
         if protocol != 1001:
-            raise InputError(f"unsupported legacy protocol {protocol!r:.20}", path)
-        _torch_common.unpickle(path, f, _no_persistent)  # sys_info
+            raise InputError(f"unsupported legacy protocol {brief(protocol)}", path)
+        _header(path, f)  # sys_info
         storages: dict[str, StorageRef] = {}
 
         def persistent(pid: Any) -> Any:
@@ -61,7 +61,7 @@ def read(path: str) -> Checkpoint:
 
         obj, log = _torch_common.unpickle(path, f, persistent)
         _torch_common.refuse_calls(path, log)
-        keys, _ = _torch_common.unpickle(path, f, _no_persistent)
+        keys = _header(path, f)
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise InputError("corrupt storage key list", path)
         spans: dict[str, tuple[int, int]] = {}
@@ -76,7 +76,7 @@ def read(path: str) -> Checkpoint:
             item = dtypes.itemsize(ref.dtype) if ref is not None and ref.dtype else 1
             nbytes = numel * item
             if numel < 0 or pos + 8 + nbytes > size:
-                raise InputError(f"storage {key!r} claims {numel} elements past the end of the "
+                raise InputError(f"storage {brief(key)} claims {numel} elements past the end of the "
                                  "file", path)
             spans[key] = (pos + 8, nbytes)
             pos += 8 + nbytes
@@ -84,6 +84,13 @@ def read(path: str) -> Checkpoint:
     containers = containers_of(obj, path, locate)
     return Checkpoint(path=path, format=Format.TORCH_LEGACY, size=size, containers=containers,
                       foreign_globals=tuple(sorted(set(log.globals))))
+
+
+def _header(path: str, f: Any) -> Any:
+    """One of the small pickles around the object: plain data, refused if it asks for code."""
+    obj, log = _torch_common.unpickle(path, f, _no_persistent)
+    _torch_common.refuse_calls(path, log)
+    return obj
 
 
 def _no_persistent(pid: Any) -> Any:

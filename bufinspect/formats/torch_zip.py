@@ -6,14 +6,19 @@ import io
 import os
 import struct
 import zipfile
+import zlib
 
 from bufinspect.errors import InputError
 from bufinspect.formats import _torch_common
-from bufinspect.formats._unpickle import storage_from_pid
+from bufinspect.formats._unpickle import brief, storage_from_pid
 from bufinspect.formats._walk import containers_of
 from bufinspect.model import Checkpoint, Format
 
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+# what zipfile raises on a corrupt archive (a new version, encryption, a broken deflate stream)
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
+               RuntimeError, zlib.error, struct.error)
+_MAX_RATIO = 64  # a compressed pickle that inflates more than this is a zip bomb
 
 
 class ZipArchive:
@@ -23,11 +28,20 @@ class ZipArchive:
         self.path = path
         try:
             self.zip = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        except _ZIP_ERRORS as exc:
             raise InputError(f"not a readable zip archive ({exc})", path) from None
         self.size = os.path.getsize(path)
         self.fd = os.open(path, os.O_RDONLY)
         self.infos = {i.filename: i for i in self.zip.infolist()}
+        if len(self.infos) != len(self.zip.infolist()):
+            self.close()
+            raise InputError("zip archive has two members with the same name", path)
+        unsafe = [n for n in self.infos if n.startswith(("/", "\\")) or "\\" in n
+                  or ".." in n.split("/")]
+        if unsafe:
+            self.close()
+            raise InputError(f"zip member name {brief(unsafe[0])} points outside the archive",
+                             path)
         names = list(self.infos)
         self.prefix = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else ""
 
@@ -42,12 +56,14 @@ class ZipArchive:
         info = self.infos.get(name)
         if info is None:
             raise InputError(f"archive has no {name}", self.path)
-        if info.file_size > limit or info.file_size > max(self.size, 1) * 1100:
+        if info.file_size > limit or info.file_size > max(self.size, 1) * 1100 or (
+                info.compress_type != zipfile.ZIP_STORED
+                and info.file_size > max(info.compress_size, 1) * _MAX_RATIO):
             raise InputError(f"{name} declares {info.file_size} bytes; refusing to inflate it",
                              self.path)
         try:
             return self.zip.read(info)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        except _ZIP_ERRORS as exc:
             raise InputError(f"cannot read {name} ({exc})", self.path) from None
 
     def data_span(self, name: str) -> tuple[int, int] | None:

@@ -1,0 +1,545 @@
+"""Generate the hostile corpus: checkpoints that try to run code, lie about sizes, or explode.
+
+    python tests/hostile/make_corpus.py OUTDIR
+
+Every payload tries to create a file under `OUTDIR/sentinels/` (named after its case): if that
+folder is ever non-empty, something ran. Nothing here is committed: tests build the corpus into a
+session tmp dir. `build(outdir)` returns the cases (see `Case`); tests/hostile/README.md lists them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import struct
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_checkpoints"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    path: Path
+    kind: str  # pickle (zip member), legacy, zip, safetensors, torchscript, pt2, dcp
+    what: str  # what the case exercises (one line)
+    bomb: bool = False  # run it in a subprocess under memory and time limits
+    payload: bool = False  # tries to run code (scanners should flag it)
+
+
+# ---- pickle opcodes, written by hand so that no payload object ever exists here --------------
+
+PROTO2 = b"\x80\x02"
+MARK, STOP, TUPLE, REDUCE, BUILD = b"(", b".", b"t", b"R", b"b"
+EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, NONE = b"}", b"]", b")", b"N"
+APPEND, APPENDS, SETITEM, SETITEMS, NEWOBJ, POP = b"a", b"e", b"s", b"u", b"\x81", b"0"
+
+
+def glob(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def s(text: str) -> bytes:
+    raw = text.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def i(n: int) -> bytes:
+    return b"J" + struct.pack("<i", n)
+
+
+def tup(*items: bytes) -> bytes:
+    return MARK + b"".join(items) + TUPLE
+
+
+def lst(*items: bytes) -> bytes:
+    return EMPTY_LIST + (MARK + b"".join(items) + APPENDS if items else b"")
+
+
+def dct(**items: bytes) -> bytes:
+    return EMPTY_DICT + MARK + b"".join(s(k) + v for k, v in items.items()) + SETITEMS
+
+
+def put(n: int) -> bytes:
+    return b"q" + bytes([n])
+
+
+def get(n: int) -> bytes:
+    return b"h" + bytes([n])
+
+
+def call(fn: bytes, *args: bytes) -> bytes:
+    return fn + tup(*args) + REDUCE
+
+
+def wrap(obj: bytes) -> bytes:
+    """A complete pickle whose result is {"model": <obj>}, like a training checkpoint."""
+    return PROTO2 + dct(model=obj) + STOP
+
+
+def _pickles(sentinel: str) -> dict[str, tuple[str, bytes]]:
+    """name -> (what, pickle bytes): every way we know for a pickle to ask for code."""
+    cmd = f"touch {sentinel}"
+    imp_os = call(glob("builtins", "__import__"), s("os"))
+    return {
+        "os_system": ("os.system via GLOBAL+REDUCE", wrap(call(glob("os", "system"), s(cmd)))),
+        "posix_system": ("posix.system (what os.system pickles as)",
+                         wrap(call(glob("posix", "system"), s(cmd)))),
+        "subprocess_popen": ("subprocess.Popen with an argv list",
+                             wrap(call(glob("subprocess", "Popen"), lst(s("touch"), s(sentinel))))),
+        "subprocess_check_output": ("subprocess.check_output", wrap(call(
+            glob("subprocess", "check_output"), lst(s("touch"), s(sentinel))))),
+        "builtins_eval": ("builtins.eval of an expression", wrap(call(
+            glob("builtins", "eval"), s(f"open({sentinel!r}, 'w')")))),
+        "builtins_exec": ("builtins.exec of a statement", wrap(call(
+            glob("builtins", "exec"), s(f"import os; os.system({cmd!r})")))),
+        "builtins_getattr": ("getattr(__import__('os'), 'system')(cmd)", wrap(call(
+            call(glob("builtins", "getattr"), imp_os, s("system")), s(cmd)))),
+        "builtins_import": ("__import__('os') kept as data", wrap(imp_os)),
+        "functools_partial": ("functools.partial(os.system, cmd)()", wrap(call(
+            call(glob("functools", "partial"), glob("os", "system"), s(cmd))))),
+        "operator_attrgetter": ("operator.attrgetter('system')(os)(cmd)", wrap(call(
+            call(call(glob("operator", "attrgetter"), s("system")), imp_os), s(cmd)))),
+        "torch_save": ("torch.save (outside the rebuild allowlist) writing the sentinel", wrap(
+            call(glob("torch", "save"), NONE, s(sentinel)))),
+        "torch_load": ("torch.load of another file", wrap(call(glob("torch", "load"),
+                                                              s(sentinel + ".pt")))),
+        "torch_hub_download": ("torch.hub.download_url_to_file(file://..., sentinel)", wrap(call(
+            glob("torch.hub", "download_url_to_file"), s("file:///etc/hostname"), s(sentinel)))),
+        "torch_hub_load": ("torch.hub.load", wrap(call(glob("torch.hub", "load"), s("x/y"),
+                                                         s("m")))),
+        "torch_c": ("a torch._C function", wrap(call(glob("torch._C", "_jit_set_profiling_mode"),
+                                                     b"\x88"))),
+        "py2_builtin_eval": ("py2 name __builtin__.eval", wrap(call(
+            glob("__builtin__", "eval"), s(f"open({sentinel!r}, 'w')")))),
+        "py2_copy_reg": ("copy_reg._reconstructor on os.system", wrap(call(
+            call(glob("copy_reg", "_reconstructor"), glob("os", "system"),
+                 glob("__builtin__", "object"), NONE)))),
+        "inst_opcode": ("INST opcode (import + call in one)", wrap(
+            MARK + s(cmd) + b"ios\nsystem\n")),
+        "obj_opcode": ("OBJ opcode", wrap(MARK + glob("os", "system") + s(cmd) + b"o")),
+        "newobj_then_call": ("NEWOBJ of a stub, then REDUCE on it", wrap(call(
+            glob("os", "system") + EMPTY_TUPLE + NEWOBJ, s(cmd)))),
+        "memo_stub_call": ("stub kept in the memo, fetched with BINGET and called later", wrap(
+            glob("os", "system") + put(7) + POP + lst(s("x")) + POP + get(7) + tup(s(cmd))
+            + REDUCE)),
+        "build_on_rebuild_fn": ("BUILD on torch._utils._rebuild_tensor_v2 (replace its code)",
+                                wrap(glob("torch._utils", "_rebuild_tensor_v2")
+                                     + dct(_fn=glob("os", "system")) + BUILD)),
+        "build_slots_on_rebuild_fn": ("BUILD with slot state on an allowed callable", wrap(
+            glob("torch._utils", "_rebuild_tensor_v2")
+            + tup(NONE, dct(_fn=glob("os", "system"))) + BUILD)),
+        "build_on_ordereddict_class": ("BUILD on the collections.OrderedDict class", wrap(
+            glob("collections", "OrderedDict") + dct(__setstate__=glob("os", "system")) + BUILD)),
+        "build_slots_on_ordereddict_class": ("slot-state setattr on the OrderedDict class", wrap(
+            glob("collections", "OrderedDict")
+            + tup(NONE, dct(__setstate__=glob("os", "system"))) + BUILD)),
+        "build_class_swap": ("slot state setting __class__ of an OrderedDict instance", wrap(
+            call(glob("collections", "OrderedDict")) + tup(NONE, dct(
+                __class__=glob("os", "system"))) + BUILD)),
+        "build_on_set": ("BUILD on builtins.set", wrap(
+            glob("builtins", "set") + dct(_fn=glob("os", "system")) + BUILD)),
+        "build_on_storage_type": ("BUILD on a storage type (torch.FloatStorage)", wrap(
+            glob("torch", "FloatStorage") + dct(dtype=glob("os", "system")) + BUILD)),
+        "build_on_dtype": ("BUILD on a dtype (torch.float32)", wrap(
+            glob("torch", "float32") + dct(name=s("evil")) + BUILD)),
+        "rebuild_calls_stub": ("_rebuild_from_type_v2 asked to call os.system", wrap(call(
+            glob("torch._tensor", "_rebuild_from_type_v2"), glob("os", "system"), NONE,
+            tup(s(cmd)), EMPTY_DICT))),
+        "reduce_in_persistent_id": ("a payload inside a persistent id", PROTO2 + dct(
+            w=call(glob("torch._utils", "_rebuild_tensor_v2"), tup(
+                s("storage"), call(glob("os", "system"), s(cmd)), s("0"), s("cpu"), i(4)) + b"Q",
+                i(0), tup(i(4)), tup(i(1)), b"\x89", glob("collections", "OrderedDict")
+                + EMPTY_TUPLE + REDUCE)) + STOP),
+    }
+
+
+def _broken_pickles() -> dict[str, tuple[str, bytes, bool]]:
+    """name -> (what, pickle bytes, bomb): corrupt, huge or deep pickles (no payload)."""
+    nest = EMPTY_LIST + put(0)  # L0 = []; L(k) = [L(k-1), L(k-1)], 30 levels: 2**30 leaves
+    for k in range(1, 31):
+        nest += POP + MARK + get(k - 1) + get(k - 1) + b"l" + put(k)
+    tensor = call(glob("torch._utils", "_rebuild_tensor_v2"), tup(
+        s("storage"), glob("torch", "FloatStorage"), s("0"), s("cpu"), i(1)) + b"Q", i(0),
+        tup(i(1)), tup(i(1)), b"\x89", call(glob("collections", "OrderedDict")))
+    # one tensor referenced 60000 times in a list, that list referenced 60000 times: 3.6e9 entries
+    fan = tensor + put(1) + POP + EMPTY_LIST + MARK + get(1) * 60000 + APPENDS + put(2) + POP \
+        + EMPTY_LIST + MARK + get(2) * 60000 + APPENDS
+    deep = b"".join([EMPTY_TUPLE] + [b"\x85"] * 200_000)  # TUPLE1 around TUPLE1 ...
+    deep_list = MARK * 50_000 + b"l" * 50_000
+    return {
+        "memory_bomb_nested_lists": ("lists of the same list memo-referenced 30 levels deep",
+                                     PROTO2 + dct(model=nest) + STOP, True),
+        "memory_bomb_tensor_fanout": ("one tensor shared 3.6e9 times through two list levels",
+                                      PROTO2 + dct(model=fan) + STOP, True),
+        "repr_bomb_in_persistent_id": ("a 2**30-leaf shared list as a persistent id (error "
+                                       "messages must not repr it)", PROTO2 + nest + b"Q" + STOP,
+                                       True),
+        "repr_bomb_in_size": ("a 2**30-leaf shared list as a tensor size", PROTO2 + dct(w=call(
+            glob("torch._utils", "_rebuild_tensor_v2"), tup(
+                s("storage"), glob("torch", "FloatStorage"), s("0"), s("cpu"), i(1)) + b"Q",
+            i(0), nest, tup(i(1)), b"\x89", call(glob("collections", "OrderedDict")))) + STOP,
+                              True),
+        "long4_huge": ("LONG4 declaring 2**31-1 bytes", PROTO2 + b"\x8b\xff\xff\xff\x7f" + b"\0"
+                       * 16 + STOP, True),
+        "binbytes8_huge": ("BINBYTES8 declaring 2**62 bytes", b"\x80\x04\x8e"
+                           + struct.pack("<Q", 1 << 62) + b"abc" + STOP, True),
+        "binunicode8_huge": ("BINUNICODE8 declaring 2**40 bytes", b"\x80\x04\x8d"
+                             + struct.pack("<Q", 1 << 40) + b"abc" + STOP, True),
+        "frame_huge": ("protocol-4 FRAME declaring 2**60 bytes", b"\x80\x04\x95"
+                       + struct.pack("<Q", 1 << 60) + EMPTY_DICT + STOP, True),
+        "deep_tuples": ("200000 nested tuples (recursion)", PROTO2 + deep + STOP, True),
+        "deep_lists": ("50000 nested lists built with MARK/LIST", PROTO2 + deep_list + STOP,
+                       True),
+        "memo_cycle": ("a list that contains itself", PROTO2 + dct(
+            model=EMPTY_LIST + put(0) + get(0) + APPEND) + STOP, False),
+        "memo_missing": ("BINGET of a memo slot never set", PROTO2 + dct(model=get(9)) + STOP,
+                         False),
+        "out_of_band_buffer": ("protocol-5 NEXT_BUFFER without buffers", b"\x80\x05\x97" + STOP,
+                               False),
+        "garbage_opcode": ("an opcode that does not exist", PROTO2 + b"\xff" + STOP, False),
+        "empty_pickle": ("data.pkl of zero bytes", b"", False),
+    }
+
+
+# ---- torch.save zip archives ---------------------------------------------------------------
+
+def _zip_members(path: Path) -> list[tuple[str, bytes]]:
+    with zipfile.ZipFile(path) as z:
+        return [(info.filename, z.read(info)) for info in z.infolist()]
+
+
+def _write_zip(path: Path, members: list[tuple[str, bytes]], deflate: tuple[str, ...] = ()) -> None:
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members:
+            kind = zipfile.ZIP_DEFLATED if any(name.endswith(d) for d in deflate) \
+                else zipfile.ZIP_STORED
+            info = zipfile.ZipInfo(name, (2020, 1, 1, 0, 0, 0))
+            info.compress_type = kind
+            z.writestr(info, data)
+
+
+def _patch_central_size(blob: bytes, name: str, size: int) -> bytes:
+    """Rewrite the uncompressed size a zip's central directory declares for `name`."""
+    key = name.encode()
+    at = blob.rfind(b"PK\x01\x02", 0, blob.rfind(key))
+    out = bytearray(blob)
+    struct.pack_into("<L", out, at + 24, size)
+    if struct.unpack_from("<H", out, at + 10)[0] == 0:  # stored: compressed size must match
+        struct.pack_into("<L", out, at + 20, size)
+    return bytes(out)
+
+
+def _zip_cases(out: Path, sentinel_dir: Path, real: list[tuple[str, bytes]]) -> list[Case]:
+    cases = []
+    stem = real[0][0].split("/")[0]
+    payload = _pickles(str(sentinel_dir / "zip"))["os_system"][1]
+
+    def add(name: str, what: str, members, deflate=(), payload_=False, bomb=False):
+        p = out / f"zip_{name}.pt"
+        _write_zip(p, members, deflate)
+        cases.append(Case(f"zip_{name}", p, "zip", what, bomb=bomb, payload=payload_))
+        return p
+
+    def swap(prefix: str, pkl: bytes):
+        return [((n.replace(stem + "/", prefix, 1)), pkl if n.endswith("data.pkl") else d)
+                for n, d in real]
+
+    add("traversal", "member names with ../ (never extracted; refused)", swap("../../evil/",
+        real[0][1]))
+    add("absolute_names", "absolute member names", swap("/tmp/evil/", real[0][1]))
+    add("duplicate_pkl_benign_first", "two data.pkl: benign one first, payload second",
+        real[:1] + [(real[0][0], payload)] + real[1:], payload_=True)
+    add("duplicate_pkl_payload_first", "two data.pkl: payload first, benign second",
+        [(real[0][0], payload)] + real, payload_=True)
+    add("deflated_payload_pkl", "deflated data.pkl carrying a payload",
+        [(n, payload if n.endswith("data.pkl") else d) for n, d in real], deflate=("data.pkl",),
+        payload_=True)
+    add("deflated_tensor_data", "deflated tensor data (torch.save never compresses it)", real,
+        deflate=("/data/0",))
+    add("zip_bomb_pkl", "deflated data.pkl inflating to 64 MB of MARK opcodes (about 1000:1)",
+        [(real[0][0], b"(" * (64 << 20))], deflate=("data.pkl",), bomb=True)
+    p = out / "zip_pkl_size_lie.pt"  # central directory says data.pkl is 4 GiB - 1
+    _write_zip(p, real)
+    p.write_bytes(_patch_central_size(p.read_bytes(), real[0][0], 0xFFFFFFFF))
+    cases.append(Case("zip_pkl_size_lie", p, "zip", "data.pkl declared far beyond the file"))
+    p = out / "zip_data_size_lie.pt"
+    _write_zip(p, real)
+    data0 = next(n for n, _ in real if n.endswith("/data/0"))
+    p.write_bytes(_patch_central_size(p.read_bytes(), data0, 0x7FFFFFFF))
+    cases.append(Case("zip_data_size_lie", p, "zip", "tensor data declared far beyond the file"))
+    p = out / "zip_version_too_new.pt"  # central directory: "needs zip version 9.9 to extract"
+    blob = bytearray((out / "zip_traversal.pt").read_bytes())
+    at = blob.find(b"PK\x01\x02")
+    blob[at + 6] = 99
+    p.write_bytes(bytes(blob))
+    cases.append(Case("zip_version_too_new", p, "zip", "a member that needs zip version 9.9"))
+    p = out / "zip_encrypted_flag.pt"
+    _write_zip(p, real)
+    blob = bytearray(p.read_bytes())
+    for at in (blob.find(b"PK\x03\x04") + 6, blob.find(b"PK\x01\x02") + 8):
+        blob[at] |= 1
+    p.write_bytes(bytes(blob))
+    cases.append(Case("zip_encrypted_flag", p, "zip", "data.pkl marked encrypted"))
+    p = out / "zip_corrupt_deflate.pt"
+    _write_zip(p, real, deflate=("data.pkl",))
+    blob = bytearray(p.read_bytes())
+    start = blob.find(b"PK\x03\x04") + 30 + len(real[0][0])
+    blob[start: start + 8] = b"\xff" * 8
+    p.write_bytes(bytes(blob))
+    cases.append(Case("zip_corrupt_deflate", p, "zip", "data.pkl's deflate stream is broken"))
+    p = out / "zip_truncated_directory.pt"
+    blob = (out / "zip_traversal.pt").read_bytes()
+    p.write_bytes(blob[:-10])
+    cases.append(Case("zip_truncated_directory", p, "zip", "end-of-central-directory cut"))
+    # a tensor that claims 2**40 elements through a zero stride over a 4-byte storage
+    huge = PROTO2 + dct(w=call(glob("torch._utils", "_rebuild_tensor_v2"), tup(
+        s("storage"), glob("torch", "FloatStorage"), s("0"), s("cpu"), i(1)) + b"Q", i(0),
+        tup(b"\x8a\x06" + (1 << 40).to_bytes(6, "little")), tup(i(0)), b"\x89",
+        call(glob("collections", "OrderedDict")))) + STOP
+    add("zero_stride_bomb", "a 2**40-element view with stride 0 over one float (--stats bomb)",
+        [(real[0][0], huge), (f"{stem}/data/0", b"\0\0\0\0")], bomb=True)
+    return cases
+
+
+def _legacy_cases(out: Path, sentinel_dir: Path) -> list[Case]:
+    blob = (SAMPLES / "cnn_state_dict_legacy.pt").read_bytes()
+    cases = []
+    # the file: magic pickle, protocol pickle, sys_info pickle, object pickle, keys pickle, data
+    heads = []
+    f = io.BytesIO(blob)
+    for _ in range(5):
+        start = f.tell()
+        pickle.load(f) if _ < 3 or _ == 4 else _skip_pickle(f)
+        heads.append((start, f.tell()))
+    data_at = heads[4][1]
+    evil_sysinfo = PROTO2 + call(glob("os", "system"), s(f"touch {sentinel_dir / 'legacy'}")) \
+        + STOP
+    p = out / "legacy_payload_in_sys_info.pt"
+    p.write_bytes(blob[:heads[2][0]] + evil_sysinfo + blob[heads[2][1]:])
+    cases.append(Case("legacy_payload_in_sys_info", p, "legacy",
+                      "payload in the sys_info header pickle", payload=True))
+    evil_obj = _pickles(str(sentinel_dir / "legacy"))["os_system"][1]
+    p = out / "legacy_payload_in_object.pt"
+    p.write_bytes(blob[:heads[3][0]] + evil_obj + blob[heads[3][1]:])
+    cases.append(Case("legacy_payload_in_object", p, "legacy", "payload in the object pickle",
+                      payload=True))
+    lie = bytearray(blob)
+    struct.pack_into("<q", lie, data_at, 1 << 50)
+    p = out / "legacy_storage_size_lie.pt"
+    p.write_bytes(bytes(lie))
+    cases.append(Case("legacy_storage_size_lie", p, "legacy",
+                      "first storage declares 2**50 elements"))
+    lie = bytearray(blob)
+    struct.pack_into("<q", lie, data_at, -5)
+    p = out / "legacy_storage_negative.pt"
+    p.write_bytes(bytes(lie))
+    cases.append(Case("legacy_storage_negative", p, "legacy", "negative storage size"))
+    p = out / "legacy_binbytes_huge.pt"
+    p.write_bytes(blob[:heads[2][0]] + b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"x")
+    cases.append(Case("legacy_binbytes_huge", p, "legacy",
+                      "BINBYTES8 of 2**40 bytes read from the file itself", bomb=True))
+    p = out / "legacy_frame_huge.pt"
+    p.write_bytes(blob[:heads[2][0]] + b"\x80\x04\x95" + struct.pack("<Q", 1 << 60) + b"}.")
+    cases.append(Case("legacy_frame_huge", p, "legacy", "FRAME of 2**60 bytes from the file",
+                      bomb=True))
+    return cases
+
+
+def _skip_pickle(f: io.BytesIO) -> None:
+    import pickletools
+
+    for op, _, _ in pickletools.genops(f):
+        if op.name == "STOP":
+            return
+
+
+# ---- safetensors ------------------------------------------------------------------------
+
+def _st(header, data: bytes = b"", length: int | None = None, raw: bytes | None = None) -> bytes:
+    body = raw if raw is not None else json.dumps(header).encode()
+    return struct.pack("<Q", len(body) if length is None else length) + body + data
+
+
+def _safetensors_cases(out: Path) -> list[Case]:
+    t = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+    blobs = {
+        "overlap": ("two tensors share bytes", _st(
+            {"a": t, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12)),
+        "out_of_range": ("offsets past the data", _st({"a": {**t, "data_offsets": [0, 8000]}},
+                                                      b"\0" * 8)),
+        "reversed_offsets": ("end before begin", _st({"a": {**t, "data_offsets": [8, 0]}},
+                                                     b"\0" * 8)),
+        "negative_offsets": ("negative offsets", _st({"a": {**t, "data_offsets": [-8, 0]}},
+                                                     b"\0" * 8)),
+        "huge_header_length": ("header length 2**63", _st({}, length=1 << 63)),
+        "header_length_past_end": ("header length beyond the file", _st({}, length=10_000)),
+        "not_utf8": ("header bytes that are not UTF-8", _st(None, raw=b'{"\xff\xfe":1}')),
+        "duplicate_keys": ("the same tensor name twice", _st(None, b"\0" * 16, raw=(
+            b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+            b'"a":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}'))),
+        "negative_shape": ("a negative dimension", _st({"a": {**t, "shape": [-2]}}, b"\0" * 8)),
+        "absurd_shape": ("2**62 x 2**62 elements", _st({"a": {**t, "shape": [1 << 61, 1 << 61]}},
+                                                       b"\0" * 8)),
+        "float_shape": ("a float dimension", _st({"a": {**t, "shape": [2.0]}}, b"\0" * 8)),
+        "dtype_size_mismatch": ("F64 x 2 in 8 bytes", _st({"a": {**t, "dtype": "F64"}},
+                                                          b"\0" * 8)),
+        "dtype_not_string": ("a dtype that is a JSON list (found by hypothesis)", _st(
+            {"a": {**t, "dtype": ["F32"]}}, b"\0" * 8)),
+        "unknown_dtype": ("dtype that does not exist", _st({"a": {**t, "dtype": "Q7"}},
+                                                           b"\0" * 8)),
+        "header_is_array": ("a JSON array header", _st([1, 2, 3])),
+        "header_is_string": ("a JSON string header", _st("hello")),
+        "metadata_not_strings": ("__metadata__ with a number and a list", _st(
+            {"__metadata__": {"a": 1, "b": ["x"]}, "a": t}, b"\0" * 8)),
+        "metadata_is_list": ("__metadata__ that is a list", _st(
+            {"__metadata__": ["x"], "a": t}, b"\0" * 8)),
+        "tensor_not_object": ("a tensor described by a number", _st({"a": 5})),
+        "deep_json": ("JSON nested 100000 deep", _st(None, raw=b'{"a":' + b"[" * 100_000
+                                                     + b"]" * 100_000 + b"}")),
+        "huge_int_offset": ("a 5000-digit integer offset", _st(None, b"\0" * 8, raw=(
+            b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,' + b"9" * 5000 + b"]}}"))),
+        "nan_shape": ("NaN where a dimension should be", _st(None, b"\0" * 8, raw=(
+            b'{"a":{"dtype":"F32","shape":[NaN],"data_offsets":[0,8]}}'))),
+        "truncated": ("file shorter than 8 bytes", b"\x05\0\0"),
+    }
+    cases = []
+    for name, (what, blob) in blobs.items():
+        p = out / f"st_{name}.safetensors"
+        p.write_bytes(blob)
+        cases.append(Case(f"st_{name}", p, "safetensors", what))
+    return cases
+
+
+# ---- TorchScript, torch.export (.pt2), distributed checkpoint (DCP) ---------------------------
+
+def _torchscript_cases(out: Path, sentinel_dir: Path) -> list[Case]:
+    import torch
+
+    sys.path.insert(0, str(SAMPLES))
+    from sample_modules import SmallCNN
+
+    base = out / "_torchscript_clean.pt"
+    torch.jit.save(torch.jit.script(SmallCNN().eval()), str(base))
+    members = _zip_members(base)
+    base.unlink()
+    cases = []
+    for part in ("data.pkl", "constants.pkl"):
+        evil = _pickles(str(sentinel_dir / f"ts_{part}"))["os_system"][1]
+        p = out / f"torchscript_payload_{part.replace('.', '_')}.pt"
+        _write_zip(p, [(n, evil if n.endswith("/" + part) else d) for n, d in members])
+        cases.append(Case(p.stem, p, "torchscript", f"TorchScript archive, payload in {part}",
+                          payload=True))
+    evil_code = "def forward(self, x):\n    import os\n    os.system('touch {}')\n".format(
+        sentinel_dir / "ts_code")
+    p = out / "torchscript_payload_code_and_pkl.pt"
+    _write_zip(p, [(n, evil_code.encode() if n.endswith(".py") else
+                    _pickles(str(sentinel_dir / "ts_code"))["builtins_exec"][1]
+                    if n.endswith("/data.pkl") else d) for n, d in members])
+    cases.append(Case(p.stem, p, "torchscript", "TorchScript with planted code/ and data.pkl",
+                      payload=True))
+    return cases
+
+
+def _pt2_cases(out: Path, sentinel_dir: Path) -> list[Case]:
+    import torch
+
+    sys.path.insert(0, str(SAMPLES))
+    from sample_modules import SmallCNN
+
+    base = out / "_clean.pt2"
+    ep = torch.export.export(SmallCNN().eval(), (torch.zeros(1, 3, 4, 4),))
+    torch.export.save(ep, str(base))
+    members = _zip_members(base)
+    base.unlink()
+    evil_pt = out / "_evil_inputs.pt"
+    _write_zip(evil_pt, [("archive/data.pkl",
+                          _pickles(str(sentinel_dir / "pt2"))["os_system"][1])])
+    evil = evil_pt.read_bytes()
+    evil_pt.unlink()
+    cases = []
+    p = out / "pt2_payload_sample_inputs.pt2"
+    _write_zip(p, [(n, evil if n.endswith("sample_inputs/model.pt") else d) for n, d in members])
+    cases.append(Case(p.stem, p, "pt2", ".pt2 whose sample inputs pickle carries a payload",
+                      payload=True))
+    p = out / "pt2_payload_pickled_weight.pt2"
+    rewritten = []
+    for n, d in members:
+        if n.endswith("model_weights_config.json"):
+            conf = json.loads(d)
+            for v in conf.get("config", {}).values():
+                if isinstance(v, dict):
+                    v["use_pickle"] = True
+            d = json.dumps(conf).encode()
+        elif "/data/weights/" in n and not n.endswith(".json"):
+            d = evil
+        rewritten.append((n, d))
+    _write_zip(p, rewritten)
+    cases.append(Case(p.stem, p, "pt2", ".pt2 with use_pickle weights that carry a payload",
+                      payload=True))
+    return cases
+
+
+def _dcp_cases(out: Path, sentinel_dir: Path) -> list[Case]:
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    folder = out / "dcp_payload_metadata"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"w": torch.zeros(3), "b": torch.ones(2)}, checkpoint_id=str(folder))
+    (folder / ".metadata").write_bytes(
+        b"\x80\x04" + call(glob("os", "system"), s(f"touch {sentinel_dir / 'dcp'}")) + STOP)
+    return [Case(folder.name, folder, "dcp", "DCP folder whose .metadata pickle is a payload",
+                 payload=True)]
+
+
+def build(out: Path | str) -> list[Case]:
+    """Write every case into `out` (created); return them. Payloads aim at `out/sentinels/`."""
+    import warnings
+
+    with warnings.catch_warnings():  # duplicate zip names, torch.jit deprecation: on purpose
+        warnings.simplefilter("ignore")
+        return _build(Path(out))
+
+
+def _build(out: Path) -> list[Case]:
+    import torch
+
+    sentinel_dir = out / "sentinels"
+    sentinel_dir.mkdir(parents=True, exist_ok=True)
+    cases: list[Case] = []
+    clean = out / "_clean.pt"
+    torch.save({"w": torch.arange(4.0), "b": torch.ones(2)}, clean)
+    real = _zip_members(clean)
+    clean.unlink()
+    pkl_name = real[0][0]
+    for name, (what, blob) in _pickles(str(sentinel_dir / "pkl")).items():
+        p = out / f"pkl_{name}.pt"
+        _write_zip(p, [(pkl_name, blob)] + real[1:])
+        cases.append(Case(f"pkl_{name}", p, "pickle", what, payload=True))
+    for name, (what, blob, bomb) in _broken_pickles().items():
+        p = out / f"pkl_{name}.pt"
+        _write_zip(p, [(pkl_name, blob)] + real[1:])
+        cases.append(Case(f"pkl_{name}", p, "pickle", what, bomb=bomb))
+    cases += _zip_cases(out, sentinel_dir, real)
+    cases += _legacy_cases(out, sentinel_dir)
+    cases += _safetensors_cases(out)
+    cases += _torchscript_cases(out, sentinel_dir)
+    cases += _pt2_cases(out, sentinel_dir)
+    cases += _dcp_cases(out, sentinel_dir)
+    return cases
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: make_corpus.py OUTDIR")
+    for c in build(sys.argv[1]):
+        print(f"{c.name:40} {c.kind:12} {'bomb ' if c.bomb else ''}{c.what}")
