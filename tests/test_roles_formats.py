@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
+
 import torch
 from torch import nn
 
@@ -136,5 +138,7 @@ def test_export_never_unpickles_sample_inputs(tmp_path):
     marker = tmp_path / "ran"
     _replace_member(tmp_path / "ok.pt2", tmp_path / "bad.pt2", "sample_inputs/model.pt",
                     pickle.dumps(_Boom(marker)))
-    exact(tmp_path / "bad.pt2", m)
+    exact(tmp_path / "ok.pt2", m)  # real sample inputs are scanned and pass
+    with pytest.raises(bufinspect.UnsafeInputError, match="sample_inputs"):
+        bufinspect.load(tmp_path / "bad.pt2")  # scanned by the restricted unpickler, refused
     assert not marker.exists()

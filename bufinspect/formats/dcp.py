@@ -264,7 +264,10 @@ def _dtype_of(props: Any) -> str | None:
 def read(folder: str) -> Checkpoint:
     """Read a DCP folder's metadata and item headers as one checkpoint (no tensor data)."""
     md_path = os.path.join(folder, METADATA)
-    md = read_metadata(md_path)
+    try:
+        md = read_metadata(md_path)
+    except InputError as exc:  # the user named the folder: report it, with the file in the text
+        raise type(exc)(f"{METADATA}: {exc.message}", folder) from None
     storage: dict[tuple[str, tuple[int, ...]], Any] = {}
     items = md.get("storage_data")
     for idx, info in (items.items() if isinstance(items, dict) else ()):

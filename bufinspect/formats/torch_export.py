@@ -5,18 +5,23 @@ Roles and persistence come from the graph signature's `input_specs` in `models/<
 dtypes, shapes and devices from `data/weights/<name>_weights_config.json` and
 `data/constants/<name>_constants_config.json`; the bytes are the raw files they name.
 Non-persistent buffers and tensor constants live with the constants. Tensors stored as pickles
-(`use_pickle`) are listed without data: nothing is unpickled.
+(`use_pickle`) and sample inputs are listed without data; their pickles are only scanned by the
+restricted unpickler, and an archive whose pickles would run code is refused.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import zipfile
 from typing import Any
 
 from bufinspect import dtypes
 from bufinspect.errors import InputError
+from bufinspect.formats import _torch_common
 from bufinspect.formats._torch_common import contiguous_strides
+from bufinspect.formats._unpickle import storage_from_pid
 from bufinspect.formats.torch_zip import ZipArchive
 from bufinspect.model import Checkpoint, Container, ContainerKind, Entry, Format, Role, TensorData
 
@@ -69,10 +74,46 @@ def read(path: str, arc: ZipArchive | None = None) -> Checkpoint:
             name = m[len(arc.prefix + "models/"):-len(".json")]
             here = "" if len(models) == 1 else name
             containers.append(_model(arc, name, here))
+            for folder, kind in (("weights", "weights"), ("constants", "constants")):
+                for _, (_, info) in _config(arc, folder, name, kind).items():
+                    if info.get("use_pickle") and isinstance(info.get("path_name"), str):
+                        _scan_pickle(arc, f"{arc.prefix}data/{folder}/{info['path_name']}")
+        for member in arc.infos:
+            if member.startswith(arc.prefix + "data/sample_inputs/"):
+                _scan_pickle(arc, member)
         return Checkpoint(path=path, format=Format.TORCH_EXPORT, size=arc.size,
                           containers=tuple(containers))
     finally:
         arc.close()
+
+
+def _scan_pickle(arc: ZipArchive, member: str) -> None:
+    """Refuse the archive if a pickled part (sample inputs, `use_pickle` tensors) would run code.
+
+    The part is never loaded: the restricted unpickler only records what it names and calls.
+    """
+    if not arc.has(member):
+        return
+    try:
+        _scan(arc, member, arc.read(member, limit=_LIMIT))
+    except InputError as exc:  # name the part, keep the archive as the path
+        raise type(exc)(f"{member}: {exc.message}", arc.path) from None
+
+
+def _scan(arc: ZipArchive, member: str, raw: bytes) -> None:
+    where = arc.path
+    if raw.startswith(b"PK"):  # a torch.save zip inside the archive
+        try:
+            with zipfile.ZipFile(io.BytesIO(raw)) as inner:
+                pkls = [n for n in inner.namelist() if n.endswith("data.pkl")]
+                if len(pkls) != 1 or inner.getinfo(pkls[0]).file_size > _LIMIT:
+                    raise InputError("embedded torch.save file without one data.pkl", where)
+                raw = inner.read(pkls[0])
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
+                RuntimeError) as exc:
+            raise InputError(f"unreadable embedded zip ({str(exc)[:80]})", where) from None
+    _, log = _torch_common.unpickle(where, io.BytesIO(raw), storage_from_pid)
+    _torch_common.refuse_calls(where, log)
 
 
 def _config(arc: ZipArchive, folder: str, name: str, kind: str) -> dict[str, Any]:

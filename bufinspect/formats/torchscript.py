@@ -57,6 +57,16 @@ def declarations(arc: ZipArchive) -> dict[str, tuple[list[str], list[str]]]:
     return out
 
 
+def _safe_unpickle(arc: ZipArchive, member: str) -> object:
+    """Unpickle one of the archive's pickles with stubs; refuse it if it would run code."""
+    obj, log = _torch_common.unpickle(arc.path, io.BytesIO(arc.read(member)), storage_from_pid)
+    # TorchScript's own list builders are data, not code: neither called nor named counts
+    log.calls = [c for c in log.calls if c not in _JIT_DATA]
+    log.globals = [g for g in log.globals if g not in _JIT_DATA]
+    _torch_common.refuse_calls(arc.path, log)
+    return obj
+
+
 def read(path: str, arc: ZipArchive | None = None) -> Checkpoint:
     """Read the archive's metadata (`arc`: the already opened zip, closed here)."""
     arc = arc or ZipArchive(path)
@@ -65,10 +75,9 @@ def read(path: str, arc: ZipArchive | None = None) -> Checkpoint:
         if pkl is None:
             raise InputError("TorchScript archive without data.pkl", path)
         arc.prefix = pkl[: -len("data.pkl")]
-        obj, log = _torch_common.unpickle(path, io.BytesIO(arc.read(pkl)), storage_from_pid)
-        # TorchScript's own list/type helpers only build data; anything else is refused
-        log.calls = [c for c in log.calls if c not in _JIT_DATA]
-        _torch_common.refuse_calls(path, log)
+        obj = _safe_unpickle(arc, pkl)
+        if arc.has(arc.prefix + "constants.pkl"):  # read by torch.jit.load: scanned, not used
+            _safe_unpickle(arc, arc.prefix + "constants.pkl")
         decl = declarations(arc)
         locate = _torch_common.make_locator(
             path, path, lambda key: arc.data_span(f"{arc.prefix}data/{key}"))
