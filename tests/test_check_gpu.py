@@ -87,7 +87,7 @@ def test_one_gigabyte_checkpoint_identical(tmp_path):
     path = tmp_path / "big.pt"
     torch.save(sd, path)
     del sd, half
-    assert path.stat().st_size > 900 << 20
+    assert path.stat().st_size > 850 << 20  # 3 x 256 MiB float32 + 128 MiB bfloat16
     cpu, gpu = run_both([path])
     assert_identical(cpu, gpu)
     assert {f.id for f in gpu.findings} == {"nan", "inf", "negative-variance",
