@@ -13,7 +13,6 @@ Threads are the default: numpy releases the GIL in the reductions that dominate 
 from __future__ import annotations
 
 import os
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Callable, Sequence, TypeVar
 
 from bufinspect.model import Entry
@@ -58,7 +57,10 @@ def uses_threads() -> bool:
     return os.environ.get("BUFINSPECT_POOL", "thread") != "process"
 
 
-def _executor(jobs: int) -> Executor:
+def _executor(jobs: int):
+    # imported here: concurrent.futures.process costs ~20 ms, and listing never needs a pool
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
     if not uses_threads():
         import multiprocessing
 
