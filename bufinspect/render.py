@@ -350,7 +350,7 @@ def render_diff_table(report, console: Any, *, show_equal: bool = False) -> None
         for h in header:
             table.add_column(h, justify="left" if h in ("status", "key", "detail") else "right",
                              no_wrap=h not in ("detail", "key"), overflow="fold",  # numbers never wrap
-                             min_width=12 if h == "detail" else None)
+                             min_width=6 if h == "detail" else None)
         styles = {"changed": "red", "added": "yellow", "removed": "yellow", "shape": "magenta",
                   "dtype": "magenta", "close": "cyan", "equal": "dim"}
         for row in rows:
