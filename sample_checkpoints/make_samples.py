@@ -34,8 +34,11 @@ def train_steps(model: torch.nn.Module, steps: int, seed: int) -> torch.optim.Op
     return opt
 
 
-def save_tagged(obj, path: Path, tag: str, pick) -> None:
-    """torch.save with a chosen location tag for some storages (a 'cuda' file made on CPU)."""
+def save_tagged(obj, path: Path, tag: str, pick=lambda storage: True) -> None:
+    """torch.save with a chosen location tag for some storages (a 'cuda' file made on CPU).
+
+    Tests use it too, to plant CUDA tags without a GPU.
+    """
     orig = ser.location_tag
     ser.location_tag = lambda storage: tag if pick(storage) else orig(storage)
     try:

@@ -11,11 +11,11 @@ from importlib import resources
 import jsonschema
 import pytest
 import torch
-import torch.serialization as ser
 from torch import nn
 
 from bufinspect import check as checking
 from bufinspect.render import OutputFormat
+from make_samples import save_tagged
 from conftest import ROOT, SAMPLES, torch_listing
 from sample_modules import BufferZoo, SmallCNN
 
@@ -56,14 +56,6 @@ def ids(doc) -> dict[str, dict]:
     return out
 
 
-def save_tagged(obj, path, tag, pick=lambda storage: True):
-    """torch.save with a chosen location tag for some storages (CUDA files made on CPU)."""
-    orig = ser.location_tag
-    ser.location_tag = lambda storage: tag if pick(storage) else orig(storage)
-    try:
-        torch.save(obj, path)
-    finally:
-        ser.location_tag = orig
 
 
 def cnn_sd(seed=0):

@@ -10,9 +10,9 @@ import json
 
 import pytest
 import torch
-import torch.serialization as ser
 
 from bufinspect import check as checking
+from make_samples import save_tagged
 from conftest import SAMPLES
 from test_check_scan import planted
 
@@ -24,14 +24,6 @@ SAMPLE_FILES = ["cnn_state_dict.pt", "cnn_state_dict_legacy.pt", "cnn.safetensor
                 "cnn_cuda1.pt", "bn_before.pt", "bn_after_train.pt", "bn_after_eval.pt"]
 
 
-def save_tagged(obj, path, tag):
-    """torch.save with every storage tagged `tag` (a CUDA file made without that GPU)."""
-    orig = ser.location_tag
-    ser.location_tag = lambda storage: tag
-    try:
-        torch.save(obj, path)
-    finally:
-        ser.location_tag = orig
 
 
 @pytest.fixture(params=["default", "all-on-gpu"])

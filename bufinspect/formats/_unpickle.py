@@ -390,10 +390,9 @@ class _Unpickler(pickle.Unpickler):
         found = self._allowed.get((module, name))
         if found is not None:
             return found
-        if module == "torch":
-            dt = dtypes.canonical(name)
-            if dt is not None:
-                return DTypeRef(dt)
+        dt = torch_dtype(module, name)
+        if dt is not None:
+            return dt
         return self._stub(f"{module}.{name}")
 
     def _stub(self, full: str) -> type:
@@ -408,6 +407,14 @@ class _Unpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         return self._persistent(pid)
+
+
+def torch_dtype(module: str, name: str) -> DTypeRef | None:
+    """`torch.float32`, `torch.half`, ... as the inert dtype placeholder; None for other globals."""
+    if module != "torch":
+        return None
+    dt = dtypes.canonical(name)
+    return DTypeRef(dt) if dt is not None else None
 
 
 def load(file: io.BufferedIOBase, persistent: Callable[[Any], Any]) -> tuple[Any, UnpickleLog]:

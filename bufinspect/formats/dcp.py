@@ -24,7 +24,7 @@ from typing import Any
 from bufinspect import dtypes
 from bufinspect.errors import InputError, UnsafeInputError
 from bufinspect.formats import _torch_common
-from bufinspect.formats._unpickle import DTypeRef, TensorRef, _Safe, storage_from_pid
+from bufinspect.formats._unpickle import DTypeRef, TensorRef, _Safe, storage_from_pid, torch_dtype
 from bufinspect.model import (Checkpoint, Container, ContainerKind, Entry, Format, Role,
                               TensorData)
 
@@ -101,10 +101,9 @@ class _MetadataUnpickler(pickle.Unpickler):
         found = self._allowed.get((module, name))
         if found is not None:
             return found
-        if module == "torch":
-            dt = dtypes.canonical(name)
-            if dt is not None:
-                return DTypeRef(dt)
+        dt = torch_dtype(module, name)
+        if dt is not None:
+            return dt
         if (module == "torch.distributed.checkpoint.metadata" and name in _DCP_CLASSES) or (
                 module == "torch.distributed.checkpoint.filesystem" and name == "_StorageInfo"):
             cls = self._records.get(name)
