@@ -87,9 +87,50 @@ class ModelMatch:
                 "missing": list(self.missing)}
 
 
+def build_hf(path: str) -> Any:
+    """The model that `config.json` beside the weights describes, built by transformers on `meta`.
+
+    Opt-in (`show --hf-config`): runs the installed transformers library's code, never code from
+    the checkpoint's folder (`trust_remote_code=False`, local files only).
+    """
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise UsageError("--hf-config: no config.json beside the weights", path)
+    try:
+        import transformers
+    except ImportError:
+        raise UsageError("--hf-config needs the transformers package (pip install transformers)",
+                         path) from None
+    import torch
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False,
+                                                         local_files_only=True)
+        archs = getattr(config, "architectures", None) or []
+        cls = getattr(transformers, archs[0], None) if archs else None
+        with torch.device("meta"):
+            model = cls(config) if cls is not None else transformers.AutoModel.from_config(config)
+    except Exception as exc:  # the library's own error, in one line
+        raise UsageError(f"--hf-config: transformers could not build the model "
+                         f"({type(exc).__name__}: {str(exc)[:120]})", path) from None
+    return model
+
+
 def apply_model(checkpoint: Checkpoint, spec: str) -> tuple[Checkpoint, list[ModelMatch]]:
     """Give every state-dict key the model knows its exact role (`model:factory`)."""
-    truth = module_roles(build(spec))
+    return apply_module(checkpoint, build(spec), "model:factory")
+
+
+def apply_module(checkpoint: Checkpoint, model: Any, evidence: str
+                 ) -> tuple[Checkpoint, list[ModelMatch]]:
+    """Give every state-dict key that `model` (an nn.Module) knows its exact role."""
+    truth = module_roles(model)
+    # tied tensors (one object under several names): the file holding one name holds them all
+    names_of: dict[int, list[str]] = {}
+    for k, t in [*model.named_parameters(remove_duplicate=False),
+                 *model.named_buffers(remove_duplicate=False)]:
+        names_of.setdefault(id(t), []).append(k)
+    aliases = {k: group for group in names_of.values() for k in group}
     containers, matches = [], []
     for c in checkpoint.containers:
         if c.kind is not ContainerKind.STATE_DICT:
@@ -104,8 +145,7 @@ def apply_model(checkpoint: Checkpoint, spec: str) -> tuple[Checkpoint, list[Mod
             if bare in truth:
                 seen.add(bare)
                 role, persistent = truth[bare]
-                e = dataclasses.replace(e, role=role, evidence="model:factory",
-                                        persistent=persistent)
+                e = dataclasses.replace(e, role=role, evidence=evidence, persistent=persistent)
             entries.append(e)
         absent = [k for k in truth if k not in seen]
         matches.append(ModelMatch(
@@ -113,7 +153,8 @@ def apply_model(checkpoint: Checkpoint, spec: str) -> tuple[Checkpoint, list[Mod
             file_only=tuple(e.key for e in c.entries
                             if not (e.key.startswith(prefix) and e.key[len(prefix):] in seen)),
             nonpersistent=tuple(k for k in absent if truth[k] == (Role.BUFFER, False)),
-            missing=tuple(k for k in absent if truth[k] != (Role.BUFFER, False))))
+            missing=tuple(k for k in absent if truth[k] != (Role.BUFFER, False)
+                          and not any(a in seen for a in aliases.get(k, ())))))
         containers.append(dataclasses.replace(c, entries=tuple(entries)))
     return dataclasses.replace(checkpoint, containers=tuple(containers)), matches
 

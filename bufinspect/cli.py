@@ -20,7 +20,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import typer  # noqa: E402
 
 from bufinspect import __version__
-from bufinspect.errors import BufinspectError
+from bufinspect.errors import BufinspectError, UsageError
 from bufinspect.model import Role
 
 app = typer.Typer(
@@ -129,6 +129,10 @@ def show(
                                         "calls FACTORY (or CLASS) with no arguments on the meta "
                                         "device. This RUNS YOUR CODE (never the checkpoint's); "
                                         "it is the only option that does."),
+    hf_config: bool = typer.Option(False, "--hf-config", help="Take roles from the model that "
+                                   "the config.json beside the weights describes, built on the "
+                                   "meta device by the installed transformers library (opt-in; "
+                                   "never code from the checkpoint's folder)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Workers for --stats "
                                        "(default: the number of cores)."),
     distributed: Optional[bool] = typer.Option(None, "--distributed/--no-distributed",
@@ -146,8 +150,10 @@ def show(
     matches = []
     with handled(path):
         ck = load(path)
-        if model is not None:
-            ck, matches = _apply_model(ck, model)
+        if model is not None and hf_config:
+            raise UsageError("give --model or --hf-config, not both")
+        if model is not None or hf_config:
+            ck, matches = _apply_model(ck, model, hf_config)
         select = dict(containers=container or (), roles=role or (), filters=filter or ())
         workers = jobs or parallel.default_jobs()
         from bufinspect import distributed as dist
@@ -169,8 +175,9 @@ def show(
                 report = listing.show(ck, **select, stats=stats, jobs=workers)
     if format is ShowFormat.JSON:
         doc = report.to_dict()
-        if model is not None:
-            doc["model"] = {"spec": model, "containers": [m.to_dict() for m in matches]}
+        if model is not None or hf_config:
+            doc["model"] = {"spec": model or "hf-config",
+                            "containers": [m.to_dict() for m in matches]}
         sys.stdout.write(render.to_json(doc) + "\n")
     elif format is ShowFormat.MARKDOWN:
         sys.stdout.write(render.render_show_markdown(report, depth=depth, explain=explain))
@@ -462,11 +469,14 @@ def check(
 # ---- annotate and other role commands (issue: roles) -------------------------------------
 
 
-def _apply_model(ck, spec: str):
-    """Roles from the user's model; missing persistent state is a warning on stderr."""
+def _apply_model(ck, spec: str | None, hf_config: bool = False):
+    """Roles from the user's model (or the HF config's); missing persistent state is a warning."""
     from bufinspect import annotate
 
-    ck, matches = annotate.apply_model(ck, spec)
+    if hf_config:
+        ck, matches = annotate.apply_module(ck, annotate.build_hf(ck.path), "model:hf-config")
+    else:
+        ck, matches = annotate.apply_model(ck, spec)
     for m in matches:
         where = f" (container {m.container!r})" if m.container else ""
         if m.missing:
