@@ -341,17 +341,29 @@ class _Acc:
                          self.max if have else None)
 
 
-def scan_cpu(entries: Sequence[Entry], progress: Callable[[int], None] | None = None
-             ) -> dict[int, ScanStats]:
-    """NaN/Inf/negative counts and finite min/max per entry (by id), numpy over streamed chunks."""
+def scan_cpu(entries: Sequence[Entry], progress: Callable[[int], None] | None = None,
+             jobs: int = 1) -> dict[int, ScanStats]:
+    """NaN/Inf/negative counts and finite min/max per entry (by id), numpy over streamed chunks.
+
+    With `jobs` > 1 the entries are split into balanced runs in file order, one worker each
+    (`bufinspect.parallel`); every worker owns its buffers, so memory stays bounded per worker.
+    """
+    from bufinspect import parallel
     from bufinspect.formats import stream
 
-    acc: dict[int, _Acc] = {}
-    for e, _, arr in stream.pieces(entries):
-        _numpy_piece(acc.setdefault(id(e), _Acc()), e, arr)
-        if progress is not None:
-            progress(arr.nbytes)
-    return {k: v.result() for k, v in acc.items()}
+    def run(group: list[Entry]) -> list[tuple[int, ScanStats]]:
+        acc: dict[int, _Acc] = {}
+        for e, _, arr in stream.pieces(group):
+            _numpy_piece(acc.setdefault(id(e), _Acc()), e, arr)
+            if progress is not None:
+                progress(arr.nbytes)
+        # positions in the group, not ids: ids do not survive a process pool
+        return [(i, acc[id(e)].result()) for i, e in enumerate(group) if id(e) in acc]
+
+    groups = parallel.partition(list(entries), max(1, jobs)) if jobs > 1 else [list(entries)]
+    groups = [g for g in groups if g]
+    results = parallel.map_groups(groups, run, jobs, threads=True)  # numpy frees the GIL
+    return {id(g[i]): st for g, res in zip(groups, results) for i, st in res}
 
 
 def _numpy_piece(a: _Acc, e: Entry, arr: Any) -> None:
@@ -710,7 +722,7 @@ def _numeric_findings(path: str, entries: list[Entry], stats: dict[int, ScanStat
 
 def check(paths: Sequence[str], *, policy: Policy | None = None, device: str = "auto",
           containers: Sequence[str] = (), progress: Callable[[int], None] | None = None,
-          loaded: Sequence[Checkpoint] | None = None) -> CheckReport:
+          loaded: Sequence[Checkpoint] | None = None, jobs: int = 1) -> CheckReport:
     """Check one or more checkpoints and return one report.
 
     Args:
@@ -721,6 +733,7 @@ def check(paths: Sequence[str], *, policy: Policy | None = None, device: str = "
         containers: only these state dicts inside each checkpoint (default: all).
         progress: called with a byte count after each streamed chunk.
         loaded: already-loaded checkpoints for `paths` (skips loading them again).
+        jobs: CPU workers for the numeric scan (the GPU path streams on one).
 
     Returns:
         A `CheckReport`; `report.ok` is the CI verdict, `report.to_dict()` the JSON document.
@@ -740,7 +753,7 @@ def check(paths: Sequence[str], *, policy: Policy | None = None, device: str = "
     selected = [listing.select(ck, containers=containers) for ck in cks]
     scan = [e for entries in selected for e in entries if scannable(e)]
     measured = (scan_gpu(scan, where, progress) if where.startswith("cuda")
-                else scan_cpu(scan, progress)) if scan else {}
+                else scan_cpu(scan, progress, jobs)) if scan else {}
     for ck, entries in zip(cks, selected, strict=True):
         findings += _metadata_checks(ck, entries, gpus, policy)
         findings += _numeric_findings(ck.path, entries, measured)

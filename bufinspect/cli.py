@@ -417,6 +417,8 @@ def check(
                                                   "dict inside each checkpoint (repeatable)."),
     no_config: bool = typer.Option(False, "--no-config", help="Ignore [tool.bufinspect.check] "
                                    "in the nearest pyproject.toml."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="CPU workers for the "
+                                       "numeric scan (default: the number of cores)."),
 ) -> None:
     """Check devices, dtypes and values of checkpoints, for CI.
 
@@ -427,8 +429,9 @@ def check(
     GPU when one is present. Nothing in a checkpoint is ever run.
     """
     from bufinspect import check as checking
-    from bufinspect import load, render
+    from bufinspect import load, parallel, render
 
+    workers = jobs or parallel.default_jobs()
     with handled(paths[0] if paths else None):
         config, config_path, note = ({}, None, None) if no_config else checking.load_config()
         if note:
@@ -447,10 +450,10 @@ def check(
             with bar:
                 report = checking.check(paths, policy=policy, device=where,
                                         containers=container or (), progress=progress,
-                                        loaded=loaded)
+                                        loaded=loaded, jobs=workers)
         else:
             report = checking.check(paths, policy=policy, device=where,
-                                    containers=container or (), loaded=loaded)
+                                    containers=container or (), loaded=loaded, jobs=workers)
     if format is OutputFormat.JSON:
         sys.stdout.write(render.to_json(report.to_dict()) + "\n")
     elif format is OutputFormat.MARKDOWN:

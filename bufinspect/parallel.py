@@ -57,11 +57,11 @@ def uses_threads() -> bool:
     return os.environ.get("BUFINSPECT_POOL", "thread") != "process"
 
 
-def _executor(jobs: int):
+def _executor(jobs: int, threads: bool = False):
     # imported here: concurrent.futures.process costs ~20 ms, and listing never needs a pool
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-    if not uses_threads():
+    if not (threads or uses_threads()):
         import multiprocessing
 
         return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"))
@@ -83,6 +83,14 @@ def map_entries(entries: Sequence[Entry], fn: Callable[[list[Entry]], T], jobs: 
     jobs = max(1, min(int(jobs), len(entries)))
     if jobs == 1:
         return [fn(entries)] if entries else []
-    parts = [g for g in partition(entries, jobs) if g]
-    with _executor(jobs) as pool:
-        return list(pool.map(fn, parts))
+    return map_groups([g for g in partition(entries, jobs) if g], fn, jobs)
+
+
+def map_groups(groups: Sequence[list[Entry]], fn: Callable[[list[Entry]], T], jobs: int,
+               threads: bool = False) -> list[T]:
+    """Run `fn` on each group on up to `jobs` workers (`threads`: never processes, so `fn` may be
+    a closure); results in group order."""
+    if jobs <= 1 or len(groups) <= 1:
+        return [fn(g) for g in groups]
+    with _executor(min(jobs, len(groups)), threads) as pool:
+        return list(pool.map(fn, groups))

@@ -65,3 +65,13 @@ def test_check_sharded_and_dcp_find_what_the_single_file_finds(cli_json, tmp_pat
     assert ("nan", (var,)) in single
     assert findings(tmp_path / "hf") == single
     assert findings(tmp_path / "dcp") == single
+
+
+def test_check_jobs_give_the_same_report(cli, tmp_path):
+    sd, _ = _planted()
+    (tmp_path / "hf").mkdir()
+    save_sharded(sd, tmp_path / "hf", max_shard_size=6000)
+    outs = {j: cli("check", tmp_path / "hf", "--device", "cpu", "--jobs", j, "--format", "json")
+            for j in ("1", "2", "5")}
+    assert {r.exit_code for r in outs.values()} == {1}
+    assert outs["1"].stdout == outs["2"].stdout == outs["5"].stdout
