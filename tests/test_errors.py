@@ -134,3 +134,18 @@ def test_inputs_are_not_modified(cli, tmp_path):
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in SAMPLES.iterdir()
              if p.is_file()}
     assert before == after
+
+
+def test_memo_index_bomb_is_refused_fast(tmp_path):
+    """A 10-byte pickle whose LONG_BINPUT names memo slot 2**30 would make the C unpickler zero
+    16 GB; the heap cap turns it into a one-line error (run in a subprocess, bounded)."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "memo.pt"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("memo/data.pkl", b"\x80\x02K\x01r" + struct.pack("<I", 0x3FFFFFF0) + b".")
+    r = subprocess.run([sys.executable, "-m", "bufinspect", "show", str(p)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and str(p) in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

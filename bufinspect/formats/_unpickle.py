@@ -9,11 +9,13 @@ a call (NEWOBJ, as a pickled nn.Module does) is allowed and only recorded as a f
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import os
 import pickle
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from bufinspect import dtypes
 
@@ -424,8 +426,47 @@ def load(file: io.BufferedIOBase, persistent: Callable[[Any], Any]) -> tuple[Any
     Raises whatever the pickle machine raises on corrupt input; callers turn that into InputError.
     """
     log = UnpickleLog()
-    obj = _Unpickler(file, persistent, log).load()
+    with _memory_budget(_budget_for(file)):
+        obj = _Unpickler(file, persistent, log).load()
     return obj, log
+
+
+def _budget_for(file: Any) -> int:
+    """Heap a pickle of this size may need: its objects, never gigabytes for a few bytes."""
+    try:
+        size = len(file.getbuffer()) if isinstance(file, io.BytesIO) else os.fstat(
+            file.fileno()).st_size
+    except (OSError, AttributeError, ValueError):
+        size = 16 << 20
+    return (1 << 30) + 64 * size
+
+
+@contextlib.contextmanager
+def _memory_budget(nbytes: int) -> Iterator[None]:
+    """Cap the heap (RLIMIT_DATA) while a pickle runs: a 10-byte pickle whose LONG_BINPUT names
+    memo slot 2**30 makes the C unpickler allocate and zero 16 GB. With the cap that allocation
+    fails at once with MemoryError (a one-line error for the user). Restored afterwards."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        with open("/proc/self/status") as f:
+            used = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmData:"))
+        cap = used + nbytes
+        if soft != resource.RLIM_INFINITY and soft <= cap:
+            cap = None
+        elif hard != resource.RLIM_INFINITY:
+            cap = min(cap, hard)
+        if cap is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    except (ImportError, OSError, ValueError, StopIteration):  # no /proc or no rlimits here
+        yield
+        return
+    try:
+        yield
+    finally:
+        if cap is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
 def dangerous_calls(log: UnpickleLog) -> list[str]:
