@@ -142,7 +142,8 @@ def show(
 ) -> None:
     """List every tensor of a checkpoint: buffers first, then parameters by module.
 
-    Reads metadata only (no tensor data, no torch import) unless --stats or --model is given.
+    Reads metadata only (no tensor data, no torch import) unless --stats, --model or
+    --hf-config is given.
     Sharded folders (model.safetensors.index.json, torch.distributed.checkpoint) read as one.
     """
     from bufinspect import listing, load, parallel, render
