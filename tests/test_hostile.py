@@ -78,7 +78,7 @@ def _check_refusal(case, code: int, stdout: str, stderr: str) -> None:
     assert "Traceback" not in stderr and stdout == ""
 
 
-@pytest.mark.parametrize("command", _command_params())
+@pytest.mark.parametrize("command", list(_command_params()))
 @pytest.mark.parametrize("name", CASES)
 def test_refused_under_every_command(corpus, cli, name, command):
     out, cases = corpus
