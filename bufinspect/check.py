@@ -370,22 +370,15 @@ def _numpy_piece(a: _Acc, e: Entry, arr: Any) -> None:
     """Fold one streamed piece into `a` with numpy."""
     import numpy as np
 
-    from bufinspect.numeric import as_float
+    from bufinspect.numeric import as_float, split_nonfinite
 
     if dtypes.DTYPES[e.dtype].kind == "complex":
         a.merge(int(np.count_nonzero(np.isnan(arr))), int(np.count_nonzero(np.isinf(arr))),
                 0, math.inf, -math.inf)
         return
-    x = as_float(arr, e.dtype)
-    lo, hi = x.min(), x.max()
-    nan = inf = 0
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        bad_nan, bad_inf = np.isnan(x), np.isinf(x)
-        nan, inf = int(np.count_nonzero(bad_nan)), int(np.count_nonzero(bad_inf))
-        x = x[~(bad_nan | bad_inf)]
-        lo, hi = (x.min(), x.max()) if x.size else (math.inf, -math.inf)
+    x, nan, inf, lo, hi = split_nonfinite(as_float(arr, e.dtype))
     neg = int(np.count_nonzero(x < 0)) if lo < 0 and _counts_negatives(e) else 0
-    a.merge(nan, inf, neg, float(lo), float(hi))
+    a.merge(nan, inf, neg, lo, hi)
 
 
 def _torch_dtype(name: str):

@@ -55,6 +55,21 @@ def as_float(arr: np.ndarray, dtype: str) -> np.ndarray:
     return arr
 
 
+def split_nonfinite(x: np.ndarray) -> tuple[np.ndarray, int, int, float, float]:
+    """(finite elements, NaN count, Inf count, finite min, finite max) of a float chunk.
+
+    The common all-finite case costs one min and one max pass; min/max are inf/-inf when no
+    element is finite.
+    """
+    lo, hi = x.min(), x.max()
+    if math.isfinite(lo) and math.isfinite(hi):
+        return x, 0, 0, float(lo), float(hi)
+    nan, inf = np.isnan(x), np.isinf(x)
+    x = x[~(nan | inf)]
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (math.inf, -math.inf)
+    return x, int(np.count_nonzero(nan)), int(np.count_nonzero(inf)), lo, hi
+
+
 @lru_cache(maxsize=8)
 def _ones(n: int) -> np.ndarray:
     return np.ones(n, np.float32)
@@ -88,15 +103,13 @@ class StatsAccumulator:
             self.zeros += int(np.count_nonzero(x == 0))  # 4x faster than counting floats
         else:
             self.zeros += int(x.size - np.count_nonzero(x))
-        lo, hi = x.min(), x.max()
-        if self.kind == "float" and not (math.isfinite(lo) and math.isfinite(hi)):
-            nan = np.isnan(x)
-            inf = np.isinf(x)
-            self.nan += int(np.count_nonzero(nan))
-            self.inf += int(np.count_nonzero(inf))
-            x = x[~(nan | inf)]
+        if self.kind == "float":
+            x, nan, inf, lo, hi = split_nonfinite(x)
+            self.nan += nan
+            self.inf += inf
             if x.size == 0:
                 return
+        else:
             lo, hi = x.min(), x.max()
         self.min = min(self.min, float(lo))
         self.max = max(self.max, float(hi))
