@@ -445,6 +445,16 @@ def scan_gpu(entries: Sequence[Entry], device: str = "cuda:0",
     return {k: v.result() for k, v in acc.items()}
 
 
+def scan(entries: Sequence[Entry], device: str = "cpu",
+         progress: Callable[[int], None] | None = None, jobs: int = 1) -> dict[int, ScanStats]:
+    """The numeric pass of `check` on `device` (`scan_gpu` on cuda, else `scan_cpu`), by entry id."""
+    if not entries:
+        return {}
+    if device.startswith("cuda"):
+        return scan_gpu(entries, device, progress)
+    return scan_cpu(entries, progress, jobs)
+
+
 def _counts_negatives(e: Entry) -> bool:
     return e.name == "running_var"
 
@@ -715,7 +725,8 @@ def _numeric_findings(path: str, entries: list[Entry], stats: dict[int, ScanStat
 
 def check(paths: Sequence[str], *, policy: Policy | None = None, device: str = "auto",
           containers: Sequence[str] = (), progress: Callable[[int], None] | None = None,
-          loaded: Sequence[Checkpoint] | None = None, jobs: int = 1) -> CheckReport:
+          loaded: Sequence[Checkpoint] | None = None, jobs: int = 1,
+          scanner: Callable[..., dict[int, ScanStats]] | None = None) -> CheckReport:
     """Check one or more checkpoints and return one report.
 
     Args:
@@ -727,6 +738,8 @@ def check(paths: Sequence[str], *, policy: Policy | None = None, device: str = "
         progress: called with a byte count after each streamed chunk.
         loaded: already-loaded checkpoints for `paths` (skips loading them again).
         jobs: CPU workers for the numeric scan (the GPU path streams on one).
+        scanner: runs the numeric scan instead of `scan`, with the same arguments and result
+            (`bufinspect.distributed` shares it across ranks).
 
     Returns:
         A `CheckReport`; `report.ok` is the CI verdict, `report.to_dict()` the JSON document.
@@ -744,9 +757,8 @@ def check(paths: Sequence[str], *, policy: Policy | None = None, device: str = "
     stats: dict[tuple[str, str, str], ScanStats] = {}
     cks = list(loaded) if loaded is not None else [load(p) for p in paths]
     selected = [listing.select(ck, containers=containers) for ck in cks]
-    scan = [e for entries in selected for e in entries if scannable(e)]
-    measured = (scan_gpu(scan, where, progress) if where.startswith("cuda")
-                else scan_cpu(scan, progress, jobs)) if scan else {}
+    todo = [e for entries in selected for e in entries if scannable(e)]
+    measured = (scanner or scan)(todo, where, progress, jobs)
     for ck, entries in zip(cks, selected, strict=True):
         findings += _metadata_checks(ck, entries, gpus, policy)
         findings += _numeric_findings(ck.path, entries, measured)

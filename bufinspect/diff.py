@@ -490,7 +490,8 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
          containers: Sequence[str] = (), strip_prefix: Sequence[str] = (),
          add_prefix: Sequence[str] = (), rename: Sequence[tuple[str, str] | str] = (),
          auto_align: bool = True, device: str = "cpu", save_envelope: bool = False,
-         progress: Callable[[int], None] | None = None) -> DiffReport:
+         progress: Callable[[int], None] | None = None,
+         compare: Callable[..., list[dict[str, Any]]] | None = None) -> DiffReport:
     """Compare the module state of two checkpoints.
 
     Args:
@@ -508,6 +509,8 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
             and more than 64 MiB of data differs).
         save_envelope: also keep what `rejudge_report` needs (costs time on differing chunks).
         progress: called with the number of bytes read after each step.
+        compare: runs the data pass instead of `_compare`, with the same arguments and result
+            (`bufinspect.distributed` shares it across ranks).
 
     Returns:
         A `DiffReport`: entries in A's key order (added keys last), with statuses and metrics.
@@ -568,7 +571,8 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
         if mb[eb.key] not in seen_b and eb.role in roles:
             results.append(DiffEntry(eb.key, eb.role, Status.ADDED, eb.shape, eb.dtype,
                                      rtol=rtol, atol=atol))
-    fields = _compare(pairs, [(r, t) for _, r, t in slots], engine, save_envelope, progress)
+    fields = (compare or _compare)(pairs, [(r, t) for _, r, t in slots], engine, save_envelope,
+                                   progress)
     for (pos, _, _), f in zip(slots, fields):
         results[pos] = replace(results[pos], **f)
     return DiffReport((ck_a.path, ck_b.path), scope, rtol, atol, tuple(results), tols,
