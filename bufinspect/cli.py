@@ -156,10 +156,11 @@ def show(
         if model is not None or hf_config:
             ck, matches = _apply_model(ck, model, hf_config)
         select = dict(containers=container or (), roles=role or (), filters=filter or ())
-        workers = jobs or parallel.default_jobs()
         from bufinspect import distributed as dist
 
-        if stats and dist.wanted(distributed):
+        shared = stats and dist.wanted(distributed)
+        workers = jobs or (dist.default_jobs() if shared else parallel.default_jobs())
+        if shared:
             report = dist.show(ck, jobs=workers, **select)
             if report is None:  # not rank 0: rank 0 prints the one report
                 return
@@ -269,6 +270,11 @@ def diff(
     from_metrics: Optional[str] = typer.Option(None, "--from-metrics", help="Re-judge a file "
                                                "written by --save-metrics under new --rtol/"
                                                "--atol/--tol, without reading checkpoints."),
+    distributed: Optional[bool] = typer.Option(None, "--distributed/--no-distributed",
+                                               help="Share the comparison across "
+                                               "torch.distributed ranks; rank 0 prints the "
+                                               "report (default: on when launched by "
+                                               "torchrun)."),
 ) -> None:
     """Compare the buffers (or all tensors) of two checkpoints, element by element.
 
@@ -282,10 +288,12 @@ def diff(
     approximate. Mismatch counts are only kept for unchanged tolerances.
     """
     from bufinspect import diff as diff_mod
+    from bufinspect import distributed as dist
     from bufinspect import render
     from bufinspect.errors import UsageError
 
     with handled(from_metrics or a or b):
+        shared = dist.wanted(distributed)
         try:
             fmt = render.OutputFormat(format)
         except ValueError:
@@ -322,14 +330,17 @@ def diff(
                           add_prefix=add_prefix or (), rename=rename or (),
                           auto_align=not no_auto_align, device=device.value,
                           save_envelope=save_metrics is not None, progress=progress)
-            if bar is not None:
+            if shared:  # every rank builds the report (and exits with its code)
+                report = dist.diff(ck_a, ck_b, **kwargs)
+            elif bar is not None:
                 with bar:
                     report = diff_mod.diff(ck_a, ck_b, **kwargs)
             else:
                 report = diff_mod.diff(ck_a, ck_b, **kwargs)
-            if save_metrics is not None:
+            if save_metrics is not None and dist.prints():
                 _write_metrics(report, save_metrics)
-    _emit_diff(report, fmt, show_equal)
+    if dist.prints():
+        _emit_diff(report, fmt, show_equal)
     raise typer.Exit(1 if report.has_differences else 0)
 
 
@@ -420,6 +431,11 @@ def check(
                                    "in the nearest pyproject.toml."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="CPU workers for the "
                                        "numeric scan (default: the number of cores)."),
+    distributed: Optional[bool] = typer.Option(None, "--distributed/--no-distributed",
+                                               help="Share the numeric scan across "
+                                               "torch.distributed ranks; rank 0 prints the "
+                                               "report (default: on when launched by "
+                                               "torchrun)."),
 ) -> None:
     """Check devices, dtypes and values of checkpoints, for CI.
 
@@ -430,10 +446,12 @@ def check(
     GPU when one is present. Nothing in a checkpoint is ever run.
     """
     from bufinspect import check as checking
+    from bufinspect import distributed as dist
     from bufinspect import load, parallel, render
 
-    workers = jobs or parallel.default_jobs()
     with handled(paths[0] if paths else None):
+        shared = dist.wanted(distributed)
+        workers = jobs or (dist.default_jobs() if shared else parallel.default_jobs())
         config, config_path, note = ({}, None, None) if no_config else checking.load_config()
         if note:
             _stderr(f"bufinspect: note: {config_path}: {note}")
@@ -447,7 +465,10 @@ def check(
     with handled(paths[0]):
         total = sum(e.nbytes for ck in loaded for e in ck.entries if checking.scannable(e))
         bar, progress = progress_for(total)
-        if bar is not None:
+        if shared:  # every rank builds the report (and exits with its code)
+            report = dist.check(paths, policy=policy, device=where, containers=container or (),
+                                loaded=loaded, jobs=workers)
+        elif bar is not None:
             with bar:
                 report = checking.check(paths, policy=policy, device=where,
                                         containers=container or (), progress=progress,
@@ -455,6 +476,8 @@ def check(
         else:
             report = checking.check(paths, policy=policy, device=where,
                                     containers=container or (), loaded=loaded, jobs=workers)
+    if not dist.prints():
+        raise typer.Exit(0 if report.ok else 1)
     if format is OutputFormat.JSON:
         sys.stdout.write(render.to_json(report.to_dict()) + "\n")
     elif format is OutputFormat.MARKDOWN:
