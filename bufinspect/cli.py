@@ -330,7 +330,7 @@ def diff(
                           add_prefix=add_prefix or (), rename=rename or (),
                           auto_align=not no_auto_align, device=device.value,
                           save_envelope=save_metrics is not None, progress=progress)
-            if shared:  # every rank builds the report (and exits with its code)
+            if shared:  # every rank builds the report; rank 0 prints it
                 report = dist.diff(ck_a, ck_b, **kwargs)
             elif bar is not None:
                 with bar:
@@ -339,8 +339,9 @@ def diff(
                 report = diff_mod.diff(ck_a, ck_b, **kwargs)
             if save_metrics is not None and dist.prints():
                 _write_metrics(report, save_metrics)
-    if dist.prints():
-        _emit_diff(report, fmt, show_equal)
+    if not dist.prints():
+        raise typer.Exit(0)  # see distributed.prints: the verdict is rank 0's exit code
+    _emit_diff(report, fmt, show_equal)
     raise typer.Exit(1 if report.has_differences else 0)
 
 
@@ -465,7 +466,7 @@ def check(
     with handled(paths[0]):
         total = sum(e.nbytes for ck in loaded for e in ck.entries if checking.scannable(e))
         bar, progress = progress_for(total)
-        if shared:  # every rank builds the report (and exits with its code)
+        if shared:  # every rank builds the report; rank 0 prints it
             report = dist.check(paths, policy=policy, device=where, containers=container or (),
                                 loaded=loaded, jobs=workers)
         elif bar is not None:
@@ -477,7 +478,7 @@ def check(
             report = checking.check(paths, policy=policy, device=where,
                                     containers=container or (), loaded=loaded, jobs=workers)
     if not dist.prints():
-        raise typer.Exit(0 if report.ok else 1)
+        raise typer.Exit(0)  # see distributed.prints: the verdict is rank 0's exit code
     if format is OutputFormat.JSON:
         sys.stdout.write(render.to_json(report.to_dict()) + "\n")
     elif format is OutputFormat.MARKDOWN:

@@ -8,8 +8,9 @@ few KiB of results travel, so gloo serves whether or not the ranks have GPUs; a 
 the rank's own `cuda:LOCAL_RANK`). The report is identical to the single-process one.
 
 - `show --stats`: rank 0 gathers and builds the report; other ranks get None.
-- `check` and `diff`: every rank receives every result (all-gather) and builds the same report,
-  so every rank exits with the single-process exit code; only rank 0 prints (`prints()`).
+- `check` and `diff`: every rank receives every result (all-gather) and builds the same report
+  (a script calling `distributed.diff` can act on the verdict on every rank); the CLI prints it
+  on rank 0 only (`prints()`).
 
 torch is imported only here, and only on this path. Nothing is pickled between ranks: results
 are JSON (floats as their shortest repr, which round-trips exactly; NaN/Infinity as JSON's
@@ -54,7 +55,12 @@ def wanted(flag: bool | None) -> bool:
 
 
 def prints() -> bool:
-    """True on the rank that prints the report (rank 0, or any process outside torchrun)."""
+    """True on the rank that prints the report (rank 0, or any process outside torchrun).
+
+    The CLI's other ranks print nothing and exit 0, whatever the verdict: rank 0's exit code is
+    the command's. Were they to exit 1 too, the first to finish would make torchrun stop the
+    others, rank 0 possibly before its report is written.
+    """
     try:
         return int(os.environ.get("RANK", "0")) == 0
     except ValueError:
