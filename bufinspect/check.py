@@ -447,7 +447,7 @@ def scan_gpu(entries: Sequence[Entry], device: str = "cuda:0",
 
 def scan(entries: Sequence[Entry], device: str = "cpu",
          progress: Callable[[int], None] | None = None, jobs: int = 1) -> dict[int, ScanStats]:
-    """The numeric pass of `check` on `device` (`scan_gpu` on cuda, else `scan_cpu`), by entry id."""
+    """The numeric pass of `check` on `device` (`scan_gpu` on cuda, else `scan_cpu`), by id."""
     if not entries:
         return {}
     if device.startswith("cuda"):
