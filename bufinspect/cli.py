@@ -337,9 +337,9 @@ def diff(
                     report = diff_mod.diff(ck_a, ck_b, **kwargs)
             else:
                 report = diff_mod.diff(ck_a, ck_b, **kwargs)
-            if save_metrics is not None and dist.prints():
+            if save_metrics is not None and (dist.prints() or not shared):
                 _write_metrics(report, save_metrics)
-    if not dist.prints():
+    if shared and not dist.prints():
         raise typer.Exit(0)  # see distributed.prints: the verdict is rank 0's exit code
     _emit_diff(report, fmt, show_equal)
     raise typer.Exit(1 if report.has_differences else 0)
@@ -477,7 +477,7 @@ def check(
         else:
             report = checking.check(paths, policy=policy, device=where,
                                     containers=container or (), loaded=loaded, jobs=workers)
-    if not dist.prints():
+    if shared and not dist.prints():
         raise typer.Exit(0)  # see distributed.prints: the verdict is rank 0's exit code
     if format is OutputFormat.JSON:
         sys.stdout.write(render.to_json(report.to_dict()) + "\n")
