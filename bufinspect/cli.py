@@ -269,6 +269,9 @@ def diff(
     from_metrics: Optional[str] = typer.Option(None, "--from-metrics", help="Re-judge a file "
                                                "written by --save-metrics under new --rtol/"
                                                "--atol/--tol, without reading checkpoints."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="CPU threads for the "
+                                       "data sweep [default: the cores]; the report is the "
+                                       "same for any number."),
 ) -> None:
     """Compare the buffers (or all tensors) of two checkpoints, element by element.
 
@@ -282,6 +285,7 @@ def diff(
     approximate. Mismatch counts are only kept for unchanged tolerances.
     """
     from bufinspect import diff as diff_mod
+    from bufinspect import parallel
     from bufinspect import render
     from bufinspect.errors import UsageError
 
@@ -321,7 +325,8 @@ def diff(
                           containers=container or (), strip_prefix=strip_prefix or (),
                           add_prefix=add_prefix or (), rename=rename or (),
                           auto_align=not no_auto_align, device=device.value,
-                          save_envelope=save_metrics is not None, progress=progress)
+                          save_envelope=save_metrics is not None, progress=progress,
+                          jobs=jobs or parallel.default_jobs())
             if bar is not None:
                 with bar:
                     report = diff_mod.diff(ck_a, ck_b, **kwargs)

@@ -315,6 +315,12 @@ class _Engine:
     def name(self) -> str:
         return "cuda:0" if self.cuda is not None else "cpu"
 
+    def workers(self, jobs: int) -> int:
+        """CPU threads for the sweep: one when a GPU does (or may take over) the numeric work."""
+        if self.cuda is not None or (self.want == "auto" and os.path.exists("/dev/nvidiactl")):
+            return 1
+        return max(int(jobs), 1)
+
     def add(self, acc, a: np.ndarray, b: np.ndarray, dtype: str) -> None:
         if (self.want == "auto" and self.cuda is None and self.seen < _AUTO_CUDA_BYTES
                 <= self.seen + a.nbytes and os.path.exists("/dev/nvidiactl")):
@@ -401,30 +407,62 @@ def _scalar(arr: np.ndarray, dtype: str) -> int | float | bool:
 
 
 def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], engine: _Engine,
-             envelope: bool, progress: Callable[[int], None] | None) -> list[dict[str, Any]]:
-    """Stream the pairs in step; return per pair the metric fields of its DiffEntry."""
+             envelope: bool, progress: Callable[[int], None] | None, jobs: int = 1
+             ) -> list[dict[str, Any]]:
+    """Stream the pairs in step; return per pair the metric fields of its DiffEntry.
+
+    With `jobs` > 1 the sweep's steps are split into contiguous runs of about equal bytes, one
+    thread each (the reads, memcmp and numpy kernels release the GIL). Every differing step gets
+    an accumulator of its own and they are merged in file order afterwards, so the report is
+    the same for any number of workers (and for any share of the pairs, which is what a
+    torch.distributed rank computes).
+    """
+    from bufinspect import parallel
     from bufinspect.formats import stream
     from bufinspect.numeric import DiffAccumulator
 
-    accs = [DiffAccumulator(r, a, envelope) for r, a in tols]
-    scalars: dict[int, tuple[Any, Any]] = {}
     readable = [i for i, (a, b) in enumerate(pairs)
                 if stream.readable(a) and stream.readable(b)]
-    for chunk in stream.paired_chunks([pairs[i] for i in readable], skip_equal=True):
-        for j, first, count, a, b in chunk.items:
+    sub = [pairs[i] for i in readable]
+    batches = stream.pair_batches(sub)
+    jobs = engine.workers(jobs)
+    runs = [r for r in stream.split_batches(sub, batches, jobs) if r] if jobs > 1 else [batches]
+    tasks = [(run, False) for run in runs] + [([], True)]  # last: the non-contiguous pairs
+
+    def sweep(task) -> list[tuple[int, int, Any, Any]]:
+        """(pair, elements, accumulator of a differing step or None, scalar values or None)."""
+        run, rest = task
+        found = []
+        for chunk in stream.paired_chunks(sub, skip_equal=True, batches=run, rest=rest):
+            for j, first, count, a, b in chunk.items:
+                ea = sub[j][0]
+                if progress is not None:
+                    progress(2 * count * dtypes.itemsize(ea.dtype))
+                if a is None:  # identical, and never kept
+                    found.append((j, count, None, None))
+                    continue
+                scalar = None
+                if ea.numel == 1 and dtypes.DTYPES[ea.dtype].kind in ("int", "uint", "bool"):
+                    scalar = (_scalar(a, ea.dtype), _scalar(b, ea.dtype))
+                if chunk.equal or stream.same_bytes(a, b):
+                    found.append((j, count, None, scalar))
+                else:
+                    part = DiffAccumulator(*tols[readable[j]], envelope)
+                    engine.add(part, a, b, ea.dtype)
+                    found.append((j, count, part, scalar))
+        return found
+
+    accs = [DiffAccumulator(r, a, envelope) for r, a in tols]
+    scalars: dict[int, tuple[Any, Any]] = {}
+    for found in parallel.map_groups(tasks, sweep, len(tasks) - 1, threads=True):
+        for j, count, part, scalar in found:
             i = readable[j]
-            dtype = pairs[i][0].dtype
-            if progress is not None:
-                progress(2 * count * dtypes.itemsize(dtype))
-            if a is None:  # identical, and never kept
-                accs[i].add_equal(count)
-                continue
-            if pairs[i][0].numel == 1 and dtypes.DTYPES[dtype].kind in ("int", "uint", "bool"):
-                scalars[i] = (_scalar(a, dtype), _scalar(b, dtype))
-            if chunk.equal or stream.same_bytes(a, b):
+            if part is None:
                 accs[i].add_equal(count)
             else:
-                engine.add(accs[i], a, b, dtype)
+                accs[i].merge(part)
+            if scalar is not None:
+                scalars[i] = scalar
     # entries with both equal and differing chunks: norms of the equal part, by a second pass
     partly = [pairs[i][1] for i in readable if accs[i].equal_elems and accs[i].diff_elems]
     if partly:
@@ -490,7 +528,7 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
          containers: Sequence[str] = (), strip_prefix: Sequence[str] = (),
          add_prefix: Sequence[str] = (), rename: Sequence[tuple[str, str] | str] = (),
          auto_align: bool = True, device: str = "cpu", save_envelope: bool = False,
-         progress: Callable[[int], None] | None = None) -> DiffReport:
+         progress: Callable[[int], None] | None = None, jobs: int = 1) -> DiffReport:
     """Compare the module state of two checkpoints.
 
     Args:
@@ -507,7 +545,9 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
         device: `cpu`, `cuda` (UsageError without a GPU) or `auto` (a GPU when one is present
             and more than 64 MiB of data differs).
         save_envelope: also keep what `rejudge_report` needs (costs time on differing chunks).
-        progress: called with the number of bytes read after each step.
+        progress: called with the number of bytes read after each step (from worker threads
+            when `jobs` > 1).
+        jobs: CPU threads for the data sweep (the report does not depend on it).
 
     Returns:
         A `DiffReport`: entries in A's key order (added keys last), with statuses and metrics.
@@ -568,7 +608,8 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
         if mb[eb.key] not in seen_b and eb.role in roles:
             results.append(DiffEntry(eb.key, eb.role, Status.ADDED, eb.shape, eb.dtype,
                                      rtol=rtol, atol=atol))
-    fields = _compare(pairs, [(r, t) for _, r, t in slots], engine, save_envelope, progress)
+    fields = _compare(pairs, [(r, t) for _, r, t in slots], engine, save_envelope, progress,
+                      jobs)
     for (pos, _, _), f in zip(slots, fields):
         results[pos] = replace(results[pos], **f)
     return DiffReport((ck_a.path, ck_b.path), scope, rtol, atol, tuple(results), tols,

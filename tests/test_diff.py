@@ -160,12 +160,12 @@ def test_metadata_changes(tmp_path, base_sd, cli_json, monkeypatch):
     b = save(b_sd, tmp_path / "b.pt")
 
     read = []
-    real = stream.paired_chunks
+    real = stream.pair_batches
 
     def spy(pairs, *args, **kwargs):
         read.extend(a.key for a, _ in pairs)
         return real(pairs, *args, **kwargs)
-    monkeypatch.setattr(stream, "paired_chunks", spy)
+    monkeypatch.setattr(stream, "pair_batches", spy)
     report = D.diff(str(a), str(b), scope="all")
     got = {e.key: e for e in report.entries}
     assert got["bn.running_var"].status is D.Status.DTYPE
