@@ -578,7 +578,7 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
         by_b.setdefault(mb[e.key], e)
     roles = _SCOPE_ROLES[scope]
     engine = _Engine(device)
-    results: list[DiffEntry | None] = []
+    results: list[dict[str, Any]] = []  # DiffEntry fields, built once at the end
     pairs: list[tuple[Entry, Entry]] = []
     slots: list[tuple[int, float, float]] = []
     seen_b: set[str] = set()
@@ -591,28 +591,30 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
             continue
         role = ea.role if ea.role is not Role.UNKNOWN or eb is None else eb.role
         r, t = tolerances_for(ea.key, rtol, atol, tols)
-        base = DiffEntry(ea.key, role, Status.EQUAL, ea.shape, ea.dtype,
-                         key_b=eb.key if eb is not None else None, rtol=r, atol=t)
+        fields = {"key": ea.key, "role": role, "status": Status.EQUAL, "shape": ea.shape,
+                  "dtype": ea.dtype, "key_b": eb.key if eb is not None else None, "rtol": r,
+                  "atol": t}
         if eb is None:
-            results.append(replace(base, status=Status.REMOVED))
+            fields["status"] = Status.REMOVED
         elif ea.shape != eb.shape:
-            results.append(replace(base, status=Status.SHAPE, shape_b=eb.shape,
-                                   dtype_b=eb.dtype if eb.dtype != ea.dtype else None))
+            fields.update(status=Status.SHAPE, shape_b=eb.shape,
+                          dtype_b=eb.dtype if eb.dtype != ea.dtype else None)
         elif ea.dtype != eb.dtype:
-            results.append(replace(base, status=Status.DTYPE, dtype_b=eb.dtype))
+            fields.update(status=Status.DTYPE, dtype_b=eb.dtype)
         else:
             slots.append((len(results), r, t))
             pairs.append((ea, eb))
-            results.append(base)
+        results.append(fields)
     for eb in ents_b:
         if mb[eb.key] not in seen_b and eb.role in roles:
-            results.append(DiffEntry(eb.key, eb.role, Status.ADDED, eb.shape, eb.dtype,
-                                     rtol=rtol, atol=atol))
-    fields = _compare(pairs, [(r, t) for _, r, t in slots], engine, save_envelope, progress,
-                      jobs)
-    for (pos, _, _), f in zip(slots, fields):
-        results[pos] = replace(results[pos], **f)
-    return DiffReport((ck_a.path, ck_b.path), scope, rtol, atol, tuple(results), tols,
+            results.append({"key": eb.key, "role": eb.role, "status": Status.ADDED,
+                            "shape": eb.shape, "dtype": eb.dtype, "rtol": rtol, "atol": atol})
+    measured = _compare(pairs, [(r, t) for _, r, t in slots], engine, save_envelope, progress,
+                        jobs)
+    for (pos, _, _), f in zip(slots, measured):
+        results[pos].update(f)
+    entries = tuple(DiffEntry(**f) for f in results)
+    return DiffReport((ck_a.path, ck_b.path), scope, rtol, atol, entries, tols,
                       (path_a, path_b), applied, engine.name)
 
 
