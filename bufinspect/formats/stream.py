@@ -155,10 +155,32 @@ def _strided(entries: list[Entry], files: _Files) -> Iterator[tuple[Entry, int, 
 
 
 def read_array(e: Entry) -> np.ndarray:
-    """One entry's elements as a new 1-D array (for small tensors: tests, integer buffers)."""
+    """One entry's elements, in the tensor's C order, as a new 1-D array (whole in memory: for
+    small tensors, and the rare pairs that cannot stream in step)."""
     out = np.empty(e.numel, np.dtype(dtypes.DTYPES[e.dtype].numpy))
-    for _, first, arr in pieces([e]):
-        out[first: first + arr.size] = arr
+    boxes = e.data.part_boxes if e.data is not None else ()
+    if not boxes:
+        for _, first, arr in pieces([e]):
+            out[first: first + arr.size] = arr
+        return out
+    parts = {}  # first element of each part -> (box, element count)
+    acc = 0
+    for (offsets, sizes), n in zip(boxes, e.data.part_numels):
+        parts[acc] = (tuple(slice(o, o + k) for o, k in zip(offsets, sizes)), n)
+        acc += n
+    whole = out.reshape(e.shape)
+    filling: dict[int, tuple[np.ndarray, int]] = {}
+    for _, first, arr in pieces([e]):  # a part may arrive in several pieces
+        base = max(k for k in parts if k <= first)
+        box, n = parts[base]
+        buf, got = filling.get(base) or (np.empty(n, out.dtype), 0)
+        buf[first - base: first - base + arr.size] = arr
+        got += arr.size
+        if got == n:
+            whole[box] = buf.reshape(whole[box].shape)
+            filling.pop(base, None)
+        else:
+            filling[base] = (buf, got)
     return out
 
 
@@ -185,54 +207,91 @@ class PairChunk:
     equal: bool  # every byte of the step is the same on both sides
 
 
-def _contiguous(e: Entry) -> bool:
-    """One plain byte range: not a strided view, not assembled from chunks (DCP)."""
-    return readable(e) and e.data.stride is None and not e.data.parts
+def _streamable(e: Entry) -> bool:
+    """Byte ranges bufinspect can stream in step: one plain range, or parts (DCP chunks); not a
+    strided view."""
+    return readable(e) and (e.data.stride is None or bool(e.data.parts))
+
+
+def _pairable(a: Entry, b: Entry) -> bool:
+    """Both sides stream in step element for element: their pieces follow the tensor's C order,
+    or both are chunked the same way (then chunk k of A meets chunk k of B)."""
+    return (_streamable(a) and _streamable(b)
+            and a.data.part_boxes == b.data.part_boxes)
+
+
+# one step's piece of a pair: (pair index, first element, slot in the step's buffers, count,
+# A's file, A's byte offset, B's file, B's byte offset)
+Piece = tuple[int, int, int, int, str, int, str, int]
+
+
+def _pair_ranges(a: Entry, b: Entry) -> list[tuple[int, int, str, int, str, int]]:
+    """(first element, count, A's file, A's offset, B's file, B's offset) runs that are
+    contiguous on both sides: the union of both sides' part boundaries."""
+    size = dtypes.itemsize(a.dtype)
+    sa, sb = _segments(a), _segments(b)
+    out = []
+    i = j = 0
+    pos = 0
+    while i < len(sa) and j < len(sb):
+        (da, fa, na), (db, fb, nb) = sa[i], sb[j]
+        end = min(fa + na, fb + nb)
+        if end > pos:
+            oa = _byte_range(da, a.dtype, na)[0] + (pos - fa) * size
+            ob = _byte_range(db, b.dtype, nb)[0] + (pos - fb) * size
+            out.append((pos, end - pos, da.file, oa, db.file, ob))
+            pos = end
+        if fa + na == end:
+            i += 1
+        if fb + nb == end:
+            j += 1
+    return out
 
 
 def pair_batches(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYTES
-                 ) -> list[list[tuple[int, int, int, int]]]:
-    """The steps of a paired sweep: batches of (pair index, first element, slot offset, count).
+                 ) -> list[list[Piece]]:
+    """The steps of a paired sweep, in A's file order: small pieces packed together into one
+    step, large ones cut into chunks of at most `chunk_bytes`.
 
-    Contiguous pairs only (see `paired_chunks` for the rest), in A's file order: small pairs are
-    packed together, large ones cut into chunks. A pair's chunking depends only on that pair, so
-    any subset of the batches (one worker's share, one rank's) yields the same pieces.
+    Pairs whose parts (DCP chunks) differ in layout are cut where either side's parts end, so
+    every piece is one plain byte range on both sides. Strided views are left out (see
+    `paired_chunks`). A pair's pieces depend only on that pair, so any subset of the steps (one
+    worker's share, one rank's) yields the same pieces.
     """
-    flat = [i for i, (a, b) in enumerate(pairs) if _contiguous(a) and _contiguous(b)]
-
-    def where(i: int) -> tuple[str, int]:
-        e = pairs[i][0]
-        return e.data.file, _byte_range(e.data, e.dtype, e.numel)[0]
-
-    batches: list[list[tuple[int, int, int, int]]] = []
-    cur: list[tuple[int, int, int, int]] = []
+    ranges = []
+    for i, (a, b) in enumerate(pairs):
+        if _pairable(a, b):
+            ranges.extend((i, *r) for r in _pair_ranges(a, b))
+    ranges.sort(key=lambda r: (r[3], r[4]))
+    batches: list[list[Piece]] = []
+    cur: list[Piece] = []
     used = 0
-    for i in sorted(flat, key=where):
-        e = pairs[i][0]
-        size = dtypes.itemsize(e.dtype)
-        nbytes = e.numel * size
+    for i, first, count, fa, oa, fb, ob in ranges:
+        size = dtypes.itemsize(pairs[i][0].dtype)
+        nbytes = count * size
         if nbytes > chunk_bytes // 4:
             per = max(chunk_bytes // size, 1)
-            for first in range(0, e.numel, per):
-                batches.append([(i, first, 0, min(per, e.numel - first))])
+            for k in range(0, count, per):
+                batches.append([(i, first + k, 0, min(per, count - k), fa, oa + k * size, fb,
+                                 ob + k * size)])
             continue
         slot = -(-used // _SLOT_ALIGN) * _SLOT_ALIGN
         if cur and (slot + nbytes > chunk_bytes or len(cur) >= _IOV_MAX // 2):
             batches.append(cur)
             cur, slot = [], 0
-        cur.append((i, 0, slot, e.numel))
+        cur.append((i, first, slot, count, fa, oa, fb, ob))
         used = slot + nbytes
     if cur:
         batches.append(cur)
     return batches
 
 
-def split_batches(pairs: list[tuple[Entry, Entry]], batches: list[list[tuple[int, int, int, int]]],
-                  groups: int) -> list[list[list[tuple[int, int, int, int]]]]:
+def split_batches(pairs: list[tuple[Entry, Entry]], batches: list[list[Piece]],
+                  groups: int) -> list[list[list[Piece]]]:
     """`groups` contiguous runs of `batches` (file order) of about equal bytes, one per worker."""
-    sizes = [sum(n * dtypes.itemsize(pairs[i][0].dtype) for i, _, _, n in b) for b in batches]
+    sizes = [sum(p[3] * dtypes.itemsize(pairs[p[0]][0].dtype) for p in b) for b in batches]
     total = sum(sizes) or 1
-    out: list[list[list[tuple[int, int, int, int]]]] = [[] for _ in range(max(groups, 1))]
+    out: list[list[list[Piece]]] = [[] for _ in range(max(groups, 1))]
     done = 0
     for b, n in zip(batches, sizes):
         out[min(int((done + n / 2) * len(out) / total), len(out) - 1)].append(b)
@@ -322,15 +381,16 @@ def _pread(fd: int, view: memoryview, pos: int, file: str) -> None:
 
 def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYTES, *,
                   skip_equal: bool = False,
-                  batches: list[list[tuple[int, int, int, int]]] | None = None,
+                  batches: list[list[Piece]] | None = None,
                   rest: bool = True) -> Iterator[PairChunk]:
     """Stream pairs of entries with the same dtype and element count in step, chunk by chunk.
 
     Each step (both sides) is read into two reusable page-aligned buffers and compared with
     memcmp: `PairChunk.equal` says whether the whole step is byte-identical, so the caller only
     looks closer at steps that differ. Runs of nearby tensors are read with one `preadv` each.
-    Non-contiguous tensors (rare) are read whole, one pair at a time, at the end. Peak memory is
-    about `2 * chunk_bytes` whatever the checkpoints' sizes.
+    Tensors stored in parts (DCP chunks) stream like any other, cut where either side's parts
+    end. Strided views (rare: a saved view of a larger storage) are read whole, one pair at a
+    time, at the end. Peak memory is about `2 * chunk_bytes` whatever the checkpoints' sizes.
 
     With `skip_equal`, a step that is one piece of a large tensor is first read and compared in
     1 MiB sub-blocks through two small buffers that stay in the CPU's caches; when every
@@ -339,7 +399,7 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
     1.3-1.8x what `cat` costs here, instead of ~2.5x when filling the big buffers.
 
     `batches` (from `pair_batches`, default: all of them) lets several workers share one sweep,
-    each with its own buffers; `rest=False` leaves out the non-contiguous pairs.
+    each with its own buffers; `rest=False` leaves out the strided pairs.
 
     Reads of large pieces start at a 64-byte aligned file offset (the views start a few bytes
     into the buffer). No reader thread: the caller has nothing to do for identical steps, and on
@@ -358,14 +418,10 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
             files.fds[file] = os.open(file, os.O_RDONLY)
         return files.fds[file]
 
-    def spans(batch, side):
-        out = []
-        for i, first, slot, count in batch:
-            e = pairs[i][side]
-            start, _ = _byte_range(e.data, e.dtype, e.numel)
-            size = dtypes.itemsize(e.dtype)
-            out.append((e.data.file, start + first * size, slot, count * size))
-        return out
+    def spans(batch: list[Piece], side: int) -> list[tuple[str, int, int, int]]:
+        """(file, byte offset, slot, nbytes) of each piece on one side."""
+        return [(p[4 + 2 * side], p[5 + 2 * side], p[2], p[3] * dtypes.itemsize(pairs[p[0]][0].dtype))
+                for p in batch]
 
     def same_in_cache(sa, sb) -> bool:
         (fa, pa, _, n), (fb, pb, _, _) = sa, sb
@@ -406,7 +462,7 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
         for side, buf in ((0, ba), (1, bb)):
             _read_side(files, spans(batch, side), buf, scratch)
             prev = 0
-            for i, _, slot, count in batch:  # zero the padding: whole-step compares stay exact
+            for i, _, slot, count, *_ in batch:  # zero the padding: compares stay exact
                 if slot > prev:
                     buf[prev:slot] = bytes(slot - prev)
                 prev = slot + count * dtypes.itemsize(pairs[i][0].dtype)
@@ -419,7 +475,7 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
             ba, bb = bufs
             items = []
             end = 0
-            for i, first, slot, count in batch:
+            for i, first, slot, count, *_ in batch:
                 a, b = pairs[i]
                 dt = np.dtype(dtypes.DTYPES[a.dtype].numpy)
                 if equal is None:
@@ -435,7 +491,7 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
                                 np.frombuffer(bb, np.uint8, end, db), items, equal)
             del items
         for idx, (a, b) in enumerate(pairs):
-            if rest and readable(a) and readable(b) and not (_contiguous(a) and _contiguous(b)):
+            if rest and readable(a) and readable(b) and not _pairable(a, b):
                 va, vb = read_array(a), read_array(b)
                 yield PairChunk(va.view(np.uint8), vb.view(np.uint8),
                                 [(idx, 0, va.size, va, vb)], same_bytes(va, vb))
