@@ -17,8 +17,6 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
-
 from bufinspect import dtypes
 from bufinspect.errors import InputError, UsageError
 from bufinspect.model import SCHEMA, Checkpoint, ContainerKind, Entry, Role
@@ -342,6 +340,8 @@ def _cuda_kernel():
         return None
     if not torch.cuda.is_available():
         return None
+    import numpy as np
+
     from bufinspect.numeric import as_float
 
     dev = torch.device("cuda:0")
@@ -387,6 +387,8 @@ def _cuda_kernel():
 
 def _bb(entries: list[Entry]) -> dict[int, float]:
     """Sum of squares of whole entries (second pass, for entries that are partly equal)."""
+    import numpy as np
+
     from bufinspect.formats import stream
     from bufinspect.numeric import widen64
 
@@ -398,14 +400,6 @@ def _bb(entries: list[Entry]) -> dict[int, float]:
     return out
 
 
-def _scalar(arr: np.ndarray, dtype: str) -> int | float | bool:
-    kind = dtypes.DTYPES[dtype].kind
-    v = arr[0].item()
-    if kind == "bool":
-        return bool(v)
-    return int(v) if kind in ("int", "uint") else v
-
-
 def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], engine: _Engine,
              envelope: bool, progress: Callable[[int], None] | None, jobs: int = 1
              ) -> list[dict[str, Any]]:
@@ -415,22 +409,24 @@ def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], 
     thread each (the reads, memcmp and numpy kernels release the GIL). Every differing step gets
     an accumulator of its own and they are merged in file order afterwards, so the report is
     the same for any number of workers (and for any share of the pairs, which is what a
-    torch.distributed rank computes).
+    torch.distributed rank computes). Identical data never imports numpy.
     """
     from bufinspect import parallel
     from bufinspect.formats import stream
-    from bufinspect.numeric import DiffAccumulator
 
     readable = [i for i, (a, b) in enumerate(pairs)
                 if stream.readable(a) and stream.readable(b)]
     sub = [pairs[i] for i in readable]
+    scalars = {i: (stream.read_scalar(pairs[i][0]), stream.read_scalar(pairs[i][1]))
+               for i in readable if pairs[i][0].numel == 1
+               and dtypes.DTYPES[pairs[i][0].dtype].kind in ("int", "uint", "bool")}
     batches = stream.pair_batches(sub)
     jobs = engine.workers(jobs)
     runs = [r for r in stream.split_batches(sub, batches, jobs) if r] if jobs > 1 else [batches]
-    tasks = [(run, False) for run in runs] + [([], True)]  # last: the non-contiguous pairs
+    tasks = [(run, False) for run in runs] + [([], True)]  # last: pairs read whole
 
-    def sweep(task) -> list[tuple[int, int, Any, Any]]:
-        """(pair, elements, accumulator of a differing step or None, scalar values or None)."""
+    def sweep(task) -> list[tuple[int, int, Any]]:
+        """(pair, elements, accumulator of a differing piece or None when identical)."""
         run, rest = task
         found = []
         for chunk in stream.paired_chunks(sub, skip_equal=True, batches=run, rest=rest):
@@ -438,38 +434,40 @@ def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], 
                 ea = sub[j][0]
                 if progress is not None:
                     progress(2 * count * dtypes.itemsize(ea.dtype))
-                if a is None:  # identical, and never kept
-                    found.append((j, count, None, None))
+                if a is None or stream.same_bytes(a, b):
+                    found.append((j, count, None))
                     continue
-                scalar = None
-                if ea.numel == 1 and dtypes.DTYPES[ea.dtype].kind in ("int", "uint", "bool"):
-                    scalar = (_scalar(a, ea.dtype), _scalar(b, ea.dtype))
-                if chunk.equal or stream.same_bytes(a, b):
-                    found.append((j, count, None, scalar))
-                else:
-                    part = DiffAccumulator(*tols[readable[j]], envelope)
-                    engine.add(part, a, b, ea.dtype)
-                    found.append((j, count, part, scalar))
+                from bufinspect.numeric import DiffAccumulator
+
+                part = DiffAccumulator(*tols[readable[j]], envelope)
+                engine.add(part, a, b, ea.dtype)
+                found.append((j, count, part))
         return found
 
-    accs = [DiffAccumulator(r, a, envelope) for r, a in tols]
-    scalars: dict[int, tuple[Any, Any]] = {}
+    equal: dict[int, int] = {}
+    parts: dict[int, list[Any]] = {}
     for found in parallel.map_groups(tasks, sweep, len(tasks) - 1, threads=True):
-        for j, count, part, scalar in found:
+        for j, count, part in found:
             i = readable[j]
             if part is None:
-                accs[i].add_equal(count)
+                equal[i] = equal.get(i, 0) + count
             else:
-                accs[i].merge(part)
-            if scalar is not None:
-                scalars[i] = scalar
+                parts.setdefault(i, []).append(part)
+    accs = {}
+    if parts:  # numpy is loaded by now
+        from bufinspect.numeric import DiffAccumulator
+
+        for i, found in parts.items():
+            acc = accs[i] = DiffAccumulator(*tols[i], envelope)
+            acc.add_equal(equal.get(i, 0))
+            for part in found:
+                acc.merge(part)
     # entries with both equal and differing chunks: norms of the equal part, by a second pass
-    partly = [pairs[i][1] for i in readable if accs[i].equal_elems and accs[i].diff_elems]
+    partly = [pairs[i][1] for i, acc in accs.items() if acc.equal_elems]
     if partly:
         whole = _bb(partly)
-        for i in readable:
-            acc = accs[i]
-            if acc.equal_elems and acc.diff_elems:
+        for i, acc in accs.items():
+            if acc.equal_elems:
                 eq = max(whole[id(pairs[i][1])] - acc.bb, 0.0)
                 acc.aa += eq
                 acc.ab += eq
@@ -477,7 +475,6 @@ def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], 
     out = []
     readable_set = set(readable)
     for i, (ea, eb) in enumerate(pairs):
-        acc = accs[i]
         if i not in readable_set:
             if ea.numel == 0:
                 out.append({"status": Status.EQUAL, "numel": 0, "max_abs": 0.0, "max_rel": 0.0,
@@ -488,11 +485,18 @@ def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], 
                             "note": "data not readable (meta tensor or packed/quantized dtype); "
                                     "not compared"})
             continue
-        fields = metrics(acc, ea.numel)
+        fields = metrics(accs[i], ea.numel) if i in accs else _identical(ea.numel, envelope)
         if i in scalars:
             fields["old"], fields["new"] = scalars[i]
         out.append(fields)
     return out
+
+
+def _identical(numel: int, envelope: bool) -> dict[str, Any]:
+    """What `metrics` gives for byte-identical data (without making an accumulator)."""
+    return {"status": Status.EQUAL, "numel": numel, "max_abs": 0.0, "max_rel": 0.0,
+            "mean_abs": 0.0, "mismatched": 0, "nonfinite": 0, "rel_l2": 0.0, "cosine": 1.0,
+            "envelope": () if envelope else None}
 
 
 def metrics(acc, numel: int) -> dict[str, Any]:

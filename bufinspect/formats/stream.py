@@ -15,11 +15,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-import numpy as np
-
 from bufinspect import dtypes
 from bufinspect.errors import InputError
 from bufinspect.model import Entry, TensorData
+
+class _LazyNumpy:
+    """numpy, imported on first use: a diff of identical bytes never needs it (~0.1 s), and a
+    diff that does can import it while the sweep's threads read."""
+
+    def __getattr__(self, name: str):
+        import numpy
+
+        globals()["np"] = numpy
+        return getattr(numpy, name)
+
+
+np = _LazyNumpy()
 
 CHUNK_BYTES = 4 << 20
 _GAP = 64 << 10  # read through gaps up to this size rather than issuing another read
@@ -152,6 +163,25 @@ def _strided(entries: list[Entry], files: _Files) -> Iterator[tuple[Entry, int, 
             base, e.shape, tuple(s * dt.itemsize for s in e.data.stride))
         yield e, 0, np.ascontiguousarray(view).reshape(-1)
         del base, view
+
+
+def read_scalar(e: Entry) -> int | bool:
+    """The value of a one-element integer or bool tensor (e.g. `num_batches_tracked`), read
+    with one pread and no numpy."""
+    kind = dtypes.DTYPES[e.dtype].kind
+    assert e.numel == 1 and kind in ("int", "uint", "bool") and e.data is not None
+    data, _, _ = _segments(e)[0] if e.data.parts else (e.data, 0, 1)
+    start, size = _byte_range(data, e.dtype, 1)
+    fd = os.open(data.file, os.O_RDONLY)
+    try:
+        raw = os.pread(fd, size, start)
+    finally:
+        os.close(fd)
+    if len(raw) != size:
+        raise InputError("file ends inside tensor data (truncated or changed while reading?)",
+                         data.file)
+    value = int.from_bytes(raw, "little", signed=kind == "int")
+    return bool(value) if kind == "bool" else value
 
 
 def read_array(e: Entry) -> np.ndarray:
@@ -347,13 +377,9 @@ _ALIGN = 64
 _memcmp = None
 
 
-def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when two arrays hold the same bytes: libc memcmp without the GIL and without a
-    temporary (numpy's array_equal builds a bool array per call, whose page faults cost more
-    than the compare)."""
+def _libc_memcmp():
+    """libc's memcmp through ctypes (called without the GIL), or False where there is none."""
     global _memcmp
-    if a.nbytes != b.nbytes:
-        return False
     if _memcmp is None:
         try:
             import ctypes
@@ -364,8 +390,48 @@ def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
             _memcmp = fn
         except (OSError, AttributeError):  # no libc to call: numpy it is
             _memcmp = False
-    if _memcmp and a.flags.c_contiguous and b.flags.c_contiguous:
-        return _memcmp(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
+    return _memcmp
+
+
+class _Buffer:
+    """A page-aligned anonymous buffer and its address, for memcmp without numpy."""
+
+    def __init__(self, size: int) -> None:
+        self.map = mmap.mmap(-1, size)
+        self._pin = None
+        self.addr = 0
+        if _libc_memcmp():
+            import ctypes
+
+            self._pin = ctypes.c_char.from_buffer(self.map)
+            self.addr = ctypes.addressof(self._pin)
+
+    def close(self) -> None:
+        self._pin = None
+        try:
+            self.map.close()
+        except BufferError:  # a consumer still holds a view; the GC frees it later
+            pass
+
+
+def _same(a: _Buffer, a_off: int, b: _Buffer, b_off: int, n: int) -> bool:
+    """n bytes at a_off in a equal n bytes at b_off in b."""
+    fn = _libc_memcmp()
+    if fn:
+        return fn(a.addr + a_off, b.addr + b_off, n) == 0
+    return same_bytes(np.frombuffer(a.map, np.uint8, n, a_off),
+                      np.frombuffer(b.map, np.uint8, n, b_off))
+
+
+def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two arrays hold the same bytes: libc memcmp without the GIL and without a
+    temporary (numpy's array_equal builds a bool array per call, whose page faults cost more
+    than the compare)."""
+    if a.nbytes != b.nbytes:
+        return False
+    fn = _libc_memcmp()
+    if fn and a.flags.c_contiguous and b.flags.c_contiguous:
+        return fn(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
     return bool(np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)))
 
 
@@ -392,10 +458,10 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
     end. Strided views (rare: a saved view of a larger storage) are read whole, one pair at a
     time, at the end. Peak memory is about `2 * chunk_bytes` whatever the checkpoints' sizes.
 
-    With `skip_equal`, a step that is one piece of a large tensor is first read and compared in
-    1 MiB sub-blocks through two small buffers that stay in the CPU's caches; when every
-    sub-block matches, the step is yielded with `equal=True` and `None` for its arrays (the
-    bytes were never kept), otherwise it is read again whole. Identical data then costs
+    With `skip_equal`, identical steps come with `equal=True` and `None` for the raw views and
+    the arrays, and cost no numpy (the compare is libc memcmp on the buffers' addresses); a step
+    that is one piece of a large tensor is first read and compared in 1 MiB sub-blocks through
+    two small buffers that stay in the CPU's caches, and read again whole only if they differ. Identical data then costs
     1.3-1.8x what `cat` costs here, instead of ~2.5x when filling the big buffers.
 
     `batches` (from `pair_batches`, default: all of them) lets several workers share one sweep,
@@ -409,8 +475,8 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
     if batches is None:
         batches = pair_batches(pairs, chunk_bytes)
     files = _Files()
-    bufs = [mmap.mmap(-1, chunk_bytes + _ALIGN) for _ in range(2)]
-    hot = [mmap.mmap(-1, _SUB + _ALIGN) for _ in range(2)]
+    bufs = [_Buffer(chunk_bytes + _ALIGN) for _ in range(2)]
+    hot = [_Buffer(_SUB + _ALIGN) for _ in range(2)]
     scratch = mmap.mmap(-1, _GAP)  # gap bytes land here; nobody reads them
 
     def fd(file: str) -> int:
@@ -420,75 +486,66 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
 
     def spans(batch: list[Piece], side: int) -> list[tuple[str, int, int, int]]:
         """(file, byte offset, slot, nbytes) of each piece on one side."""
-        return [(p[4 + 2 * side], p[5 + 2 * side], p[2], p[3] * dtypes.itemsize(pairs[p[0]][0].dtype))
-                for p in batch]
+        return [(p[4 + 2 * side], p[5 + 2 * side], p[2],
+                 p[3] * dtypes.itemsize(pairs[p[0]][0].dtype)) for p in batch]
 
     def same_in_cache(sa, sb) -> bool:
         (fa, pa, _, n), (fb, pb, _, _) = sa, sb
         da, db = pa % _ALIGN, pb % _ALIGN
-        ha, hb = memoryview(hot[0]), memoryview(hot[1])
-        va, vb = np.frombuffer(hot[0], np.uint8), np.frombuffer(hot[1], np.uint8)
+        ha, hb = memoryview(hot[0].map), memoryview(hot[1].map)
         try:
             for off in range(0, n, _SUB):
                 m = min(_SUB, n - off)
                 _pread(fd(fa), ha[: da + m], pa + off - da, fa)
                 _pread(fd(fb), hb[: db + m], pb + off - db, fb)
-                if not same_bytes(va[da: da + m], vb[db: db + m]):
+                if not _same(hot[0], da, hot[1], db, m):
                     return False
             return True
         finally:
             ha.release()
             hb.release()
 
-    def load(batch) -> tuple[bool | None, int, int]:
-        """Fill the big buffers with the step: (equal, where A's bytes start, where B's start);
-        equal is None when the step was skipped as identical."""
+    def load(batch) -> tuple[bool | None, int, int, int]:
+        """Fill the big buffers with the step: (equal, where A's bytes start, where B's start,
+        bytes used); equal is None when the step was skipped as identical."""
         ba, bb = bufs
         if len(batch) == 1:  # one piece of one tensor
             sa, sb = spans(batch, 0)[0], spans(batch, 1)[0]
             if skip_equal and same_in_cache(sa, sb):
-                return None, 0, 0
+                return None, 0, 0, 0
             n = sa[3]
             da, db = sa[1] % _ALIGN, sb[1] % _ALIGN
-            ma, mb = memoryview(ba), memoryview(bb)
+            ma, mb = memoryview(ba.map), memoryview(bb.map)
             try:
                 _pread(fd(sa[0]), ma[: da + n], sa[1] - da, sa[0])
                 _pread(fd(sb[0]), mb[: db + n], sb[1] - db, sb[0])
             finally:
                 ma.release()
                 mb.release()
-            return same_bytes(np.frombuffer(ba, np.uint8, n, da),
-                              np.frombuffer(bb, np.uint8, n, db)), da, db
+            return _same(ba, da, bb, db, n), da, db, n
         for side, buf in ((0, ba), (1, bb)):
-            _read_side(files, spans(batch, side), buf, scratch)
+            _read_side(files, spans(batch, side), buf.map, scratch)
             prev = 0
             for i, _, slot, count, *_ in batch:  # zero the padding: compares stay exact
                 if slot > prev:
-                    buf[prev:slot] = bytes(slot - prev)
+                    buf.map[prev:slot] = bytes(slot - prev)
                 prev = slot + count * dtypes.itemsize(pairs[i][0].dtype)
-        return same_bytes(np.frombuffer(ba, np.uint8, prev),
-                          np.frombuffer(bb, np.uint8, prev)), 0, 0
+        return _same(ba, 0, bb, 0, prev), 0, 0, prev
 
     try:
         for batch in batches:
-            equal, da, db = load(batch)
-            ba, bb = bufs
+            equal, da, db, end = load(batch)
+            if equal is None or (equal and skip_equal):  # nothing kept: numpy not needed
+                yield PairChunk(None, None, [(p[0], p[1], p[3], None, None) for p in batch], True)
+                continue
+            ba, bb = bufs[0].map, bufs[1].map
             items = []
-            end = 0
             for i, first, slot, count, *_ in batch:
-                a, b = pairs[i]
-                dt = np.dtype(dtypes.DTYPES[a.dtype].numpy)
-                if equal is None:
-                    items.append((i, first, count, None, None))
-                else:
-                    items.append((i, first, count, np.frombuffer(ba, dt, count, slot + da),
-                                  np.frombuffer(bb, dt, count, slot + db)))
-                end = slot + count * dt.itemsize
-            if equal is None:
-                yield PairChunk(None, None, items, True)
-            else:
-                yield PairChunk(np.frombuffer(ba, np.uint8, end, da),
-                                np.frombuffer(bb, np.uint8, end, db), items, equal)
+                dt = np.dtype(dtypes.DTYPES[pairs[i][0].dtype].numpy)
+                items.append((i, first, count, np.frombuffer(ba, dt, count, slot + da),
+                              np.frombuffer(bb, dt, count, slot + db)))
+            yield PairChunk(np.frombuffer(ba, np.uint8, end, da),
+                            np.frombuffer(bb, np.uint8, end, db), items, equal)
             del items
         for idx, (a, b) in enumerate(pairs):
             if rest and readable(a) and readable(b) and not _pairable(a, b):
@@ -499,7 +556,4 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
         files.close()
         scratch.close()
         for buf in bufs + hot:
-            try:
-                buf.close()
-            except BufferError:  # a consumer still holds a view; the GC frees it later
-                pass
+            buf.close()
