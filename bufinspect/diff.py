@@ -15,11 +15,14 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from bufinspect import dtypes
 from bufinspect.errors import InputError, UsageError
 from bufinspect.model import SCHEMA, Checkpoint, ContainerKind, Entry, Role
+
+if TYPE_CHECKING:
+    import numpy as np
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _AUTO_CUDA_BYTES = 64 << 20  # --device auto moves to the GPU after this many differing bytes
@@ -446,7 +449,8 @@ def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], 
 
     equal: dict[int, int] = {}
     parts: dict[int, list[Any]] = {}
-    for found in parallel.map_groups(tasks, sweep, len(tasks) - 1, threads=True):
+    for found in _with_short_gil_slices(lambda: parallel.map_groups(tasks, sweep, len(tasks) - 1,
+                                                                    threads=True)):
         for j, count, part in found:
             i = readable[j]
             if part is None:
@@ -490,6 +494,20 @@ def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], 
             fields["old"], fields["new"] = scalars[i]
         out.append(fields)
     return out
+
+
+def _with_short_gil_slices(run: Callable[[], Any]) -> Any:
+    """Run with a 0.2 ms GIL switch interval instead of 5 ms. A sweep thread holds the GIL only
+    for a few microseconds between reads, but when another thread runs Python for long (numpy's
+    import on the first differing step) each of those waits would last a whole interval."""
+    import sys
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(min(old, 2e-4))
+    try:
+        return run()
+    finally:
+        sys.setswitchinterval(old)
 
 
 def _identical(numel: int, envelope: bool) -> dict[str, Any]:
