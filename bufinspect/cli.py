@@ -166,10 +166,9 @@ def show(
             if report is None:  # not rank 0: rank 0 prints the one report
                 return
         else:
-            entries = listing.select(ck, **select)
             bar, progress = (None, None)
             if stats:
-                bar, progress = progress_for(sum(e.nbytes for e in entries))
+                bar, progress = progress_for(sum(e.nbytes for e in listing.select(ck, **select)))
             if bar is not None:
                 with bar:
                     report = listing.show(ck, **select, stats=stats, progress=progress,
