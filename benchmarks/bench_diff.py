@@ -5,13 +5,15 @@ linear weights, BatchNorm buffers - where B is A after a few perturbed BN buffer
 weights, in .pt and .safetensors, under benchmarks/_work/ (git-ignored). Then prints, per format,
 the median of 3 warm-cache runs of:
 
-  - `bufinspect diff A B --all` (subprocess: wall time and peak RSS of the whole process)
+  - `bufinspect diff A B --all` (subprocess: wall time and peak RSS of the whole process), with
+    the default workers (one thread per core) and with `--jobs 1`
   - the naive script: torch.load both, torch.allclose per key
   - `cat A B > /dev/null`
   - `bufinspect --version` (start-up)
 
 and the ratios against the targets: >= 15x faster than naive, peak RSS <= 256 MB,
-(diff - start-up) <= 1.5x cat.
+(diff - start-up) <= 1.5x cat. bufinspect's modules are byte-compiled first (this machine sets
+PYTHONDONTWRITEBYTECODE=1; see `_measure.warm_bytecode`).
 
     python benchmarks/bench_diff.py [--size-gb 1.0] [--keep]
 """
@@ -60,7 +62,7 @@ import bufinspect
 from bufinspect import diff
 ca, cb = bufinspect.load(sys.argv[1]), bufinspect.load(sys.argv[2])
 t2 = time.perf_counter()
-diff.diff(ca, cb, scope="all", device="cpu")
+diff.diff(ca, cb, scope="all", device="cpu", jobs=int(sys.argv[3]))
 t3 = time.perf_counter()
 print(f"{t1 - t0:.3f} {t2 - t1:.3f} {t3 - t2:.3f}")
 """
@@ -174,6 +176,11 @@ def main() -> None:
     pairs = generate(args.size_gb)
     env_py = [sys.executable, "-m", "bufinspect"]
     os.chdir(ROOT)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _measure import warm_bytecode
+
+    warm_bytecode()
+    cores = len(os.sched_getaffinity(0))
     print(f"# bench_diff: {args.size_gb:g} GB per checkpoint, median of {args.runs}, warm cache, "
           f"{os.cpu_count()} CPUs")
     start, start_rss, _ = median_of(args.runs, [*env_py, "--version"])
@@ -184,11 +191,16 @@ def main() -> None:
         cat = wall(f"cat {a} {b} > /dev/null", args.runs)
         d, d_rss, rc = median_of(args.runs, [*env_py, "diff", str(a), str(b), "--all"])
         assert rc == 1, f"bufinspect diff exit {rc}, expected 1 (differences)"
+        d1, d1_rss, _ = median_of(args.runs, [*env_py, "diff", str(a), str(b), "--all",
+                                              "--jobs", "1"])
         script = NAIVE if fmt == "pt" else NAIVE_ST
         n, n_rss, _ = median_of(args.runs, [sys.executable, "-c", script, str(a), str(b)])
         print(f"\n## {fmt} pair, {size / 1e9:.2f} GB")
         print(f"cat a b > /dev/null      : {cat:6.2f} s  ({size / cat / 1e9:.1f} GB/s)")
-        print(f"bufinspect diff --all    : {d:6.2f} s  peak RSS {d_rss / 1024:6.0f} MB")
+        print(f"bufinspect diff --all    : {d:6.2f} s  peak RSS {d_rss / 1024:6.0f} MB  "
+              f"({cores} threads, the default)")
+        print(f"  ... --jobs 1           : {d1:6.2f} s  peak RSS {d1_rss / 1024:6.0f} MB  "
+              f"(--jobs {cores} is {d1 / d:.2f}x faster)")
         print(f"naive torch.load+allclose: {n:6.2f} s  peak RSS {n_rss / 1024:6.0f} MB")
         speed = n / d
         beyond = (d - start) / cat
@@ -199,14 +211,14 @@ def main() -> None:
               f"{n_rss / d_rss:.0f}x more")
         print(f"(diff - start-up) / cat  : {beyond:5.2f}x  (target <= 1.5x: "
               f"{'met' if beyond <= 1.5 else 'MISSED'})")
-        phases = [subprocess.run([sys.executable, "-c", PHASES, str(a), str(b)], check=True,
-                                 capture_output=True, text=True).stdout.split()
+        phases = [subprocess.run([sys.executable, "-c", PHASES, str(a), str(b), str(cores)],
+                                 check=True, capture_output=True, text=True).stdout.split()
                   for _ in range(args.runs)]
         imp, meta, sweep = (statistics.median(float(p[i]) for p in phases) for i in range(3))
         cat2 = wall(f"cat {a} {b} > /dev/null", args.runs)
         print(f"in-process phases        : import numpy {imp:.2f} s, read metadata of both "
-              f"{meta:.2f} s, data sweep {sweep:.2f} s = {sweep / cat2:.2f}x cat ({cat2:.2f} s, "
-              "measured right after)")
+              f"{meta:.2f} s, data sweep ({cores} threads) {sweep:.2f} s = {sweep / cat2:.2f}x cat "
+              f"({cat2:.2f} s, measured right after)")
     if not args.keep:
         for pair in pairs.values():
             for p in pair:

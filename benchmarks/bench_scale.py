@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from _measure import WORK, bufinspect, env, fmt_s, machine, measure, write_section
+from _measure import (WORK, bufinspect, env, fmt_s, machine, measure, warm_bytecode,
+                      write_section)
 
 QUICK = "--quick" in sys.argv
 REPEATS = 3
@@ -50,9 +51,19 @@ for p in sys.argv[1:]:
 """
 
 NAIVE_DIFF = r"""
-import sys, torch
-a = torch.load(sys.argv[1], weights_only=True)
-b = torch.load(sys.argv[2], weights_only=True)
+import os, sys, torch
+from safetensors.torch import load_file
+
+def load(p):
+    if not os.path.isdir(p):
+        return torch.load(p, weights_only=True)
+    sd = {}
+    for f in sorted(os.listdir(p)):
+        if f.endswith(".safetensors"):
+            sd.update(load_file(os.path.join(p, f)))
+    return sd
+
+a, b = load(sys.argv[1]), load(sys.argv[2])
 for k in a:
     if not torch.equal(a[k], b[k]):
         print(k, (a[k].double() - b[k].double()).abs().max().item())
@@ -120,6 +131,15 @@ def _gen(kind: str, out: str, size: int) -> None:
         total = sum(t.numel() * 2 for s in shards for t in s.values())
         (folder / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+        # "after": a fine-tuning step changed a few matrices of the first shard
+        after = out_p / f"llm-{size >> 30}g-after"
+        shutil.copytree(folder, after)
+        first = shards[0]
+        for k in list(first)[1:4]:
+            first[k] = first[k] + (torch.randn(first[k].shape, generator=g) * 1e-3).to(
+                torch.bfloat16)
+        save_file(first, str(after / f"model-00001-of-{len(shards):05d}.safetensors"),
+                  metadata={"format": "pt"})
     elif kind == "many":
         sd = {f"blocks.{i // 5}.p{i % 5}": torch.randn(16, generator=g) for i in range(50_000)}
         torch.save(sd, out_p / "many.pt")
@@ -190,11 +210,24 @@ def bench_case(t: Table, case: str, path: Path, *, naive: bool, other: Path | No
         t.add(case, f"`show --stats --jobs {jobs}` ({pool} pool)", size, wall, rss, cat_wall)
         out[f"stats{jobs}{pool}"] = wall
     if diff and other is not None:
-        wall, rss = measure(bufinspect("diff", path, other, "--format", "json"), repeats=reps)
-        t.add(case, "`bufinspect diff`", size + nbytes(other), wall, rss, None)
+        both = ["cat", *files, *data_files(other)]
+        measure(both, repeats=1)
+        cat2, cat2_rss = measure(both, repeats=reps)
+        t.add(case, "`cat` A and B (warm cache)", size + nbytes(other), cat2, cat2_rss, None)
+        for jobs in ("1", "2"):
+            wall, rss = measure(bufinspect("diff", path, other, "--all", "--format", "json",
+                                           "--jobs", jobs), repeats=reps)
+            t.add(case, f"`bufinspect diff --all --jobs {jobs}`", size + nbytes(other), wall, rss,
+                  cat2)
+            out[f"diff{jobs}"] = wall
+        out["cat2"] = cat2
     if check:
-        wall, rss = measure(bufinspect("check", path, "--format", "json"), repeats=reps)
-        t.add(case, "`bufinspect check`", 0, wall, rss, None)
+        for jobs in ("1", "2"):
+            wall, rss = measure(bufinspect("check", path, "--format", "json", "--jobs", jobs),
+                                repeats=reps)
+            t.add(case, f"`bufinspect check --jobs {jobs}`", size, wall, rss, cat_wall,
+                  "reads every float tensor")
+            out[f"check{jobs}"] = wall
     if naive:
         wall, rss = measure([sys.executable, "-c", NAIVE_SHOW, *files], repeats=1)
         t.add(case, "naive listing: `torch.load` / `load_file`", 0, wall, rss, None, "1 run")
@@ -202,7 +235,7 @@ def bench_case(t: Table, case: str, path: Path, *, naive: bool, other: Path | No
             wall, rss = measure([sys.executable, "-c", NAIVE_STATS, *files], repeats=1)
             t.add(case, "naive stats: load + whole-tensor ops", size, wall, rss, cat_wall,
                   "1 run")
-        if other is not None:
+        if other is not None and size <= (2 << 30):
             wall, rss = measure([sys.executable, "-c", NAIVE_DIFF, str(path), str(other)],
                                 repeats=1)
             t.add(case, "naive diff: 2x `torch.load` + `torch.equal`", size + nbytes(other),
@@ -215,6 +248,7 @@ def main() -> int:
         shutil.rmtree(WORK)
     WORK.mkdir()
     started = time.perf_counter()
+    warm_bytecode()
     t = Table()
     diff, check = has_command("diff"), has_command("check")
     print(machine())
@@ -235,9 +269,11 @@ def main() -> int:
         for gib in ((1,) if QUICK else (1, 4)):
             generate("llm", gib << 30)
             case = f"llm {gib} GB sharded"
-            found[case] = bench_case(t, case, WORK / f"llm-{gib}g", naive=True, other=None,
-                                     diff=False, check=check, jobs_compare=True)
+            found[case] = bench_case(t, case, WORK / f"llm-{gib}g", naive=True,
+                                     other=WORK / f"llm-{gib}g-after", diff=diff, check=check,
+                                     jobs_compare=True)
             shutil.rmtree(WORK / f"llm-{gib}g")
+            shutil.rmtree(WORK / f"llm-{gib}g-after")
     finally:
         shutil.rmtree(WORK, ignore_errors=True)
     elapsed = time.perf_counter() - started
@@ -252,7 +288,9 @@ def write_results(t: Table, found: dict, elapsed: float, diff: bool, check: bool
              "Whole processes, warm page cache; wall is the median of 3 runs (5 for "
              "listing, 1 for the naive runs and for data passes over 2 GB); peak RSS is the "
              "child's own `ru_maxrss` from `os.wait4`. GB/s is bytes read / wall; `vs cat` is "
-             "wall / wall of `cat` over the same files.", "",
+             "wall / wall of `cat` over the same files (for diff: both checkpoints). "
+             "bufinspect's modules are byte-compiled first (`_measure.warm_bytecode`: this "
+             "machine sets PYTHONDONTWRITEBYTECODE=1).", "",
              "### Machine", "", machine(),
              f"Total benchmark time {elapsed:.0f} s. `diff`: "
              f"{'measured' if diff else 'not in this CLI yet (skipped)'}; `check`: "
@@ -269,10 +307,21 @@ def write_results(t: Table, found: dict, elapsed: float, diff: bool, check: bool
             parts.append(text)
         elif "stats2thread" in f:
             parts.append(f"stats --jobs 2 {f['stats2thread'] / f['cat']:.2f}x cat")
+        if "diff1" in f:
+            parts.append(f"diff --jobs 1 {f['diff1'] / f['cat2']:.2f}x cat, --jobs 2 "
+                         f"{f['diff2'] / f['cat2']:.2f}x cat (speed-up "
+                         f"{f['diff1'] / f['diff2']:.2f}x)")
+        if "check1" in f:
+            parts.append(f"check --jobs 1 {f['check1'] / f['cat']:.2f}x cat, --jobs 2 "
+                         f"{f['check2'] / f['cat']:.2f}x cat (speed-up "
+                         f"{f['check1'] / f['check2']:.2f}x)")
         lines.append("; ".join(parts))
     lines.append("")
-    lines.append("Peak RSS of `show --stats --jobs 2` (threads): " + ", ".join(
-        f"{k.split('`')[0]} {v}" for k, v in rss.items() if "--jobs 2` (thread" in k) + ".")
+    cmds = sorted({r.split("|")[2].strip() for r in t.rows if r.startswith("| llm")
+                   and ("--jobs" in r) and "process" not in r})
+    lines.append("Peak RSS as the LLM checkpoint grows from 1 GB to 4 GB (same command): " + "; ".join(
+        f"{c} {rss.get('llm 1 GB sharded' + c, '-')} -> {rss.get('llm 4 GB sharded' + c, '-')}"
+        for c in cmds) + ".")
     lines.append("")
     write_section("bench_scale", "\n".join(lines))
     print(f"wrote benchmarks/RESULTS.md ({elapsed:.0f} s)")

@@ -77,7 +77,9 @@ def stdout_console(width: int | None = None):
 
     if width is None and not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
         width = 160
-    return Console(width=width, soft_wrap=False, highlight=False)
+    # emoji=False: a key such as 'blocks:fire:' prints as written, and rich skips loading its
+    # emoji table (~10 ms)
+    return Console(width=width, soft_wrap=False, highlight=False, emoji=False)
 
 
 def progress_for(total_bytes: int):
@@ -165,10 +167,9 @@ def show(
             if report is None:  # not rank 0: rank 0 prints the one report
                 return
         else:
-            entries = listing.select(ck, **select)
             bar, progress = (None, None)
             if stats:
-                bar, progress = progress_for(sum(e.nbytes for e in entries))
+                bar, progress = progress_for(sum(e.nbytes for e in listing.select(ck, **select)))
             if bar is not None:
                 with bar:
                     report = listing.show(ck, **select, stats=stats, progress=progress,
@@ -270,6 +271,9 @@ def diff(
     from_metrics: Optional[str] = typer.Option(None, "--from-metrics", help="Re-judge a file "
                                                "written by --save-metrics under new --rtol/"
                                                "--atol/--tol, without reading checkpoints."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="CPU threads for the "
+                                       "data sweep [default: the cores]; the report is the "
+                                       "same for any number."),
     distributed: Optional[bool] = typer.Option(None, "--distributed/--no-distributed",
                                                help="Share the comparison across "
                                                "torch.distributed ranks; rank 0 prints the "
@@ -289,6 +293,7 @@ def diff(
     """
     from bufinspect import diff as diff_mod
     from bufinspect import distributed as dist
+    from bufinspect import parallel
     from bufinspect import render
     from bufinspect.errors import UsageError
 
@@ -329,7 +334,9 @@ def diff(
                           containers=container or (), strip_prefix=strip_prefix or (),
                           add_prefix=add_prefix or (), rename=rename or (),
                           auto_align=not no_auto_align, device=device.value,
-                          save_envelope=save_metrics is not None, progress=progress)
+                          save_envelope=save_metrics is not None, progress=progress,
+                          jobs=jobs or (dist.default_jobs() if shared
+                                        else parallel.default_jobs()))
             if shared:  # every rank builds the report; rank 0 prints it
                 report = dist.diff(ck_a, ck_b, **kwargs)
             elif bar is not None:

@@ -15,13 +15,14 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, Callable, Iterable, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from bufinspect import dtypes
 from bufinspect.errors import InputError, UsageError
 from bufinspect.model import SCHEMA, Checkpoint, ContainerKind, Entry, Role
+
+if TYPE_CHECKING:
+    import numpy as np
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _AUTO_CUDA_BYTES = 64 << 20  # --device auto moves to the GPU after this many differing bytes
@@ -315,6 +316,12 @@ class _Engine:
     def name(self) -> str:
         return "cuda:0" if self.cuda is not None else "cpu"
 
+    def workers(self, jobs: int) -> int:
+        """CPU threads for the sweep: one when a GPU does (or may take over) the numeric work."""
+        if self.cuda is not None or (self.want == "auto" and os.path.exists("/dev/nvidiactl")):
+            return 1
+        return max(int(jobs), 1)
+
     def add(self, acc, a: np.ndarray, b: np.ndarray, dtype: str) -> None:
         if (self.want == "auto" and self.cuda is None and self.seen < _AUTO_CUDA_BYTES
                 <= self.seen + a.nbytes and os.path.exists("/dev/nvidiactl")):
@@ -336,6 +343,8 @@ def _cuda_kernel():
         return None
     if not torch.cuda.is_available():
         return None
+    import numpy as np
+
     from bufinspect.numeric import as_float
 
     dev = torch.device("cuda:0")
@@ -381,6 +390,8 @@ def _cuda_kernel():
 
 def _bb(entries: list[Entry]) -> dict[int, float]:
     """Sum of squares of whole entries (second pass, for entries that are partly equal)."""
+    import numpy as np
+
     from bufinspect.formats import stream
     from bufinspect.numeric import widen64
 
@@ -392,46 +403,75 @@ def _bb(entries: list[Entry]) -> dict[int, float]:
     return out
 
 
-def _scalar(arr: np.ndarray, dtype: str) -> int | float | bool:
-    kind = dtypes.DTYPES[dtype].kind
-    v = arr[0].item()
-    if kind == "bool":
-        return bool(v)
-    return int(v) if kind in ("int", "uint") else v
-
-
 def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], engine: _Engine,
-             envelope: bool, progress: Callable[[int], None] | None) -> list[dict[str, Any]]:
-    """Stream the pairs in step; return per pair the metric fields of its DiffEntry."""
-    from bufinspect.formats import stream
-    from bufinspect.numeric import DiffAccumulator
+             envelope: bool, progress: Callable[[int], None] | None, jobs: int = 1
+             ) -> list[dict[str, Any]]:
+    """Stream the pairs in step; return per pair the metric fields of its DiffEntry.
 
-    accs = [DiffAccumulator(r, a, envelope) for r, a in tols]
-    scalars: dict[int, tuple[Any, Any]] = {}
+    With `jobs` > 1 the sweep's steps are split into contiguous runs of about equal bytes, one
+    thread each (the reads, memcmp and numpy kernels release the GIL). Every differing step gets
+    an accumulator of its own and they are merged in file order afterwards, so the report is
+    the same for any number of workers (and for any share of the pairs, which is what a
+    torch.distributed rank computes). Identical data never imports numpy.
+    """
+    from bufinspect import parallel
+    from bufinspect.formats import stream
+
     readable = [i for i, (a, b) in enumerate(pairs)
                 if stream.readable(a) and stream.readable(b)]
-    for chunk in stream.paired_chunks([pairs[i] for i in readable], skip_equal=True):
-        for j, first, count, a, b in chunk.items:
+    sub = [pairs[i] for i in readable]
+    scalars = {i: (stream.read_scalar(pairs[i][0]), stream.read_scalar(pairs[i][1]))
+               for i in readable if pairs[i][0].numel == 1
+               and dtypes.DTYPES[pairs[i][0].dtype].kind in ("int", "uint", "bool")}
+    batches = stream.pair_batches(sub)
+    jobs = engine.workers(jobs)
+    runs = [r for r in stream.split_batches(sub, batches, jobs) if r] if jobs > 1 else [batches]
+    tasks = [(run, False) for run in runs] + [([], True)]  # last: pairs read whole
+
+    def sweep(task) -> list[tuple[int, int, Any]]:
+        """(pair, elements, accumulator of a differing piece or None when identical)."""
+        run, rest = task
+        found = []
+        for chunk in stream.paired_chunks(sub, skip_equal=True, batches=run, rest=rest):
+            for j, first, count, a, b in chunk.items:
+                ea = sub[j][0]
+                if progress is not None:
+                    progress(2 * count * dtypes.itemsize(ea.dtype))
+                if a is None or stream.same_bytes(a, b):
+                    found.append((j, count, None))
+                    continue
+                from bufinspect.numeric import DiffAccumulator
+
+                part = DiffAccumulator(*tols[readable[j]], envelope)
+                engine.add(part, a, b, ea.dtype)
+                found.append((j, count, part))
+        return found
+
+    equal: dict[int, int] = {}
+    parts: dict[int, list[Any]] = {}
+    for found in _with_short_gil_slices(lambda: parallel.map_groups(tasks, sweep, len(tasks) - 1,
+                                                                    threads=True)):
+        for j, count, part in found:
             i = readable[j]
-            dtype = pairs[i][0].dtype
-            if progress is not None:
-                progress(2 * count * dtypes.itemsize(dtype))
-            if a is None:  # identical, and never kept
-                accs[i].add_equal(count)
-                continue
-            if pairs[i][0].numel == 1 and dtypes.DTYPES[dtype].kind in ("int", "uint", "bool"):
-                scalars[i] = (_scalar(a, dtype), _scalar(b, dtype))
-            if chunk.equal or stream.same_bytes(a, b):
-                accs[i].add_equal(count)
+            if part is None:
+                equal[i] = equal.get(i, 0) + count
             else:
-                engine.add(accs[i], a, b, dtype)
+                parts.setdefault(i, []).append(part)
+    accs = {}
+    if parts:  # numpy is loaded by now
+        from bufinspect.numeric import DiffAccumulator
+
+        for i, found in parts.items():
+            acc = accs[i] = DiffAccumulator(*tols[i], envelope)
+            acc.add_equal(equal.get(i, 0))
+            for part in found:
+                acc.merge(part)
     # entries with both equal and differing chunks: norms of the equal part, by a second pass
-    partly = [pairs[i][1] for i in readable if accs[i].equal_elems and accs[i].diff_elems]
+    partly = [pairs[i][1] for i, acc in accs.items() if acc.equal_elems]
     if partly:
         whole = _bb(partly)
-        for i in readable:
-            acc = accs[i]
-            if acc.equal_elems and acc.diff_elems:
+        for i, acc in accs.items():
+            if acc.equal_elems:
                 eq = max(whole[id(pairs[i][1])] - acc.bb, 0.0)
                 acc.aa += eq
                 acc.ab += eq
@@ -439,7 +479,6 @@ def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], 
     out = []
     readable_set = set(readable)
     for i, (ea, eb) in enumerate(pairs):
-        acc = accs[i]
         if i not in readable_set:
             if ea.numel == 0:
                 out.append({"status": Status.EQUAL, "numel": 0, "max_abs": 0.0, "max_rel": 0.0,
@@ -450,11 +489,32 @@ def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], 
                             "note": "data not readable (meta tensor or packed/quantized dtype); "
                                     "not compared"})
             continue
-        fields = metrics(acc, ea.numel)
+        fields = metrics(accs[i], ea.numel) if i in accs else _identical(ea.numel, envelope)
         if i in scalars:
             fields["old"], fields["new"] = scalars[i]
         out.append(fields)
     return out
+
+
+def _with_short_gil_slices(run: Callable[[], Any]) -> Any:
+    """Run with a 0.2 ms GIL switch interval instead of 5 ms. A sweep thread holds the GIL only
+    for a few microseconds between reads, but when another thread runs Python for long (numpy's
+    import on the first differing step) each of those waits would last a whole interval."""
+    import sys
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(min(old, 2e-4))
+    try:
+        return run()
+    finally:
+        sys.setswitchinterval(old)
+
+
+def _identical(numel: int, envelope: bool) -> dict[str, Any]:
+    """What `metrics` gives for byte-identical data (without making an accumulator)."""
+    return {"status": Status.EQUAL, "numel": numel, "max_abs": 0.0, "max_rel": 0.0,
+            "mean_abs": 0.0, "mismatched": 0, "nonfinite": 0, "rel_l2": 0.0, "cosine": 1.0,
+            "envelope": () if envelope else None}
 
 
 def metrics(acc, numel: int) -> dict[str, Any]:
@@ -490,7 +550,7 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
          containers: Sequence[str] = (), strip_prefix: Sequence[str] = (),
          add_prefix: Sequence[str] = (), rename: Sequence[tuple[str, str] | str] = (),
          auto_align: bool = True, device: str = "cpu", save_envelope: bool = False,
-         progress: Callable[[int], None] | None = None,
+         progress: Callable[[int], None] | None = None, jobs: int = 1,
          compare: Callable[..., list[dict[str, Any]]] | None = None) -> DiffReport:
     """Compare the module state of two checkpoints.
 
@@ -508,7 +568,9 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
         device: `cpu`, `cuda` (UsageError without a GPU) or `auto` (a GPU when one is present
             and more than 64 MiB of data differs).
         save_envelope: also keep what `rejudge_report` needs (costs time on differing chunks).
-        progress: called with the number of bytes read after each step.
+        progress: called with the number of bytes read after each step (from worker threads
+            when `jobs` > 1).
+        jobs: CPU threads for the data sweep (the report does not depend on it).
         compare: runs the data pass instead of `_compare`, with the same arguments and result
             (`bufinspect.distributed` shares it across ranks).
 
@@ -541,7 +603,7 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
         by_b.setdefault(mb[e.key], e)
     roles = _SCOPE_ROLES[scope]
     engine = _Engine(device)
-    results: list[DiffEntry | None] = []
+    results: list[dict[str, Any]] = []  # DiffEntry fields, built once at the end
     pairs: list[tuple[Entry, Entry]] = []
     slots: list[tuple[int, float, float]] = []
     seen_b: set[str] = set()
@@ -554,28 +616,30 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
             continue
         role = ea.role if ea.role is not Role.UNKNOWN or eb is None else eb.role
         r, t = tolerances_for(ea.key, rtol, atol, tols)
-        base = DiffEntry(ea.key, role, Status.EQUAL, ea.shape, ea.dtype,
-                         key_b=eb.key if eb is not None else None, rtol=r, atol=t)
+        fields = {"key": ea.key, "role": role, "status": Status.EQUAL, "shape": ea.shape,
+                  "dtype": ea.dtype, "key_b": eb.key if eb is not None else None, "rtol": r,
+                  "atol": t}
         if eb is None:
-            results.append(replace(base, status=Status.REMOVED))
+            fields["status"] = Status.REMOVED
         elif ea.shape != eb.shape:
-            results.append(replace(base, status=Status.SHAPE, shape_b=eb.shape,
-                                   dtype_b=eb.dtype if eb.dtype != ea.dtype else None))
+            fields.update(status=Status.SHAPE, shape_b=eb.shape,
+                          dtype_b=eb.dtype if eb.dtype != ea.dtype else None)
         elif ea.dtype != eb.dtype:
-            results.append(replace(base, status=Status.DTYPE, dtype_b=eb.dtype))
+            fields.update(status=Status.DTYPE, dtype_b=eb.dtype)
         else:
             slots.append((len(results), r, t))
             pairs.append((ea, eb))
-            results.append(base)
+        results.append(fields)
     for eb in ents_b:
         if mb[eb.key] not in seen_b and eb.role in roles:
-            results.append(DiffEntry(eb.key, eb.role, Status.ADDED, eb.shape, eb.dtype,
-                                     rtol=rtol, atol=atol))
-    fields = (compare or _compare)(pairs, [(r, t) for _, r, t in slots], engine, save_envelope,
-                                   progress)
-    for (pos, _, _), f in zip(slots, fields):
-        results[pos] = replace(results[pos], **f)
-    return DiffReport((ck_a.path, ck_b.path), scope, rtol, atol, tuple(results), tols,
+            results.append({"key": eb.key, "role": eb.role, "status": Status.ADDED,
+                            "shape": eb.shape, "dtype": eb.dtype, "rtol": rtol, "atol": atol})
+    measured = (compare or _compare)(pairs, [(r, t) for _, r, t in slots], engine,
+                                     save_envelope, progress, jobs)
+    for (pos, _, _), f in zip(slots, measured):
+        results[pos].update(f)
+    entries = tuple(DiffEntry(**f) for f in results)
+    return DiffReport((ck_a.path, ck_b.path), scope, rtol, atol, entries, tols,
                       (path_a, path_b), applied, engine.name)
 
 

@@ -249,8 +249,8 @@ def check(paths: Sequence[str], **kwargs: Any) -> Any:
 
 
 def _shared_compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]],
-                    engine: Any, envelope: bool, progress: Callable[[int], None] | None = None
-                    ) -> list[dict[str, Any]]:
+                    engine: Any, envelope: bool, progress: Callable[[int], None] | None = None,
+                    jobs: int = 1) -> list[dict[str, Any]]:
     """`diff._compare` across ranks: each compares its share of the pairs (by A's bytes); every
     rank gets every pair's fields, in pair order."""
     from bufinspect import diff as diff_mod
@@ -258,7 +258,7 @@ def _shared_compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, fl
     with _group() as dist:
         mine = _share([a for a, _ in pairs], dist)
         fields = (diff_mod._compare([pairs[i] for i in mine], [tols[i] for i in mine], engine,
-                                    envelope, None) if mine else [])
+                                    envelope, None, jobs) if mine else [])
         blobs = _gather_bytes(dumps([[i, f] for i, f in zip(mine, fields)]), dist,
                               everywhere=True)
     out: list[dict[str, Any] | None] = [None] * len(pairs)

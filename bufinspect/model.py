@@ -51,6 +51,9 @@ class TensorData:
     # `stream.pieces` yields them; the fields above then describe the first chunk
     parts: tuple["TensorData", ...] = ()
     part_numels: tuple[int, ...] = ()  # elements in each part
+    # each part's (offsets, sizes) in the whole tensor when the parts are not consecutive runs
+    # of its C-order elements (e.g. column chunks); empty when they are
+    part_boxes: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
 
     @property
     def storage_id(self) -> tuple[str, int]:

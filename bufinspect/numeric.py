@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from functools import lru_cache
 from typing import Iterable
 
@@ -295,6 +296,24 @@ class DiffAccumulator:
         """Count `n` elements that were byte-identical (their norms come later, if needed)."""
         self.equal_elems += n
 
+    def merge(self, other: "DiffAccumulator") -> None:
+        """Fold in another chunk's accumulator of the same entry. Callers merge chunks in file
+        order, so the sums (and the report) do not depend on how work was split."""
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.max_rel = max(self.max_rel, other.max_rel)
+        self.sum_abs += other.sum_abs
+        self.sum_d2 += other.sum_d2
+        self.aa += other.aa
+        self.ab += other.ab
+        self.bb += other.bb
+        self.mismatched += other.mismatched
+        self.nonfinite += other.nonfinite
+        self.diff_elems += other.diff_elems
+        self.equal_elems += other.equal_elems
+        if self.envelope is not None and other.envelope:
+            for key, d in other.envelope.items():
+                self.envelope[key] = max(self.envelope.get(key, 0.0), d)
+
     def envelope_points(self) -> list[list[float]]:
         """The kept buckets as [|b| low, |b| high, max |a-b|], dominated buckets dropped."""
         out: list[list[float]] = []
@@ -314,14 +333,15 @@ def _dot(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.einsum("i,i->", x, y))
 
 
-_WORK: list[np.ndarray] = []
+_WORK = threading.local()
 
 
 def _work(n: int) -> tuple[np.ndarray, ...]:
-    """Views of n elements into the kernel's reusable scratch (a, b, d, |b|, t, mask)."""
-    if not _WORK:
-        _WORK.extend([np.empty(_BLOCK) for _ in range(5)] + [np.empty(_BLOCK, bool)])
-    return tuple(x[:n] for x in _WORK)
+    """Views of n elements into this thread's reusable scratch (a, b, d, |b|, t, mask)."""
+    w = getattr(_WORK, "arrays", None)
+    if w is None:
+        w = _WORK.arrays = [np.empty(_BLOCK) for _ in range(5)] + [np.empty(_BLOCK, bool)]
+    return tuple(x[:n] for x in w)
 
 
 def _narrow(arr: np.ndarray, dtype: str) -> np.ndarray:

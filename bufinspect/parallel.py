@@ -58,13 +58,15 @@ def uses_threads() -> bool:
 
 
 def _executor(jobs: int, threads: bool = False):
-    # imported here: concurrent.futures.process costs ~20 ms, and listing never needs a pool
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-
+    # imported here, and processes only when asked for: concurrent.futures.process (with
+    # multiprocessing and socket) costs ~20 ms, and listing never needs a pool
     if not (threads or uses_threads()):
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
         return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"))
+    from concurrent.futures.thread import ThreadPoolExecutor
+
     return ThreadPoolExecutor(jobs, thread_name_prefix="bufinspect")
 
 

@@ -160,12 +160,12 @@ def test_metadata_changes(tmp_path, base_sd, cli_json, monkeypatch):
     b = save(b_sd, tmp_path / "b.pt")
 
     read = []
-    real = stream.paired_chunks
+    real = stream.pair_batches
 
     def spy(pairs, *args, **kwargs):
         read.extend(a.key for a, _ in pairs)
         return real(pairs, *args, **kwargs)
-    monkeypatch.setattr(stream, "paired_chunks", spy)
+    monkeypatch.setattr(stream, "pair_batches", spy)
     report = D.diff(str(a), str(b), scope="all")
     got = {e.key: e for e in report.entries}
     assert got["bn.running_var"].status is D.Status.DTYPE
@@ -486,3 +486,28 @@ def test_paired_chunks_unaligned_offsets(tmp_path):
         assert torch.equal(torch.from_numpy(b.copy()), changed)
     same = list(stream.paired_chunks([(ea, ea)], skip_equal=True))
     assert [c.equal for c in same] == [True] and same[0].items[0][3] is None
+
+
+def test_identical_data_needs_no_numpy(tmp_path, base_sd):
+    """A diff of identical checkpoints (the usual CI case) compares bytes with memcmp and reads
+    integer scalars directly: numpy (~0.1 s to import) is loaded only when bytes differ."""
+    import subprocess
+    import sys
+
+    a = save(base_sd, tmp_path / "a.pt")
+    b = save({k: v.clone() for k, v in base_sd.items()}, tmp_path / "b.pt")
+    changed = save({**base_sd, "bn.running_var": base_sd["bn.running_var"] + 1}, tmp_path / "c.pt")
+    code = ("import sys; from bufinspect import diff; "
+            "r = diff.diff(sys.argv[1], sys.argv[2], scope='all', jobs=2); "
+            "e = {x.key: x for x in r.entries}; "
+            "print(r.has_differences, 'numpy' in sys.modules, "
+            "e['bn.num_batches_tracked'].old, e['bn.num_batches_tracked'].new)")
+    root = str(Path(D.__file__).parent.parent)
+    run = [sys.executable, "-c", code]
+    same = subprocess.run([*run, str(a), str(b)], check=True, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": root})
+    n = base_sd["bn.num_batches_tracked"].item()
+    assert same.stdout.split() == ["False", "False", str(n), str(n)]
+    moved = subprocess.run([*run, str(a), str(changed)], check=True, capture_output=True,
+                           text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": root})
+    assert moved.stdout.split() == ["True", "True", str(n), str(n)]

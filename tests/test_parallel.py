@@ -70,3 +70,42 @@ def test_stats_do_not_depend_on_jobs(cli, many, which, pool, monkeypatch):
     st = next(e for e in doc["entries"] if e["key"] == "layer5.weight")["stats"]
     assert st["min"] == w.min().item() and st["max"] == w.max().item()
     assert st["std"] == pytest.approx(w.double().std().item(), rel=1e-9)
+
+
+def test_diff_does_not_depend_on_jobs(cli, tmp_path):
+    """The sweep's steps split across threads; per-step accumulators merged in file order give
+    the same JSON (metrics, saved envelope) for 1, 2 and 5 workers, and torch's own numbers."""
+    import json
+
+    torch.manual_seed(1)
+    a = {f"block{i}.bn.running_mean": torch.randn(256) for i in range(30)}
+    a.update({f"block{i}.bn.num_batches_tracked": torch.tensor(100 + i) for i in range(30)})
+    a["big.weight"] = torch.randn(3_000_000)  # 12 MB: three 4 MiB steps
+    b = {k: v.clone() for k, v in a.items()}
+    for i in (2, 17, 29):  # a train step moved a few BatchNorms
+        b[f"block{i}.bn.running_mean"] += 0.01 * torch.randn(256)
+        b[f"block{i}.bn.num_batches_tracked"] += 1
+    b["big.weight"][2_500_000:2_600_000] += 1e-3  # only the last step differs
+    pa, pb = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save(a, pa)
+    torch.save(b, pb)
+    outs, saved = [], []
+    for jobs in ("1", "2", "5"):
+        m = tmp_path / f"m{jobs}.json"
+        r = cli("diff", pa, pb, "--all", "--jobs", jobs, "--format", "json", "--save-metrics", m)
+        assert r.exit_code == 1, r.stderr
+        outs.append(r.stdout)
+        saved.append(m.read_text())
+    assert outs[0] == outs[1] == outs[2]
+    assert saved[0] == saved[1] == saved[2]
+    got = {e["key"]: e for e in json.loads(outs[0])["entries"]}
+    big = got["big.weight"]
+    x, y = a["big.weight"].double(), b["big.weight"].double()
+    assert big["status"] == "changed"
+    assert big["max_abs"] == pytest.approx((x - y).abs().max().item(), rel=1e-12)
+    assert big["mismatched"] == int(((x - y).abs() > 1e-8 + 1e-5 * y.abs()).sum())
+    assert big["cosine"] == pytest.approx(torch.nn.functional.cosine_similarity(x, y, 0).item(),
+                                          rel=1e-12)
+    assert got["block17.bn.num_batches_tracked"]["old"] == 117
+    assert got["block17.bn.num_batches_tracked"]["new"] == 118
+    assert got["block3.bn.running_mean"]["status"] == "equal"

@@ -303,6 +303,18 @@ def read(folder: str) -> Checkpoint:
                       metadata=metadata)
 
 
+def _in_c_order(boxes: list[tuple[tuple[int, ...], tuple[int, ...]]], shape: tuple[int, ...]
+                ) -> bool:
+    """True when chunks sorted by offsets are consecutive runs of the tensor's C-order elements:
+    each chunk spans whole trailing dimensions after at most one partial dimension, with size 1
+    before it (row chunks of a matrix; not column chunks)."""
+    def run(sizes: tuple[int, ...]) -> bool:
+        return not sizes or any(all(s == 1 for s in sizes[:k]) and sizes[k + 1:] == shape[k + 1:]
+                                for k in range(len(sizes)))
+
+    return all(run(sizes) for _, sizes in boxes)
+
+
 def _entry(key: str, tmd: _Record, storage: dict, files: _Files, md_path: str,
            planner: Any) -> Entry:
     dtype = _dtype_of(tmd.get("properties"))
@@ -312,6 +324,7 @@ def _entry(key: str, tmd: _Record, storage: dict, files: _Files, md_path: str,
         raise InputError(f"tensor {key!r:.80} has incomplete metadata", md_path)
     parts: list[TensorData] = []
     numels: list[int] = []
+    boxes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     device = None
     for chunk in sorted(chunks, key=lambda c: c.get("offsets") or ()):
         offsets, sizes = chunk.get("offsets"), chunk.get("sizes")
@@ -334,6 +347,7 @@ def _entry(key: str, tmd: _Record, storage: dict, files: _Files, md_path: str,
         device = device or ref.storage.location
         parts.append(data)
         numels.append(math.prod(sizes))
+        boxes.append((offsets, sizes))
     numel = math.prod(shape)
     if sum(numels) != numel:
         raise InputError(f"tensor {key!r:.80}: chunks hold {sum(numels)} of {numel} elements",
@@ -344,7 +358,8 @@ def _entry(key: str, tmd: _Record, storage: dict, files: _Files, md_path: str,
     elif parts and all(p.stride is None for p in parts):
         first = parts[0]
         data = TensorData(first.file, first.offset, first.storage_nbytes, first.storage_offset,
-                          None, tuple(parts), tuple(numels))
+                          None, tuple(parts), tuple(numels),
+                          () if _in_c_order(boxes, shape) else tuple(boxes))
     else:
         data = None  # non-contiguous chunks: listed, not streamed
     container, inner, optim = _place(key, planner)

@@ -15,11 +15,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-import numpy as np
-
 from bufinspect import dtypes
 from bufinspect.errors import InputError
 from bufinspect.model import Entry, TensorData
+
+
+class _LazyNumpy:
+    """numpy, imported on first use: a diff of identical bytes never needs it (~0.1 s), and a
+    diff that does can import it while the sweep's threads read."""
+
+    def __getattr__(self, name: str):
+        import numpy
+
+        globals()["np"] = numpy
+        return getattr(numpy, name)
+
+
+np = _LazyNumpy()
 
 CHUNK_BYTES = 4 << 20
 _GAP = 64 << 10  # read through gaps up to this size rather than issuing another read
@@ -154,11 +166,52 @@ def _strided(entries: list[Entry], files: _Files) -> Iterator[tuple[Entry, int, 
         del base, view
 
 
+def read_scalar(e: Entry) -> int | bool:
+    """The value of a one-element integer or bool tensor (e.g. `num_batches_tracked`), read
+    with one pread and no numpy."""
+    kind = dtypes.DTYPES[e.dtype].kind
+    assert e.numel == 1 and kind in ("int", "uint", "bool") and e.data is not None
+    data, _, _ = _segments(e)[0] if e.data.parts else (e.data, 0, 1)
+    start, size = _byte_range(data, e.dtype, 1)
+    fd = os.open(data.file, os.O_RDONLY)
+    try:
+        raw = os.pread(fd, size, start)
+    finally:
+        os.close(fd)
+    if len(raw) != size:
+        raise InputError("file ends inside tensor data (truncated or changed while reading?)",
+                         data.file)
+    value = int.from_bytes(raw, "little", signed=kind == "int")
+    return bool(value) if kind == "bool" else value
+
+
 def read_array(e: Entry) -> np.ndarray:
-    """One entry's elements as a new 1-D array (for small tensors: tests, integer buffers)."""
+    """One entry's elements, in the tensor's C order, as a new 1-D array (whole in memory: for
+    small tensors, and the rare pairs that cannot stream in step)."""
     out = np.empty(e.numel, np.dtype(dtypes.DTYPES[e.dtype].numpy))
-    for _, first, arr in pieces([e]):
-        out[first: first + arr.size] = arr
+    boxes = e.data.part_boxes if e.data is not None else ()
+    if not boxes:
+        for _, first, arr in pieces([e]):
+            out[first: first + arr.size] = arr
+        return out
+    parts = {}  # first element of each part -> (box, element count)
+    acc = 0
+    for (offsets, sizes), n in zip(boxes, e.data.part_numels):
+        parts[acc] = (tuple(slice(o, o + k) for o, k in zip(offsets, sizes)), n)
+        acc += n
+    whole = out.reshape(e.shape)
+    filling: dict[int, tuple[np.ndarray, int]] = {}
+    for _, first, arr in pieces([e]):  # a part may arrive in several pieces
+        base = max(k for k in parts if k <= first)
+        box, n = parts[base]
+        buf, got = filling.get(base) or (np.empty(n, out.dtype), 0)
+        buf[first - base: first - base + arr.size] = arr
+        got += arr.size
+        if got == n:
+            whole[box] = buf.reshape(whole[box].shape)
+            filling.pop(base, None)
+        else:
+            filling[base] = (buf, got)
     return out
 
 
@@ -185,38 +238,96 @@ class PairChunk:
     equal: bool  # every byte of the step is the same on both sides
 
 
-def _contiguous(e: Entry) -> bool:
-    """One plain byte range: not a strided view, not assembled from chunks (DCP)."""
-    return readable(e) and e.data.stride is None and not e.data.parts
+def _streamable(e: Entry) -> bool:
+    """Byte ranges bufinspect can stream in step: one plain range, or parts (DCP chunks); not a
+    strided view."""
+    return readable(e) and (e.data.stride is None or bool(e.data.parts))
 
 
-def _pair_plan(pairs: list[tuple[Entry, Entry]], chunk_bytes: int
-               ) -> list[list[tuple[int, int, int, int]]]:
-    """Batches of (pair index, first element, slot offset, count): small pairs packed together,
-    large ones cut into chunks, in A's file order."""
-    order = sorted(range(len(pairs)), key=lambda i: (pairs[i][0].data.file,
-                                                     _byte_range(pairs[i][0].data, pairs[i][0].dtype, pairs[i][0].numel)[0]))
-    batches: list[list[tuple[int, int, int, int]]] = []
-    cur: list[tuple[int, int, int, int]] = []
+def _pairable(a: Entry, b: Entry) -> bool:
+    """Both sides stream in step element for element: their pieces follow the tensor's C order,
+    or both are chunked the same way (then chunk k of A meets chunk k of B)."""
+    return (_streamable(a) and _streamable(b)
+            and a.data.part_boxes == b.data.part_boxes)
+
+
+# one step's piece of a pair: (pair index, first element, slot in the step's buffers, count,
+# A's file, A's byte offset, B's file, B's byte offset)
+Piece = tuple[int, int, int, int, str, int, str, int]
+
+
+def _pair_ranges(a: Entry, b: Entry) -> list[tuple[int, int, str, int, str, int]]:
+    """(first element, count, A's file, A's offset, B's file, B's offset) runs that are
+    contiguous on both sides: the union of both sides' part boundaries."""
+    size = dtypes.itemsize(a.dtype)
+    sa, sb = _segments(a), _segments(b)
+    out = []
+    i = j = 0
+    pos = 0
+    while i < len(sa) and j < len(sb):
+        (da, fa, na), (db, fb, nb) = sa[i], sb[j]
+        end = min(fa + na, fb + nb)
+        if end > pos:
+            oa = _byte_range(da, a.dtype, na)[0] + (pos - fa) * size
+            ob = _byte_range(db, b.dtype, nb)[0] + (pos - fb) * size
+            out.append((pos, end - pos, da.file, oa, db.file, ob))
+            pos = end
+        if fa + na == end:
+            i += 1
+        if fb + nb == end:
+            j += 1
+    return out
+
+
+def pair_batches(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYTES
+                 ) -> list[list[Piece]]:
+    """The steps of a paired sweep, in A's file order: small pieces packed together into one
+    step, large ones cut into chunks of at most `chunk_bytes`.
+
+    Pairs whose parts (DCP chunks) differ in layout are cut where either side's parts end, so
+    every piece is one plain byte range on both sides. Strided views are left out (see
+    `paired_chunks`). A pair's pieces depend only on that pair, so any subset of the steps (one
+    worker's share, one rank's) yields the same pieces.
+    """
+    ranges = []
+    for i, (a, b) in enumerate(pairs):
+        if _pairable(a, b):
+            ranges.extend((i, *r) for r in _pair_ranges(a, b))
+    ranges.sort(key=lambda r: (r[3], r[4]))
+    batches: list[list[Piece]] = []
+    cur: list[Piece] = []
     used = 0
-    for i in order:
-        e = pairs[i][0]
-        size = dtypes.itemsize(e.dtype)
-        nbytes = e.numel * size
+    for i, first, count, fa, oa, fb, ob in ranges:
+        size = dtypes.itemsize(pairs[i][0].dtype)
+        nbytes = count * size
         if nbytes > chunk_bytes // 4:
             per = max(chunk_bytes // size, 1)
-            for first in range(0, e.numel, per):
-                batches.append([(i, first, 0, min(per, e.numel - first))])
+            for k in range(0, count, per):
+                batches.append([(i, first + k, 0, min(per, count - k), fa, oa + k * size, fb,
+                                 ob + k * size)])
             continue
         slot = -(-used // _SLOT_ALIGN) * _SLOT_ALIGN
         if cur and (slot + nbytes > chunk_bytes or len(cur) >= _IOV_MAX // 2):
             batches.append(cur)
             cur, slot = [], 0
-        cur.append((i, 0, slot, e.numel))
+        cur.append((i, first, slot, count, fa, oa, fb, ob))
         used = slot + nbytes
     if cur:
         batches.append(cur)
     return batches
+
+
+def split_batches(pairs: list[tuple[Entry, Entry]], batches: list[list[Piece]],
+                  groups: int) -> list[list[list[Piece]]]:
+    """`groups` contiguous runs of `batches` (file order) of about equal bytes, one per worker."""
+    sizes = [sum(p[3] * dtypes.itemsize(pairs[p[0]][0].dtype) for p in b) for b in batches]
+    total = sum(sizes) or 1
+    out: list[list[list[Piece]]] = [[] for _ in range(max(groups, 1))]
+    done = 0
+    for b, n in zip(batches, sizes):
+        out[min(int((done + n / 2) * len(out) / total), len(out) - 1)].append(b)
+        done += n
+    return out
 
 
 def _read_side(files: _Files, spans: list[tuple[str, int, int, int]], buf: mmap.mmap,
@@ -267,13 +378,9 @@ _ALIGN = 64
 _memcmp = None
 
 
-def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when two arrays hold the same bytes: libc memcmp without the GIL and without a
-    temporary (numpy's array_equal builds a bool array per call, whose page faults cost more
-    than the compare)."""
+def _libc_memcmp():
+    """libc's memcmp through ctypes (called without the GIL), or False where there is none."""
     global _memcmp
-    if a.nbytes != b.nbytes:
-        return False
     if _memcmp is None:
         try:
             import ctypes
@@ -284,8 +391,48 @@ def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
             _memcmp = fn
         except (OSError, AttributeError):  # no libc to call: numpy it is
             _memcmp = False
-    if _memcmp and a.flags.c_contiguous and b.flags.c_contiguous:
-        return _memcmp(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
+    return _memcmp
+
+
+class _Buffer:
+    """A page-aligned anonymous buffer and its address, for memcmp without numpy."""
+
+    def __init__(self, size: int) -> None:
+        self.map = mmap.mmap(-1, size)
+        self._pin = None
+        self.addr = 0
+        if _libc_memcmp():
+            import ctypes
+
+            self._pin = ctypes.c_char.from_buffer(self.map)
+            self.addr = ctypes.addressof(self._pin)
+
+    def close(self) -> None:
+        self._pin = None
+        try:
+            self.map.close()
+        except BufferError:  # a consumer still holds a view; the GC frees it later
+            pass
+
+
+def _same(a: _Buffer, a_off: int, b: _Buffer, b_off: int, n: int) -> bool:
+    """n bytes at a_off in a equal n bytes at b_off in b."""
+    fn = _libc_memcmp()
+    if fn:
+        return fn(a.addr + a_off, b.addr + b_off, n) == 0
+    return same_bytes(np.frombuffer(a.map, np.uint8, n, a_off),
+                      np.frombuffer(b.map, np.uint8, n, b_off))
+
+
+def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two arrays hold the same bytes: libc memcmp without the GIL and without a
+    temporary (numpy's array_equal builds a bool array per call, whose page faults cost more
+    than the compare)."""
+    if a.nbytes != b.nbytes:
+        return False
+    fn = _libc_memcmp()
+    if fn and a.flags.c_contiguous and b.flags.c_contiguous:
+        return fn(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
     return bool(np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)))
 
 
@@ -300,31 +447,38 @@ def _pread(fd: int, view: memoryview, pos: int, file: str) -> None:
 
 
 def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYTES, *,
-                  skip_equal: bool = False) -> Iterator[PairChunk]:
+                  skip_equal: bool = False,
+                  batches: list[list[Piece]] | None = None,
+                  rest: bool = True) -> Iterator[PairChunk]:
     """Stream pairs of entries with the same dtype and element count in step, chunk by chunk.
 
     Each step (both sides) is read into two reusable page-aligned buffers and compared with
     memcmp: `PairChunk.equal` says whether the whole step is byte-identical, so the caller only
     looks closer at steps that differ. Runs of nearby tensors are read with one `preadv` each.
-    Non-contiguous tensors (rare) are read whole, one pair at a time, at the end. Peak memory is
-    about `2 * chunk_bytes` whatever the checkpoints' sizes.
+    Tensors stored in parts (DCP chunks) stream like any other, cut where either side's parts
+    end. Strided views (rare: a saved view of a larger storage) are read whole, one pair at a
+    time, at the end. Peak memory is about `2 * chunk_bytes` whatever the checkpoints' sizes.
 
-    With `skip_equal`, a step that is one piece of a large tensor is first read and compared in
-    1 MiB sub-blocks through two small buffers that stay in the CPU's caches; when every
-    sub-block matches, the step is yielded with `equal=True` and `None` for its arrays (the
-    bytes were never kept), otherwise it is read again whole. Identical data then costs
-    1.3-1.8x what `cat` costs here, instead of ~2.5x when filling the big buffers.
+    With `skip_equal`, identical steps come with `equal=True` and `None` for the raw views and
+    the arrays, and cost no numpy (the compare is libc memcmp on the buffers' addresses); a step
+    that is one piece of a large tensor is first read and compared in 1 MiB sub-blocks through
+    two small buffers that stay in the CPU's caches, and read again whole only if they differ.
+    Identical data then costs 1.3-1.8x what `cat` costs here (one thread), instead of ~2.5x when
+    filling the big buffers.
+
+    `batches` (from `pair_batches`, default: all of them) lets several workers share one sweep,
+    each with its own buffers; `rest=False` leaves out the strided pairs.
 
     Reads of large pieces start at a 64-byte aligned file offset (the views start a few bytes
     into the buffer). No reader thread: the caller has nothing to do for identical steps, and on
     the 2-core machine here a reader thread (or two) measured 1.3-1.7x slower than reading in
     line.
     """
-    flat = [i for i, (a, b) in enumerate(pairs) if _contiguous(a) and _contiguous(b)]
-    batches = _pair_plan([pairs[i] for i in flat], chunk_bytes)
+    if batches is None:
+        batches = pair_batches(pairs, chunk_bytes)
     files = _Files()
-    bufs = [mmap.mmap(-1, chunk_bytes + _ALIGN) for _ in range(2)]
-    hot = [mmap.mmap(-1, _SUB + _ALIGN) for _ in range(2)]
+    bufs = [_Buffer(chunk_bytes + _ALIGN) for _ in range(2)]
+    hot = [_Buffer(_SUB + _ALIGN) for _ in range(2)]
     scratch = mmap.mmap(-1, _GAP)  # gap bytes land here; nobody reads them
 
     def fd(file: str) -> int:
@@ -332,84 +486,71 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
             files.fds[file] = os.open(file, os.O_RDONLY)
         return files.fds[file]
 
-    def spans(batch, side):
-        out = []
-        for i, first, slot, count in batch:
-            e = pairs[flat[i]][side]
-            start, _ = _byte_range(e.data, e.dtype, e.numel)
-            size = dtypes.itemsize(e.dtype)
-            out.append((e.data.file, start + first * size, slot, count * size))
-        return out
+    def spans(batch: list[Piece], side: int) -> list[tuple[str, int, int, int]]:
+        """(file, byte offset, slot, nbytes) of each piece on one side."""
+        return [(p[4 + 2 * side], p[5 + 2 * side], p[2],
+                 p[3] * dtypes.itemsize(pairs[p[0]][0].dtype)) for p in batch]
 
     def same_in_cache(sa, sb) -> bool:
         (fa, pa, _, n), (fb, pb, _, _) = sa, sb
         da, db = pa % _ALIGN, pb % _ALIGN
-        ha, hb = memoryview(hot[0]), memoryview(hot[1])
-        va, vb = np.frombuffer(hot[0], np.uint8), np.frombuffer(hot[1], np.uint8)
+        ha, hb = memoryview(hot[0].map), memoryview(hot[1].map)
         try:
             for off in range(0, n, _SUB):
                 m = min(_SUB, n - off)
                 _pread(fd(fa), ha[: da + m], pa + off - da, fa)
                 _pread(fd(fb), hb[: db + m], pb + off - db, fb)
-                if not same_bytes(va[da: da + m], vb[db: db + m]):
+                if not _same(hot[0], da, hot[1], db, m):
                     return False
             return True
         finally:
             ha.release()
             hb.release()
 
-    def load(batch) -> tuple[bool | None, int, int]:
-        """Fill the big buffers with the step: (equal, where A's bytes start, where B's start);
-        equal is None when the step was skipped as identical."""
+    def load(batch) -> tuple[bool | None, int, int, int]:
+        """Fill the big buffers with the step: (equal, where A's bytes start, where B's start,
+        bytes used); equal is None when the step was skipped as identical."""
         ba, bb = bufs
         if len(batch) == 1:  # one piece of one tensor
             sa, sb = spans(batch, 0)[0], spans(batch, 1)[0]
             if skip_equal and same_in_cache(sa, sb):
-                return None, 0, 0
+                return None, 0, 0, 0
             n = sa[3]
             da, db = sa[1] % _ALIGN, sb[1] % _ALIGN
-            ma, mb = memoryview(ba), memoryview(bb)
+            ma, mb = memoryview(ba.map), memoryview(bb.map)
             try:
                 _pread(fd(sa[0]), ma[: da + n], sa[1] - da, sa[0])
                 _pread(fd(sb[0]), mb[: db + n], sb[1] - db, sb[0])
             finally:
                 ma.release()
                 mb.release()
-            return same_bytes(np.frombuffer(ba, np.uint8, n, da),
-                              np.frombuffer(bb, np.uint8, n, db)), da, db
+            return _same(ba, da, bb, db, n), da, db, n
         for side, buf in ((0, ba), (1, bb)):
-            _read_side(files, spans(batch, side), buf, scratch)
+            _read_side(files, spans(batch, side), buf.map, scratch)
             prev = 0
-            for i, _, slot, count in batch:  # zero the padding: whole-step compares stay exact
+            for i, _, slot, count, *_ in batch:  # zero the padding: compares stay exact
                 if slot > prev:
-                    buf[prev:slot] = bytes(slot - prev)
-                prev = slot + count * dtypes.itemsize(pairs[flat[i]][0].dtype)
-        return same_bytes(np.frombuffer(ba, np.uint8, prev),
-                          np.frombuffer(bb, np.uint8, prev)), 0, 0
+                    buf.map[prev:slot] = bytes(slot - prev)
+                prev = slot + count * dtypes.itemsize(pairs[i][0].dtype)
+        return _same(ba, 0, bb, 0, prev), 0, 0, prev
 
     try:
         for batch in batches:
-            equal, da, db = load(batch)
-            ba, bb = bufs
+            equal, da, db, end = load(batch)
+            if equal is None or (equal and skip_equal):  # nothing kept: numpy not needed
+                yield PairChunk(None, None, [(p[0], p[1], p[3], None, None) for p in batch], True)
+                continue
+            ba, bb = bufs[0].map, bufs[1].map
             items = []
-            end = 0
-            for i, first, slot, count in batch:
-                a, b = pairs[flat[i]]
-                dt = np.dtype(dtypes.DTYPES[a.dtype].numpy)
-                if equal is None:
-                    items.append((flat[i], first, count, None, None))
-                else:
-                    items.append((flat[i], first, count, np.frombuffer(ba, dt, count, slot + da),
-                                  np.frombuffer(bb, dt, count, slot + db)))
-                end = slot + count * dt.itemsize
-            if equal is None:
-                yield PairChunk(None, None, items, True)
-            else:
-                yield PairChunk(np.frombuffer(ba, np.uint8, end, da),
-                                np.frombuffer(bb, np.uint8, end, db), items, equal)
+            for i, first, slot, count, *_ in batch:
+                dt = np.dtype(dtypes.DTYPES[pairs[i][0].dtype].numpy)
+                items.append((i, first, count, np.frombuffer(ba, dt, count, slot + da),
+                              np.frombuffer(bb, dt, count, slot + db)))
+            yield PairChunk(np.frombuffer(ba, np.uint8, end, da),
+                            np.frombuffer(bb, np.uint8, end, db), items, equal)
             del items
         for idx, (a, b) in enumerate(pairs):
-            if readable(a) and readable(b) and not (_contiguous(a) and _contiguous(b)):
+            if rest and readable(a) and readable(b) and not _pairable(a, b):
                 va, vb = read_array(a), read_array(b)
                 yield PairChunk(va.view(np.uint8), vb.view(np.uint8),
                                 [(idx, 0, va.size, va, vb)], same_bytes(va, vb))
@@ -417,7 +558,4 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
         files.close()
         scratch.close()
         for buf in bufs + hot:
-            try:
-                buf.close()
-            except BufferError:  # a consumer still holds a view; the GC frees it later
-                pass
+            buf.close()
