@@ -74,30 +74,34 @@ def split_nonfinite(x: np.ndarray) -> tuple[np.ndarray, int, int, float, float]:
 
 # ---- stats kernel -------------------------------------------------------------------------
 #
-# A data pass must run near `cat` speed, so large float pieces are reduced in steps that stay in
-# the CPU's caches, through reusable per-worker scratch (a fresh temporary costs a page fault per
-# 4 KiB, more than the arithmetic), with few passes per step:
+# A data pass must run near `cat` speed, so a large float piece (up to one 4 MiB stream chunk) is
+# reduced with few passes, through reusable per-worker scratch (a fresh temporary costs a page
+# fault per 4 KiB, more than the arithmetic):
 #
-# - bfloat16: min, max, NaN/Inf and zeros come from integer reductions on the raw 16-bit words
-#   (max/min of the words read as int16 and uint16: see `_add_bf16`); only the sums need floats,
-#   widened two words at a time (`w << 16`, `w & 0xFFFF0000` on the uint32 view: exact, and
-#   twice as fast as numpy's uint16 -> uint32 cast).
-# - float32: min/max in float (NaN propagates: finite min and max mean no NaN/Inf, so the
-#   non-finite counts are skipped), zeros looked for with two integer minimums.
+# - bfloat16, in steps of _STEP elements: min, max, NaN/Inf and zeros come from integer
+#   reductions on the raw 16-bit words (see `_add_bf16`), run on a step just before it is
+#   widened, so that the step comes from memory once and from the L2 cache after that; only the
+#   sums need floats, widened two words at a time (`w << 16`, `w & 0xFFFF0000` on the uint32
+#   view: exact, and twice as fast as numpy's uint16 -> uint32 cast).
+# - float32 (and float16, converted step by step): min/max in float (NaN propagates: finite min
+#   and max mean no NaN/Inf, so the non-finite counts are skipped), zeros looked for with two
+#   integer minimums (+0.0 is the smallest uint32, -0.0 the smallest int32) and only counted
+#   when there are any.
 # - sum and sum of squares in float32 BLAS, a row of _ROW elements at a time (gemv against
-#   ones, a dot per row); row results are added, and steps merged (Chan), in float64.
-#   Precision: a float32 partial over m terms has a relative error of about sqrt(m) * 2**-24
-#   (and worse on bf16 data: a 131072-term dot measured 5e-6), so no partial is longer than
-#   _ROW terms (measured 1.5e-8 on the same data); m2 = sum(x^2) - sum(x) * mean loses log2(sum(x^2) / m2)
-#   further bits, so when that ratio exceeds 2 (|mean| > std, e.g. values ~1e4 with a small
-#   spread) the step is recomputed on values centred on its float32 mean (the subtraction is
-#   exact for values within a factor of 2 of the mean), with the exact correction
-#   m2 = sum(d^2) - sum(d)^2 / n.
-# - steps of up to _EXACT elements (small tensors, tails) are reduced in float64.
+#   ones, a dot per row); the row results are added in float64 and pieces merged (Chan).
+#   Precision: a float32 partial over m terms has a relative error of about sqrt(m) * 2**-24,
+#   and worse on bf16 data (a 131072-term dot measured 5e-6: squares with few significant
+#   bits), so no partial is longer than _ROW terms (1.5e-8 on the same data, at the same
+#   speed). m2 = sum(x^2) - sum(x) * mean then loses log2(sum(x^2) / m2) more bits, so when that
+#   ratio exceeds 2 (|mean| > std, e.g. values ~1e4 with a small spread) the piece is summed
+#   again centred on its float32 mean (the subtraction is exact for values within a factor of 2
+#   of it), with the exact correction m2 = sum(d^2) - sum(d)^2 / n.
+# - pieces of up to _EXACT elements (small tensors), and steps holding a NaN or Inf, go through
+#   the general float64 path (`StatsAccumulator.add`).
 
-_STEP = 1 << 17  # elements per fast step: a bf16 step widened (512 KiB) fits the L2 cache
-_ROW = 1024  # gemv row length for sums: a short float32 partial per row, in cache ones
-_EXACT = 1 << 16  # steps up to this size are reduced in float64
+_STEP = 1 << 17  # elements widened per step (fewer calls beat L2 residency in measurements here)
+_ROW = 1024  # elements per float32 partial sum (gemv row / per-row dot)
+_EXACT = 1 << 16  # pieces up to this size are reduced in float64
 _BF16 = struct.Struct("<I")
 _F32 = struct.Struct("<f")
 
@@ -107,15 +111,20 @@ def _bf16_value(bits: int) -> float:
 
 
 class _Scratch:
-    """One worker thread's reusable buffers for the stats kernel."""
+    """One worker thread's reusable buffers for the stats kernel (grown to the largest piece)."""
 
     def __init__(self) -> None:
         self.bits = np.empty(_STEP + 2, np.uint32)  # widened / converted / centred values
         self.f32 = self.bits.view(np.float32)
         self.raw = np.empty(_STEP // 2 + 1, np.uint32).view(np.uint16)  # realigned bf16 words
         self.ones = np.ones(_ROW, np.float32)
-        self.rows = np.empty(_STEP // _ROW + 1, np.float32)
-        self.mask = np.empty(_STEP, np.bool_)
+        self.rows = np.empty((2, 0), np.float32)  # per-row sums and sums of squares of a piece
+        self.mask = np.empty(0, np.bool_)
+
+    def row_sums(self, n: int) -> np.ndarray:
+        if self.rows.shape[1] < n // _ROW:
+            self.rows = np.empty((2, n // _ROW), np.float32)
+        return self.rows
 
 
 _local = threading.local()
@@ -128,39 +137,6 @@ def _scratch() -> _Scratch:
     return sc
 
 
-def _sum32(x: np.ndarray, sc: _Scratch) -> float:
-    """Sum of a float32 step: float32 gemv over rows of _ROW, the row sums added in float64."""
-    n = x.size
-    k = n - n % _ROW
-    s = 0.0
-    if k:
-        rows = sc.rows[: k // _ROW]
-        np.dot(x[:k].reshape(-1, _ROW), sc.ones, out=rows)
-        s = float(np.add.reduce(rows, dtype=np.float64))
-    if k < n:
-        s += float(np.dot(x[k:], sc.ones[: n - k]))
-    return s
-
-
-def _sumsq32(x: np.ndarray, sc: _Scratch) -> float:
-    """Sum of squares of a float32 step: a float32 dot per row of _ROW, added in float64.
-
-    (One dot over a whole step measured a 5e-6 relative error on bf16 data, whose squares have
-    few significant bits; per-row dots, 1.5e-8, at the same speed.)
-    """
-    n = x.size
-    k = n - n % _ROW
-    q = 0.0
-    if k:
-        rows = sc.rows[: k // _ROW]
-        xs = x[:k].reshape(-1, _ROW)
-        _rowdot(xs, xs, rows)
-        q = float(np.add.reduce(rows, dtype=np.float64))
-    if k < n:
-        q += float(np.dot(x[k:], x[k:]))
-    return q
-
-
 def _rowdot(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     if hasattr(np, "vecdot"):  # numpy >= 2.0: a BLAS dot per row
         np.vecdot(a, b, out=out)
@@ -168,21 +144,57 @@ def _rowdot(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         np.einsum("ij,ij->i", a, b, out=out)
 
 
-def _moments32(x: np.ndarray, sc: _Scratch) -> tuple[float, float]:
-    """(mean, sum of squared deviations) of a finite float32 step (see the note above)."""
-    n = x.size
-    s = _sum32(x, sc)
-    q = _sumsq32(x, sc)
+def _sums(n: int, steps, sc: _Scratch) -> tuple[float, float]:
+    """(sum, sum of squares) of a finite piece given as float32 `steps` (first index, view):
+    a float32 partial per row of _ROW, the partials added in float64."""
+    rows = sc.row_sums(n)
+    tail_s = tail_q = 0.0
+    for i, x in steps:
+        m = x.size
+        k = m - m % _ROW
+        if k:
+            r = i // _ROW
+            xs = x[:k].reshape(-1, _ROW)
+            np.dot(xs, sc.ones, out=rows[0, r: r + k // _ROW])
+            _rowdot(xs, xs, rows[1, r: r + k // _ROW])
+        if k < m:  # the piece's last partial row
+            t = x[k:].astype(np.float64)
+            tail_s += float(t.sum())
+            tail_q += float(np.dot(t, t))
+    tot = np.add.reduce(rows[:, : n // _ROW], axis=1, dtype=np.float64)
+    return float(tot[0]) + tail_s, float(tot[1]) + tail_q
+
+
+def _moments(n: int, steps, sc: _Scratch, sums: tuple[float, float] | None = None
+             ) -> tuple[float, float]:
+    """(mean, sum of squared deviations) of a finite piece (see the note above); `steps()`
+    yields its float32 values step by step, in the scratch when they were converted; `sums`:
+    `_sums` of them when already known."""
+    s, q = sums or _sums(n, steps(), sc)
     mean = s / n
     m2 = q - s * mean
     if m2 < 0.5 * q:  # |mean| > std: recompute on centred values
         c = np.float32(mean)
-        d = sc.f32[:n]
-        np.subtract(x, c, out=d)
-        s = _sum32(d, sc)
+
+        def centred():
+            for i, x in steps():
+                if x.base is sc.bits:  # converted values: centre them in place
+                    np.subtract(x, c, out=x)
+                    yield i, x
+                    continue
+                for j in range(0, x.size, _STEP):
+                    d = sc.f32[: min(_STEP, x.size - j)]
+                    np.subtract(x[j: j + _STEP], c, out=d)
+                    yield i + j, d
+
+        s, q = _sums(n, centred(), sc)
         mean = float(c) + s / n
-        m2 = _sumsq32(d, sc) - s * s / n
+        m2 = q - s * s / n
     return mean, m2
+
+
+class _NonFinite(Exception):
+    """A NaN or Inf turned up in a step of the fast path."""
 
 
 class StatsAccumulator:
@@ -203,14 +215,8 @@ class StatsAccumulator:
         """Add one streamed piece: raw elements as `stream.pieces` yields them."""
         if self.kind != "float" or arr.size <= _EXACT or dtype not in _FAST:
             self.add(as_float(arr, dtype) if self.kind == "float" else arr)
-            return
-        fast, sc = _FAST[dtype], _scratch()
-        for i in range(0, arr.size, _STEP):
-            step = arr[i: i + _STEP]
-            if step.size <= _EXACT:
-                self.add(as_float(step, dtype))
-            else:
-                fast(self, step, dtype, sc)
+        else:
+            _FAST[dtype](self, arr, _scratch())
 
     def _merge(self, n: int, mean: float, m2: float, lo: float, hi: float) -> None:
         if lo < self.min:
@@ -223,48 +229,81 @@ class StatsAccumulator:
         self.m2 += m2 + delta * delta * self.n * n / tot
         self.n = tot
 
-    def _add_bf16(self, u: np.ndarray, dtype: str, sc: _Scratch) -> None:
+    def _add_bf16(self, u: np.ndarray, sc: _Scratch) -> None:
         # As int16, non-negative values order like their floats, and the largest is +Inf/NaN
         # from 0x7F80 up; as uint16, negative values order by magnitude, -Inf/NaN from 0xFF80.
-        s16 = u.view(np.int16)
-        maxs = int(np.maximum.reduce(s16))
-        maxu = int(np.maximum.reduce(u))
-        if maxs >= 0x7F80 or maxu >= 0xFF80:
-            self.add(as_float(u, dtype))  # NaN or Inf in this step: the general path
-            return
-        minu = int(np.minimum.reduce(u))
+        # The integer reductions run per step, just before the step is widened: the step is
+        # then read from memory once and from the L2 cache after that (whole-piece passes
+        # measured 3x slower).
         n = u.size
-        if minu == 0 or int(np.minimum.reduce(s16)) == -0x8000:  # +0.0 or -0.0 present
-            self.zeros += n - int(np.count_nonzero(np.left_shift(u, 1, out=sc.raw[:n])))
+        aligned = u.ctypes.data % 4 == 0
+        bits, f32, raw = sc.bits, sc.f32, sc.raw
+        ext = [-0x8000, 0, 0xFFFF]  # max int16, max uint16, min uint16 over the piece
+        zeros = 0
+
+        def steps(check: bool):
+            nonlocal zeros
+            for i in range(0, n, _STEP):
+                v = u[i: i + _STEP]
+                m = v.size
+                if check:
+                    s16 = v.view(np.int16)
+                    maxs = int(np.maximum.reduce(s16))
+                    maxu = int(np.maximum.reduce(v))
+                    if maxs >= 0x7F80 or maxu >= 0xFF80:
+                        raise _NonFinite
+                    minu = int(np.minimum.reduce(v))
+                    if minu == 0 or int(np.minimum.reduce(s16)) == -0x8000:  # a +0.0 or -0.0
+                        zeros += m - int(np.count_nonzero(np.left_shift(v, 1, out=raw[:m])))
+                    if maxs > ext[0]:
+                        ext[0] = maxs
+                    if maxu > ext[1]:
+                        ext[1] = maxu
+                    if minu < ext[2]:
+                        ext[2] = minu
+                if not aligned or m % 2:  # the pair trick needs aligned, whole uint32 words
+                    np.copyto(raw[:m], v)
+                    raw[m] = 0  # padding: a +0.0 after the last element, outside the view
+                    v = raw[: m + m % 2]
+                w = v.view(np.uint32)
+                p = w.size
+                np.left_shift(w, 16, out=bits[:p])  # even elements
+                np.bitwise_and(w, 0xFFFF0000, out=bits[p: 2 * p])  # odd elements
+                yield i, f32[:m]
+
+        try:
+            first = _sums(n, steps(True), sc)
+        except _NonFinite:  # NaN or Inf: the general path, step by step
+            for i in range(0, n, _STEP):
+                self.add(as_float(u[i: i + _STEP], "bfloat16"))
+            return
+        mean, m2 = _moments(n, lambda: steps(False), sc, first)
+        maxs, maxu, minu = ext
         hi = _bf16_value(maxs if maxs >= 0 else minu)  # all negative: the smallest magnitude
         lo = _bf16_value(maxu if maxu >= 0x8000 else minu)  # none negative: the smallest
-        if u.ctypes.data % 4 or n % 2:  # the pair trick needs aligned, whole uint32 words
-            np.copyto(sc.raw[:n], u)
-            sc.raw[n] = 0  # padding: a +0.0 after the last element, outside x below
-            u = sc.raw[: n + n % 2]
-        w = u.view(np.uint32)
-        p = w.size
-        np.left_shift(w, 16, out=sc.bits[:p])  # even elements
-        np.bitwise_and(w, 0xFFFF0000, out=sc.bits[p: 2 * p])  # odd elements
-        mean, m2 = _moments32(sc.f32[:n], sc)
+        self.zeros += zeros
         self._merge(n, mean, m2, lo, hi)
 
-    def _add_f32(self, x: np.ndarray, dtype: str, sc: _Scratch) -> None:
+    def _add_f32(self, x: np.ndarray, sc: _Scratch) -> None:
         n = x.size
-        if dtype != "float32":  # float16: converted into the scratch
-            np.copyto(sc.f32[:n], x)
-            x = sc.f32[:n]
-        elif x.ctypes.data % 4:  # BLAS results must not depend on where a piece landed
-            np.copyto(sc.f32[:n], x)
-            x = sc.f32[:n]
+        if x.dtype != np.float32 or x.ctypes.data % 4:  # float16; or BLAS on unaligned data,
+            for i in range(0, n, _STEP):  # whose results could depend on where a piece landed
+                v = sc.f32[: min(_STEP, n - i)]
+                np.copyto(v, x[i: i + _STEP])
+                self._add_f32(v, sc) if v.size > _EXACT else self.add(v.astype(np.float64))
+            return
         lo, hi = float(np.minimum.reduce(x)), float(np.maximum.reduce(x))
         if not (math.isfinite(lo) and math.isfinite(hi)):
-            self.add(as_float(x, "float32"))
+            for i in range(0, n, _STEP):
+                self.add(x[i: i + _STEP])
             return
         b = x.view(np.uint32)
         if int(np.minimum.reduce(b)) == 0 or int(np.minimum.reduce(b.view(np.int32))) == -2**31:
+            if sc.mask.size < n:
+                sc.mask = np.empty(n, np.bool_)
             self.zeros += int(np.count_nonzero(np.equal(x, 0, out=sc.mask[:n])))
-        mean, m2 = _moments32(x, sc)
+        steps = lambda: iter([(0, x)])  # noqa: E731  (the whole piece: one call per pass)
+        mean, m2 = _moments(n, steps, sc)
         self._merge(n, mean, m2, lo, hi)
 
     def add(self, x: np.ndarray) -> None:
