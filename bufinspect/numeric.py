@@ -220,10 +220,8 @@ class StatsAccumulator:
             _FAST[dtype](self, arr, _scratch())
 
     def _merge(self, n: int, mean: float, m2: float, lo: float, hi: float) -> None:
-        if lo < self.min:
-            self.min = lo
-        if hi > self.max:
-            self.max = hi
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
         tot = self.n + n
         delta = mean - self.mean
         self.mean += delta * n / tot
@@ -256,12 +254,7 @@ class StatsAccumulator:
                     minu = int(np.minimum.reduce(v))
                     if minu == 0 or int(np.minimum.reduce(s16)) == -0x8000:  # a +0.0 or -0.0
                         zeros += m - int(np.count_nonzero(np.left_shift(v, 1, out=raw[:m])))
-                    if maxs > ext[0]:
-                        ext[0] = maxs
-                    if maxu > ext[1]:
-                        ext[1] = maxu
-                    if minu < ext[2]:
-                        ext[2] = minu
+                    ext[:] = max(ext[0], maxs), max(ext[1], maxu), min(ext[2], minu)
                 if not aligned or m % 2:  # the pair trick needs aligned, whole uint32 words
                     np.copyto(raw[:m], v)
                     raw[m] = 0  # padding: a +0.0 after the last element, outside the view
@@ -303,8 +296,7 @@ class StatsAccumulator:
             if sc.mask.size < n:
                 sc.mask = np.empty(n, np.bool_)
             self.zeros += int(np.count_nonzero(np.equal(x, 0, out=sc.mask[:n])))
-        steps = lambda: iter([(0, x)])  # noqa: E731  (the whole piece: one call per pass)
-        mean, m2 = _moments(n, steps, sc)
+        mean, m2 = _moments(n, lambda: iter([(0, x)]), sc)  # the whole piece: a call per pass
         self._merge(n, mean, m2, lo, hi)
 
     def add(self, x: np.ndarray) -> None:
