@@ -74,7 +74,7 @@ def split_nonfinite(x: np.ndarray) -> tuple[np.ndarray, int, int, float, float]:
 
 # ---- stats kernel -------------------------------------------------------------------------
 #
-# A data pass must run near `cat` speed, so a large float piece (up to one 4 MiB stream chunk) is
+# A data pass must run near `cat` speed, so a large float piece (up to one stream chunk) is
 # reduced with few passes, through reusable per-worker scratch (a fresh temporary costs a page
 # fault per 4 KiB, more than the arithmetic):
 #
