@@ -111,6 +111,21 @@ def _bf16_value(bits: int) -> float:
     return _F32.unpack(_BF16.pack(bits << 16))[0]
 
 
+def bf16_range(u: np.ndarray) -> tuple[float, float] | None:
+    """(min, max) of raw bfloat16 words from three integer reductions (no widening), or None
+    when they hold a NaN or an Inf. As int16, non-negative values order like their floats and
+    +Inf/NaN sit from 0x7F80 up; as uint16, negative values order by magnitude and -Inf/NaN sit
+    from 0xFF80 up."""
+    maxs = int(np.maximum.reduce(u.view(np.int16)))
+    maxu = int(np.maximum.reduce(u))
+    if maxs >= 0x7F80 or maxu >= 0xFF80:
+        return None
+    minu = int(np.minimum.reduce(u))
+    hi = _bf16_value(maxs if maxs >= 0 else minu)  # all negative: the smallest magnitude
+    lo = _bf16_value(maxu if maxu >= 0x8000 else minu)  # none negative: the smallest
+    return lo, hi
+
+
 class _Scratch:
     """One worker thread's reusable buffers for the stats kernel (grown to the largest piece)."""
 

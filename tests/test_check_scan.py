@@ -31,6 +31,12 @@ def planted(path):
     big[1_200_000] = -1e30
     sd["big.weight"] = big
     sd["strided.weight"] = torch.randn(64, 64, generator=g).t()  # saved as a non-contiguous view
+    # finite bfloat16 takes the integer fast path: signed zeros, all-negative, all-positive
+    clean = torch.randn(5000, generator=g)
+    clean[0], clean[1] = -0.0, 0.0
+    sd["bf16clean.running_var"] = clean.to(torch.bfloat16)
+    sd["bf16neg.running_var"] = (-(torch.rand(3000, generator=g) + 0.1)).to(torch.bfloat16)
+    sd["bf16pos.weight"] = torch.rand(1_200_000, generator=g).to(torch.bfloat16)  # > a chunk
     torch.save(sd, path)
     return sd
 
