@@ -149,7 +149,7 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
             out.append(e)
             continue
         persistent = True if role is Role.BUFFER else None  # a state dict holds persistent ones
-        out.append(dataclasses.replace(e, role=role, evidence=evidence, persistent=persistent))
+        out.append(e.with_role(role, evidence, persistent))
     return dataclasses.replace(c, entries=tuple(out))
 
 
@@ -172,12 +172,13 @@ def layer_table() -> dict[frozenset[str], list[dict[str, Any]]]:
     return dict(index)
 
 
+_KINDS = {"float": "float", "complex": "float", "int": "int", "uint": "int", "bool": "bool"}
+
+
+@lru_cache(maxsize=256)
 def _kind(dtype: str) -> str | None:
     d = dtypes.DTYPES.get(dtype)
-    if d is None:
-        return None
-    return {"float": "float", "complex": "float", "int": "int", "uint": "int",
-            "bool": "bool"}.get(d.kind)
+    return None if d is None else _KINDS.get(d.kind)
 
 
 def _fits(sig: dict[str, Any], own: list[Entry]) -> bool:
@@ -186,6 +187,8 @@ def _fits(sig: dict[str, Any], own: list[Entry]) -> bool:
         _, ndim, kind = tensors[pattern(e.name)]
         if len(e.shape) != ndim or _kind(e.dtype) != kind:
             return False
+    if not sig["same_shape"]:
+        return True
     by_name = {e.name: e for e in own}
     for a, b in sig["same_shape"]:
         for e in own:
@@ -250,11 +253,13 @@ def _order_consistent(entries: list[Entry], by_module: dict[str, list[Entry]],
         if idx[-1] - idx[0] + 1 != len(idx):
             return False
         last[module] = idx[-1]
+    first: dict[str, int] = {}  # every module's first key (`_extra_state` keys included)
     for i, e in enumerate(entries):
-        parts = e.module.split(".") if e.module else []
+        first.setdefault(e.module, i)
+    for module, i in first.items():  # no ancestor's own key after a descendant's first key
+        parts = module.split(".") if module else []
         for n in range(len(parts)):
-            ancestor = ".".join(parts[:n])
-            if last.get(ancestor, -1) > i:
+            if last.get(".".join(parts[:n]), -1) > i:
                 return False
     witness = False
     for module, own in by_module.items():
