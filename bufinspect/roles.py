@@ -181,22 +181,23 @@ def _kind(dtype: str) -> str | None:
     return None if d is None else _KINDS.get(d.kind)
 
 
-def _fits(sig: dict[str, Any], own: list[Entry]) -> bool:
+def _fits(sig: dict[str, Any], names: tuple[str, ...], ndims: tuple[int, ...],
+          kinds: tuple[str | None, ...], same: tuple[int, ...]) -> bool:
     tensors = sig["tensors"]
-    for e in own:
-        _, ndim, kind = tensors[pattern(e.name)]
-        if len(e.shape) != ndim or _kind(e.dtype) != kind:
+    for name, nd, k in zip(names, ndims, kinds):
+        _, ndim, kind = tensors[pattern(name)]
+        if nd != ndim or k != kind:
             return False
     if not sig["same_shape"]:
         return True
-    by_name = {e.name: e for e in own}
+    index = {n: i for i, n in enumerate(names)}
     for a, b in sig["same_shape"]:
-        for e in own:
-            if pattern(e.name) != a:
+        for i, name in enumerate(names):
+            if pattern(name) != a:
                 continue
-            digits = iter(_DIGITS.findall(e.name))
-            other = by_name.get(re.sub("#", lambda _: next(digits, "#"), b))
-            if other is not None and other.shape != e.shape:
+            digits = iter(_DIGITS.findall(name))
+            j = index.get(re.sub("#", lambda _: next(digits, "#"), b))
+            if j is not None and same[j] != same[i]:
                 return False
     return True
 
@@ -212,22 +213,47 @@ def _label(classes: tuple[str, ...]) -> str:
 def match_layer(module: str, own: list[Entry], versions: dict[str, int] | None
                 ) -> dict[str, Decision]:
     """Roles for a module whose whole own key set matches torch.nn / torch.ao layer signatures."""
-    names = frozenset(pattern(e.name) for e in own)
-    candidates = layer_table().get(names, []) if len(names) <= len(own) else []
-    if not candidates or len({e.name for e in own}) != len(own):
+    names = tuple(e.name for e in own)
+    candidates = _candidates(names)
+    if versions is not None:  # (the saved version may be any pickled object: compared, not hashed)
+        version = versions.get(module)
+        keep = tuple(i for i, s in enumerate(candidates) if version == s["version"])
+    else:
+        keep = tuple(range(len(candidates)))
+    if not keep:
         return {}
-    if versions is not None:
-        candidates = [s for s in candidates if versions.get(module) == s["version"]]
-    fitting = [s for s in candidates if _fits(s, own)]
+    # everything a signature looks at, without the sizes themselves: a network repeats a few
+    # layer shapes thousands of times, and each shape is matched once
+    first: dict[tuple[int, ...], int] = {}
+    decided = _match(names, tuple(len(e.shape) for e in own), tuple(_kind(e.dtype) for e in own),
+                     tuple(first.setdefault(e.shape, i) for i, e in enumerate(own)), keep)
+    return {e.key: decided[i] for i, e in enumerate(own) if decided[i] is not None}
+
+
+@lru_cache(maxsize=65536)
+def _candidates(names: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
+    """Signatures whose tensor-name patterns are exactly these names' (unique names only)."""
+    if len(set(names)) != len(names):
+        return ()
+    return tuple(layer_table().get(frozenset(pattern(n) for n in names), ()))
+
+
+@lru_cache(maxsize=4096)
+def _match(names: tuple[str, ...], ndims: tuple[int, ...], kinds: tuple[str | None, ...],
+           same: tuple[int, ...], keep: tuple[int, ...]) -> tuple[Decision | None, ...]:
+    """Per name, the role every fitting signature agrees on (None: no agreement or no fit).
+    `same[i]` is the index of the first name whose shape equals name i's; `keep` indexes the
+    candidate signatures whose version fits."""
+    candidates = _candidates(names)
+    fitting = [candidates[i] for i in keep if _fits(candidates[i], names, ndims, kinds, same)]
     if not fitting:
-        return {}
+        return (None,) * len(names)
     evidence = "layer:" + _label(tuple(c for s in fitting for c in s["classes"]))
-    out = {}
-    for e in own:
-        roles = {s["tensors"][pattern(e.name)][0] for s in fitting}
-        if len(roles) == 1:
-            out[e.key] = (Role(roles.pop()), evidence)
-    return out
+    out: list[Decision | None] = []
+    for name in names:
+        roles = {s["tensors"][pattern(name)][0] for s in fitting}
+        out.append((Role(roles.pop()), evidence) if len(roles) == 1 else None)
+    return tuple(out)
 
 
 def _by_dtype(e: Entry) -> Decision | None:
