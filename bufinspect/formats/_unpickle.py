@@ -219,6 +219,12 @@ class _Safe:
 
 
 def _ints(v: Any, what: str) -> tuple[int, ...]:
+    if type(v) is tuple and len(v) <= 64:  # the usual case, checked without a generator
+        for x in v:
+            if type(x) is not int or x < 0:
+                break
+        else:
+            return v
     if not isinstance(v, (tuple, list)) or not all(type(x) is int and x >= 0 for x in v):
         raise pickle.UnpicklingError(f"bad tensor {what}: {brief(v)}")
     if len(v) > 64:
