@@ -102,6 +102,11 @@ class _Votes:
         d = self.decided.get(key)
         return d[0] if d else None
 
+    def roles(self, own: list[Entry]) -> list[Role | None]:
+        """`role` of each entry's key."""
+        decided = self.decided
+        return [decided[e.key][0] if e.key in decided else None for e in own]
+
 
 def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
                       annotation: dict[str, Any] | None) -> Container:
@@ -140,11 +145,12 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
             for key, (role, evidence) in _by_order(own, votes).items():
                 votes.add(key, role, evidence)
     out = []
+    conflicts, decided, undecided = votes.conflicts, votes.decided, (Role.UNKNOWN, "none")
     for e in entries:
-        if e.key in votes.conflicts:
-            role, evidence = Role.UNKNOWN, votes.conflicts[e.key]
+        if e.key in conflicts:
+            role, evidence = Role.UNKNOWN, conflicts[e.key]
         else:
-            role, evidence = votes.decided.get(e.key, (Role.UNKNOWN, "none"))
+            role, evidence = decided.get(e.key, undecided)
         if role is e.role and evidence == e.evidence:
             out.append(e)
             continue
@@ -258,9 +264,14 @@ def _match(names: tuple[str, ...], ndims: tuple[int, ...], kinds: tuple[str | No
 
 def _by_dtype(e: Entry) -> Decision | None:
     """Integer and bool tensors cannot be trainable parameters."""
-    d = dtypes.DTYPES.get(e.dtype)
+    return _dtype_decision(e.dtype)
+
+
+@lru_cache(maxsize=256)
+def _dtype_decision(dtype: str) -> Decision | None:
+    d = dtypes.DTYPES.get(dtype)
     if d is not None and d.kind in ("int", "uint", "bool"):
-        return Role.BUFFER, f"dtype:{e.dtype}"
+        return Role.BUFFER, f"dtype:{dtype}"
     return None
 
 
@@ -275,10 +286,10 @@ def _order_consistent(entries: list[Entry], by_module: dict[str, list[Entry]],
     index = {e.key: i for i, e in enumerate(entries)}
     last: dict[str, int] = {}
     for module, own in by_module.items():
-        idx = [index[e.key] for e in own]
-        if idx[-1] - idx[0] + 1 != len(idx):
+        end = index[own[-1].key]
+        if end - index[own[0].key] + 1 != len(own):
             return False
-        last[module] = idx[-1]
+        last[module] = end
     first: dict[str, int] = {}  # every module's first key (`_extra_state` keys included)
     for i, e in enumerate(entries):
         first.setdefault(e.module, i)
@@ -289,8 +300,7 @@ def _order_consistent(entries: list[Entry], by_module: dict[str, list[Entry]],
                 return False
     witness = False
     for module, own in by_module.items():
-        roles = [votes.role(e.key) for e in own]
-        known = [r for r in roles if r is not None]
+        known = [r for r in votes.roles(own) if r is not None]
         if any(a is Role.BUFFER and b is Role.PARAMETER for a, b in zip(known, known[1:])):
             return False
         if module in layer_matched and Role.BUFFER in known and Role.PARAMETER in known:
@@ -299,7 +309,9 @@ def _order_consistent(entries: list[Entry], by_module: dict[str, list[Entry]],
 
 
 def _by_order(own: list[Entry], votes: _Votes) -> dict[str, Decision]:
-    roles = [votes.role(e.key) for e in own]
+    roles = votes.roles(own)
+    if None not in roles:
+        return {}  # nothing left to decide
     out: dict[str, Decision] = {}
     if Role.BUFFER in roles:
         for e in own[roles.index(Role.BUFFER) + 1:]:
