@@ -148,8 +148,8 @@ class ZipArchive:
             self.close()
             raise
         self.infos = infos
-        unsafe = [n for n in self.infos if n.startswith(("/", "\\")) or "\\" in n
-                  or ".." in n.split("/")]
+        unsafe = [n for n in self.infos if n.startswith("/") or "\\" in n
+                  or (".." in n and ".." in n.split("/"))]
         if unsafe:
             self.close()
             raise InputError(f"zip member name {brief(unsafe[0])} points outside the archive",
@@ -209,6 +209,10 @@ class ZipArchive:
             raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
         return data
 
+    def storage_span(self, key: str) -> tuple[int, int] | None:
+        """`data_span` of the storage named `key` (`<prefix>data/<key>`)."""
+        return self.data_span(self.prefix + "data/" + key)
+
     def data_span(self, name: str) -> tuple[int, int] | None:
         """(offset, length) of a stored (uncompressed) member's bytes in the file."""
         info = self.infos.get(name)
@@ -242,7 +246,7 @@ def read(path: str, arc: ZipArchive | None = None) -> Checkpoint:
         obj, log = _torch_common.unpickle(path, io.BytesIO(raw), storage_from_pid)
         _torch_common.refuse_calls(path, log)
         locate = _torch_common.make_locator(
-            path, path, lambda key: arc.data_span(f"{arc.prefix}data/{key}"))
+            path, path, arc.storage_span)
         containers = containers_of(obj, path, locate)
         return Checkpoint(path=path, format=Format.TORCH_ZIP, size=arc.size,
                           containers=containers, foreign_globals=tuple(sorted(set(log.globals))))
