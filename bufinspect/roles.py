@@ -132,7 +132,7 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
         for key, (role, evidence) in found.items():
             votes.add(key, role, evidence)
     for e in entries:
-        d = _by_dtype(e)
+        d = _dtype_decision(e.dtype)  # (_by_dtype)
         if d:
             votes.add(e.key, *d)
     order_ok = ordered and _order_consistent(entries, by_module, layer_matched, votes,
@@ -228,11 +228,8 @@ def match_layer(module: str, own: list[Entry], versions: dict[str, int] | None
         keep = tuple(range(len(candidates)))
     if not keep:
         return {}
-    # everything a signature looks at, without the sizes themselves: a network repeats a few
-    # layer shapes thousands of times, and each shape is matched once
-    first: dict[tuple[int, ...], int] = {}
-    decided = _match(names, tuple(len(e.shape) for e in own), tuple(_kind(e.dtype) for e in own),
-                     tuple(first.setdefault(e.shape, i) for i, e in enumerate(own)), keep)
+    # a network repeats a few layer structures thousands of times: each is matched once
+    decided = _match(names, tuple(e.shape for e in own), tuple(e.dtype for e in own), keep)
     return {e.key: decided[i] for i, e in enumerate(own) if decided[i] is not None}
 
 
@@ -244,13 +241,16 @@ def _candidates(names: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
     return tuple(layer_table().get(frozenset(pattern(n) for n in names), ()))
 
 
-@lru_cache(maxsize=4096)
-def _match(names: tuple[str, ...], ndims: tuple[int, ...], kinds: tuple[str | None, ...],
-           same: tuple[int, ...], keep: tuple[int, ...]) -> tuple[Decision | None, ...]:
+@lru_cache(maxsize=16384)
+def _match(names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...], dtypes: tuple[str, ...],
+           keep: tuple[int, ...]) -> tuple[Decision | None, ...]:
     """Per name, the role every fitting signature agrees on (None: no agreement or no fit).
-    `same[i]` is the index of the first name whose shape equals name i's; `keep` indexes the
-    candidate signatures whose version fits."""
+    `keep` indexes the candidate signatures whose version fits."""
     candidates = _candidates(names)
+    first: dict[tuple[int, ...], int] = {}
+    ndims = tuple(len(s) for s in shapes)
+    kinds = tuple(_kind(d) for d in dtypes)
+    same = tuple(first.setdefault(s, i) for i, s in enumerate(shapes))  # equal shapes, by index
     fitting = [candidates[i] for i in keep if _fits(candidates[i], names, ndims, kinds, same)]
     if not fitting:
         return (None,) * len(names)
