@@ -7,7 +7,7 @@ import os
 import struct
 import zipfile
 import zlib
-from typing import Any
+from typing import Any, NamedTuple
 
 from bufinspect.errors import InputError
 from bufinspect.formats import _torch_common
@@ -27,21 +27,19 @@ _ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplemented
 _MAX_RATIO = 64  # a compressed pickle that inflates more than this is a zip bomb
 
 
-class Member:
+class Member(NamedTuple):
     """The fields of a zip directory record bufinspect uses (the names zipfile.ZipInfo uses)."""
 
-    __slots__ = ("filename", "header_offset", "compress_size", "file_size", "compress_type",
-                 "CRC", "flag_bits")
+    filename: str
+    header_offset: int
+    compress_size: int
+    file_size: int
+    compress_type: int
+    CRC: int
+    flag_bits: int
 
-    def __init__(self, filename: str, header_offset: int, compress_size: int, file_size: int,
-                 compress_type: int, crc: int, flag_bits: int):
-        self.filename = filename
-        self.header_offset = header_offset
-        self.compress_size = compress_size
-        self.file_size = file_size
-        self.compress_type = compress_type
-        self.CRC = crc
-        self.flag_bits = flag_bits
+
+_new_member = tuple.__new__  # builds a Member without a Python-level __new__ per record
 
 
 def _directory(fd: int, size: int) -> dict[str, Member] | None:
@@ -72,32 +70,33 @@ def _directory(fd: int, size: int) -> dict[str, Member] | None:
     if len(cd) != cd_size:
         return None
     infos: dict[str, Member] = {}
-    unpack, pos, n = _CENTRAL.unpack_from, 0, len(cd)
+    unpack, record, pos, n = _CENTRAL.unpack_from, _CENTRAL.size, 0, len(cd)
     while pos < n:
-        if pos + _CENTRAL.size > n:
+        if pos + record > n:
             return None
         (sig, _, _, version, _, flags, method, _, _, crc, csize, fsize, name_len, extra_len,
          comment_len, _, _, _, offset) = unpack(cd, pos)
-        pos += _CENTRAL.size
-        if sig != b"PK\x01\x02" or version > _EXTRACT_VERSION:
+        start = pos + record
+        pos = start + name_len + extra_len + comment_len
+        if sig != b"PK\x01\x02" or version > _EXTRACT_VERSION or pos > n:
             return None
-        raw_name = cd[pos: pos + name_len]
-        extra = cd[pos + name_len: pos + name_len + extra_len]
-        pos += name_len + extra_len + comment_len
-        if pos > n or b"\x00" in raw_name:
+        raw_name = cd[start: start + name_len]
+        if b"\x00" in raw_name:
             return None
-        if extra:
-            sizes = _zip64(extra, fsize, csize, offset)
+        if extra_len:
+            sizes = _zip64(cd[start + name_len: start + name_len + extra_len], fsize, csize,
+                           offset)
             if sizes is None:
                 return None
             fsize, csize, offset = sizes
-        try:
-            name = raw_name.decode("utf-8" if flags & 0x800 else "cp437")
+        try:  # (ASCII reads the same in utf-8 and cp437, and decodes 10x faster)
+            name = raw_name.decode("ascii" if raw_name.isascii() else
+                                   "utf-8" if flags & 0x800 else "cp437")
         except UnicodeDecodeError:
             return None
         if name in infos:
             return None  # zipfile lists both; the archive check below names the problem
-        infos[name] = Member(name, offset, csize, fsize, method, crc, flags)
+        infos[name] = _new_member(Member, (name, offset, csize, fsize, method, crc, flags))
     return infos if len(infos) == count else None
 
 
