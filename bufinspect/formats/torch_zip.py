@@ -16,6 +16,7 @@ from bufinspect.formats._walk import containers_of
 from bufinspect.model import Checkpoint, Format
 
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+_LOCAL_SPAN = struct.Struct("<4s22xHH")  # a local header's signature, name and extra lengths
 _END = struct.Struct("<4s4H2LH")  # end of central directory record
 _END64_LOCATOR = struct.Struct("<4sLQL")
 _END64 = struct.Struct("<4sQ2H2L4Q")
@@ -221,10 +222,12 @@ class ZipArchive:
             raise InputError(f"{name} is compressed; torch.save never compresses tensor data",
                              self.path)
         raw = os.pread(self.fd, _LOCAL_HEADER.size, info.header_offset)
-        if len(raw) != _LOCAL_HEADER.size or raw[:4] != b"PK\x03\x04":
+        if len(raw) != _LOCAL_HEADER.size:
             raise InputError(f"corrupt zip header for {name}", self.path)
-        fields = _LOCAL_HEADER.unpack(raw)
-        start = info.header_offset + _LOCAL_HEADER.size + fields[10] + fields[11]
+        sig, name_len, extra_len = _LOCAL_SPAN.unpack(raw)
+        if sig != b"PK\x03\x04":
+            raise InputError(f"corrupt zip header for {name}", self.path)
+        start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
         if start + info.file_size > self.size:
             raise InputError(f"{name} claims {info.file_size} bytes past the end of the file",
                              self.path)
