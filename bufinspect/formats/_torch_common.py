@@ -13,6 +13,7 @@ from bufinspect.formats._unpickle import TensorRef
 from bufinspect.model import TensorData
 
 
+_ITEMSIZE = {name: dtypes.itemsize(name) for name in dtypes.DTYPES}  # (0: unknown dtype)
 # a view may repeat its storage (stride 0, as `expand` makes) up to this many bytes in all
 _MAX_VIEW_BYTES = 1 << 30
 
@@ -38,19 +39,17 @@ def make_locator(path: str, file: str, storages: Callable[[str], tuple[int, int]
 
     def locate(t: TensorRef) -> TensorData | None:
         found = seen.get(id(t))
-        if found is None:
-            found = seen[id(t)] = (t, place(t))
-        return found[1]
-
-    def place(t: TensorRef) -> TensorData | None:
+        if found is not None:
+            return found[1]
         if t.storage is None or t.layout not in ("strided", "quantized"):
+            seen[id(t)] = (t, None)
             return None
         key = t.storage.key
         where = spans[key] if key in spans else spans.setdefault(key, storages(key))
         if where is None:
             raise InputError(f"storage {_unpickle.brief(key)} is missing from the archive", path)
         offset, nbytes = where
-        size = dtypes.itemsize(t.dtype)
+        size = _ITEMSIZE.get(t.dtype, 0)
         shape, stride = t.shape, t.stride
         numel = math.prod(shape)
         contiguous = stride == contiguous_strides(shape)
@@ -63,7 +62,9 @@ def make_locator(path: str, file: str, storages: Callable[[str], tuple[int, int]
         if numel * size > max(nbytes, _MAX_VIEW_BYTES):
             raise InputError(f"a tensor of shape {list(shape)} repeats its {nbytes}-byte "
                              "storage beyond any real checkpoint; refusing it", path)
-        return TensorData(file, offset, nbytes, t.storage_offset, None if contiguous else stride)
+        data = TensorData(file, offset, nbytes, t.storage_offset, None if contiguous else stride)
+        seen[id(t)] = (t, data)  # (t kept alive: its id is not reused while this map lives)
+        return data
 
     return locate
 
