@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 SCHEMA = "bufinspect/1"
 
@@ -38,7 +38,7 @@ class ContainerKind(str, Enum):
     TENSORS = "tensors"  # loose tensors that are not module state
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TensorData:
     """Where an entry's bytes live. Read through `bufinspect.formats.stream`, never held in memory."""
 
@@ -55,14 +55,31 @@ class TensorData:
     # of its C-order elements (e.g. column chunks); empty when they are
     part_boxes: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
 
+    def __init__(self, file: str, offset: int, storage_nbytes: int, storage_offset: int = 0,
+                 stride: tuple[int, ...] | None = None, parts: tuple["TensorData", ...] = (),
+                 part_numels: tuple[int, ...] = ()) -> None:
+        # still frozen; written straight into __dict__ (see Entry.__init__)
+        d = self.__dict__
+        d["file"] = file
+        d["offset"] = offset
+        d["storage_nbytes"] = storage_nbytes
+        d["storage_offset"] = storage_offset
+        d["stride"] = stride
+        d["parts"] = parts
+        d["part_numels"] = part_numels
+
     @property
     def storage_id(self) -> tuple[str, int]:
         return (self.file, self.offset)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Entry:
-    """One tensor of a checkpoint with its role and the evidence that decided the role."""
+    """One tensor of a checkpoint with its role and the evidence that decided the role.
+
+    Besides the fields, every entry carries `module` and `name` (the key split at its last dot)
+    and `numel`, computed once when it is built: rules and renderers ask for them many times.
+    """
 
     container: str
     key: str
@@ -76,17 +93,42 @@ class Entry:
     requires_grad: bool | None = None
     data: TensorData | None = field(default=None, compare=False, repr=False)
 
-    @property
-    def module(self) -> str:
-        return self.key.rpartition(".")[0]
+    if TYPE_CHECKING:
+        module: str
+        name: str
+        numel: int
 
-    @property
-    def name(self) -> str:
-        return self.key.rpartition(".")[2]
+    def __init__(self, container: str, key: str, role: Role, evidence: str,
+                 shape: tuple[int, ...], dtype: str, device: str | None, nbytes: int,
+                 persistent: bool | None = None, requires_grad: bool | None = None,
+                 data: TensorData | None = None) -> None:
+        # Still frozen (assignment raises), but the fields go straight into __dict__: the
+        # generated frozen __init__ pays one object.__setattr__ call per field, and readers
+        # build one entry per tensor (50,000 in a large checkpoint).
+        d = self.__dict__
+        d["container"] = container
+        d["key"] = key
+        d["role"] = role
+        d["evidence"] = evidence
+        d["shape"] = shape
+        d["dtype"] = dtype
+        d["device"] = device
+        d["nbytes"] = nbytes
+        d["persistent"] = persistent
+        d["requires_grad"] = requires_grad
+        d["data"] = data
+        d["module"], _, d["name"] = key.rpartition(".")
+        d["numel"] = math.prod(shape)
 
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
+    def with_role(self, role: Role, evidence: str, persistent: bool | None) -> "Entry":
+        """This entry with another role (`dataclasses.replace`, without its per-call cost)."""
+        e = object.__new__(Entry)
+        d = e.__dict__
+        d.update(self.__dict__)
+        d["role"] = role
+        d["evidence"] = evidence
+        d["persistent"] = persistent
+        return e
 
     def to_dict(self) -> dict[str, Any]:
         return {

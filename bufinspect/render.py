@@ -215,11 +215,13 @@ _NUMERIC = {"size", "tensors", "elements", "min", "max", "mean", "std", "nan/inf
 
 def _plain_table(console: Any, title: str, header: list[str], rows: list[list[str]]) -> None:
     """Aligned columns without rich's layout engine: linear time for 50,000-row sections."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    columns = list(zip(*rows))  # (rows all have the header's length)
+    widths = [max(len(h), *map(len, col)) if col else len(h)
+              for h, col in zip(header, columns or [()] * len(header))]
+    justify = [str.rjust if h in _NUMERIC else str.ljust for h in header]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if h in _NUMERIC else c.ljust(w)
-                         for c, w, h in zip(cells, widths, header)).rstrip()
+        return "  ".join([j(c, w) for j, c, w in zip(justify, cells, widths)]).rstrip()
 
     console.print(title, style="bold", markup=False, highlight=False)
     console.print(line(header), style="dim", markup=False, highlight=False)

@@ -102,6 +102,11 @@ class _Votes:
         d = self.decided.get(key)
         return d[0] if d else None
 
+    def roles(self, own: list[Entry]) -> list[Role | None]:
+        """`role` of each entry's key."""
+        decided = self.decided
+        return [decided[e.key][0] if e.key in decided else None for e in own]
+
 
 def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
                       annotation: dict[str, Any] | None) -> Container:
@@ -127,7 +132,7 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
         for key, (role, evidence) in found.items():
             votes.add(key, role, evidence)
     for e in entries:
-        d = _by_dtype(e)
+        d = _dtype_decision(e.dtype)  # (_by_dtype)
         if d:
             votes.add(e.key, *d)
     order_ok = ordered and _order_consistent(entries, by_module, layer_matched, votes,
@@ -140,16 +145,17 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
             for key, (role, evidence) in _by_order(own, votes).items():
                 votes.add(key, role, evidence)
     out = []
+    conflicts, decided, undecided = votes.conflicts, votes.decided, (Role.UNKNOWN, "none")
     for e in entries:
-        if e.key in votes.conflicts:
-            role, evidence = Role.UNKNOWN, votes.conflicts[e.key]
+        if e.key in conflicts:
+            role, evidence = Role.UNKNOWN, conflicts[e.key]
         else:
-            role, evidence = votes.decided.get(e.key, (Role.UNKNOWN, "none"))
+            role, evidence = decided.get(e.key, undecided)
         if role is e.role and evidence == e.evidence:
             out.append(e)
             continue
         persistent = True if role is Role.BUFFER else None  # a state dict holds persistent ones
-        out.append(dataclasses.replace(e, role=role, evidence=evidence, persistent=persistent))
+        out.append(e.with_role(role, evidence, persistent))
     return dataclasses.replace(c, entries=tuple(out))
 
 
@@ -172,28 +178,32 @@ def layer_table() -> dict[frozenset[str], list[dict[str, Any]]]:
     return dict(index)
 
 
+_KINDS = {"float": "float", "complex": "float", "int": "int", "uint": "int", "bool": "bool"}
+
+
+@lru_cache(maxsize=256)
 def _kind(dtype: str) -> str | None:
     d = dtypes.DTYPES.get(dtype)
-    if d is None:
-        return None
-    return {"float": "float", "complex": "float", "int": "int", "uint": "int",
-            "bool": "bool"}.get(d.kind)
+    return None if d is None else _KINDS.get(d.kind)
 
 
-def _fits(sig: dict[str, Any], own: list[Entry]) -> bool:
+def _fits(sig: dict[str, Any], names: tuple[str, ...], ndims: tuple[int, ...],
+          kinds: tuple[str | None, ...], same: tuple[int, ...]) -> bool:
     tensors = sig["tensors"]
-    for e in own:
-        _, ndim, kind = tensors[pattern(e.name)]
-        if len(e.shape) != ndim or _kind(e.dtype) != kind:
+    for name, nd, k in zip(names, ndims, kinds):
+        _, ndim, kind = tensors[pattern(name)]
+        if nd != ndim or k != kind:
             return False
-    by_name = {e.name: e for e in own}
+    if not sig["same_shape"]:
+        return True
+    index = {n: i for i, n in enumerate(names)}
     for a, b in sig["same_shape"]:
-        for e in own:
-            if pattern(e.name) != a:
+        for i, name in enumerate(names):
+            if pattern(name) != a:
                 continue
-            digits = iter(_DIGITS.findall(e.name))
-            other = by_name.get(re.sub("#", lambda _: next(digits, "#"), b))
-            if other is not None and other.shape != e.shape:
+            digits = iter(_DIGITS.findall(name))
+            j = index.get(re.sub("#", lambda _: next(digits, "#"), b))
+            if j is not None and same[j] != same[i]:
                 return False
     return True
 
@@ -209,29 +219,59 @@ def _label(classes: tuple[str, ...]) -> str:
 def match_layer(module: str, own: list[Entry], versions: dict[str, int] | None
                 ) -> dict[str, Decision]:
     """Roles for a module whose whole own key set matches torch.nn / torch.ao layer signatures."""
-    names = frozenset(pattern(e.name) for e in own)
-    candidates = layer_table().get(names, []) if len(names) <= len(own) else []
-    if not candidates or len({e.name for e in own}) != len(own):
+    names = tuple(e.name for e in own)
+    candidates = _candidates(names)
+    if versions is not None:  # (the saved version may be any pickled object: compared, not hashed)
+        version = versions.get(module)
+        keep = tuple(i for i, s in enumerate(candidates) if version == s["version"])
+    else:
+        keep = tuple(range(len(candidates)))
+    if not keep:
         return {}
-    if versions is not None:
-        candidates = [s for s in candidates if versions.get(module) == s["version"]]
-    fitting = [s for s in candidates if _fits(s, own)]
+    # a network repeats a few layer structures thousands of times: each is matched once
+    decided = _match(names, tuple(e.shape for e in own), tuple(e.dtype for e in own), keep)
+    return {e.key: decided[i] for i, e in enumerate(own) if decided[i] is not None}
+
+
+@lru_cache(maxsize=65536)
+def _candidates(names: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
+    """Signatures whose tensor-name patterns are exactly these names' (unique names only)."""
+    if len(set(names)) != len(names):
+        return ()
+    return tuple(layer_table().get(frozenset(pattern(n) for n in names), ()))
+
+
+@lru_cache(maxsize=16384)
+def _match(names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...], dtypes: tuple[str, ...],
+           keep: tuple[int, ...]) -> tuple[Decision | None, ...]:
+    """Per name, the role every fitting signature agrees on (None: no agreement or no fit).
+    `keep` indexes the candidate signatures whose version fits."""
+    candidates = _candidates(names)
+    first: dict[tuple[int, ...], int] = {}
+    ndims = tuple(len(s) for s in shapes)
+    kinds = tuple(_kind(d) for d in dtypes)
+    same = tuple(first.setdefault(s, i) for i, s in enumerate(shapes))  # equal shapes, by index
+    fitting = [candidates[i] for i in keep if _fits(candidates[i], names, ndims, kinds, same)]
     if not fitting:
-        return {}
+        return (None,) * len(names)
     evidence = "layer:" + _label(tuple(c for s in fitting for c in s["classes"]))
-    out = {}
-    for e in own:
-        roles = {s["tensors"][pattern(e.name)][0] for s in fitting}
-        if len(roles) == 1:
-            out[e.key] = (Role(roles.pop()), evidence)
-    return out
+    out: list[Decision | None] = []
+    for name in names:
+        roles = {s["tensors"][pattern(name)][0] for s in fitting}
+        out.append((Role(roles.pop()), evidence) if len(roles) == 1 else None)
+    return tuple(out)
 
 
 def _by_dtype(e: Entry) -> Decision | None:
     """Integer and bool tensors cannot be trainable parameters."""
-    d = dtypes.DTYPES.get(e.dtype)
+    return _dtype_decision(e.dtype)
+
+
+@lru_cache(maxsize=256)
+def _dtype_decision(dtype: str) -> Decision | None:
+    d = dtypes.DTYPES.get(dtype)
     if d is not None and d.kind in ("int", "uint", "bool"):
-        return Role.BUFFER, f"dtype:{e.dtype}"
+        return Role.BUFFER, f"dtype:{dtype}"
     return None
 
 
@@ -246,20 +286,21 @@ def _order_consistent(entries: list[Entry], by_module: dict[str, list[Entry]],
     index = {e.key: i for i, e in enumerate(entries)}
     last: dict[str, int] = {}
     for module, own in by_module.items():
-        idx = [index[e.key] for e in own]
-        if idx[-1] - idx[0] + 1 != len(idx):
+        end = index[own[-1].key]
+        if end - index[own[0].key] + 1 != len(own):
             return False
-        last[module] = idx[-1]
+        last[module] = end
+    first: dict[str, int] = {}  # every module's first key (`_extra_state` keys included)
     for i, e in enumerate(entries):
-        parts = e.module.split(".") if e.module else []
+        first.setdefault(e.module, i)
+    for module, i in first.items():  # no ancestor's own key after a descendant's first key
+        parts = module.split(".") if module else []
         for n in range(len(parts)):
-            ancestor = ".".join(parts[:n])
-            if last.get(ancestor, -1) > i:
+            if last.get(".".join(parts[:n]), -1) > i:
                 return False
     witness = False
     for module, own in by_module.items():
-        roles = [votes.role(e.key) for e in own]
-        known = [r for r in roles if r is not None]
+        known = [r for r in votes.roles(own) if r is not None]
         if any(a is Role.BUFFER and b is Role.PARAMETER for a, b in zip(known, known[1:])):
             return False
         if module in layer_matched and Role.BUFFER in known and Role.PARAMETER in known:
@@ -268,7 +309,9 @@ def _order_consistent(entries: list[Entry], by_module: dict[str, list[Entry]],
 
 
 def _by_order(own: list[Entry], votes: _Votes) -> dict[str, Decision]:
-    roles = [votes.role(e.key) for e in own]
+    roles = votes.roles(own)
+    if None not in roles:
+        return {}  # nothing left to decide
     out: dict[str, Decision] = {}
     if Role.BUFFER in roles:
         for e in own[roles.index(Role.BUFFER) + 1:]:

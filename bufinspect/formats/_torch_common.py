@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from functools import lru_cache
 from typing import Any, Callable
 
 from bufinspect import dtypes
@@ -11,10 +13,12 @@ from bufinspect.formats._unpickle import TensorRef
 from bufinspect.model import TensorData
 
 
+_ITEMSIZE = {name: dtypes.itemsize(name) for name in dtypes.DTYPES}  # (0: unknown dtype)
 # a view may repeat its storage (stride 0, as `expand` makes) up to this many bytes in all
 _MAX_VIEW_BYTES = 1 << 30
 
 
+@lru_cache(maxsize=4096)
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     strides, acc = [], 1
     for n in reversed(shape):
@@ -34,29 +38,33 @@ def make_locator(path: str, file: str, storages: Callable[[str], tuple[int, int]
     seen: dict[int, tuple[TensorRef, TensorData | None]] = {}  # a tensor listed many times
 
     def locate(t: TensorRef) -> TensorData | None:
-        if id(t) not in seen:
-            seen[id(t)] = (t, place(t))
-        return seen[id(t)][1]
-
-    def place(t: TensorRef) -> TensorData | None:
+        found = seen.get(id(t))
+        if found is not None:
+            return found[1]
         if t.storage is None or t.layout not in ("strided", "quantized"):
+            seen[id(t)] = (t, None)
             return None
         key = t.storage.key
         where = spans[key] if key in spans else spans.setdefault(key, storages(key))
         if where is None:
             raise InputError(f"storage {_unpickle.brief(key)} is missing from the archive", path)
         offset, nbytes = where
-        size = dtypes.itemsize(t.dtype)
-        if t.numel and size:
-            last = t.storage_offset + sum((n - 1) * s for n, s in zip(t.shape, t.stride or ()))
+        size = _ITEMSIZE.get(t.dtype, 0)
+        shape, stride = t.shape, t.stride
+        numel = math.prod(shape)
+        contiguous = stride == contiguous_strides(shape)
+        if numel and size:
+            last = t.storage_offset + (numel - 1 if contiguous else
+                                       sum((n - 1) * s for n, s in zip(shape, stride or ())))
             if (last + 1) * size > nbytes:
-                raise InputError(f"a tensor of shape {list(t.shape)} does not fit in its storage "
+                raise InputError(f"a tensor of shape {list(shape)} does not fit in its storage "
                                  f"({nbytes} bytes)", path)
-        if t.numel * size > max(nbytes, _MAX_VIEW_BYTES):
-            raise InputError(f"a tensor of shape {list(t.shape)} repeats its {nbytes}-byte "
+        if numel * size > max(nbytes, _MAX_VIEW_BYTES):
+            raise InputError(f"a tensor of shape {list(shape)} repeats its {nbytes}-byte "
                              "storage beyond any real checkpoint; refusing it", path)
-        stride = None if t.stride == contiguous_strides(t.shape) else t.stride
-        return TensorData(file, offset, nbytes, t.storage_offset, stride)
+        data = TensorData(file, offset, nbytes, t.storage_offset, None if contiguous else stride)
+        seen[id(t)] = (t, data)  # (t kept alive: its id is not reused while this map lives)
+        return data
 
     return locate
 

@@ -90,7 +90,7 @@ class StorageType:
         raise pickle.UnpicklingError("a pickle tried to change a type")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, init=False)
 class StorageRef:
     """A storage named by a persistent id; its bytes are never touched here."""
 
@@ -99,6 +99,16 @@ class StorageRef:
     location: str
     numel: int | None  # as declared by the persistent id (elements, or bytes if untyped)
     view_offset: int = 0  # legacy storage views: element offset into the root storage
+
+    def __init__(self, key: str, dtype: str | None, location: str, numel: int | None,
+                 view_offset: int = 0) -> None:
+        # frozen all the same; one per storage, so no object.__setattr__ per field
+        d = self.__dict__
+        d["key"] = key
+        d["dtype"] = dtype
+        d["location"] = location
+        d["numel"] = numel
+        d["view_offset"] = view_offset
 
     def __setstate__(self, state: Any) -> None:
         raise pickle.UnpicklingError("a pickle tried to change a storage")
@@ -205,8 +215,8 @@ class _Safe:
         object.__setattr__(self, "_fn", fn)
         object.__setattr__(self, "_name", name)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._fn(*args, **kwargs)
+    def __call__(self, *args: Any) -> Any:  # REDUCE passes positional arguments only
+        return self._fn(*args)
 
     def __setstate__(self, state: Any) -> None:
         raise pickle.UnpicklingError(f"a pickle tried to change {self._name}")
@@ -219,6 +229,12 @@ class _Safe:
 
 
 def _ints(v: Any, what: str) -> tuple[int, ...]:
+    if type(v) is tuple and len(v) <= 64:  # the usual case, checked without a generator
+        for x in v:
+            if type(x) is not int or x < 0:
+                break
+        else:
+            return v
     if not isinstance(v, (tuple, list)) or not all(type(x) is int and x >= 0 for x in v):
         raise pickle.UnpicklingError(f"bad tensor {what}: {brief(v)}")
     if len(v) > 64:
@@ -352,7 +368,8 @@ class UnpickleLog:
 class _Unpickler(pickle.Unpickler):
     def __init__(self, file: io.BufferedIOBase, persistent: Callable[[Any], Any], log: UnpickleLog):
         super().__init__(file, encoding="utf-8")
-        self._persistent = persistent
+        # the C unpickler calls this directly (no method frame in between), once per storage
+        self.persistent_load = persistent
         self._log = log
         self._stubs: dict[str, type] = {}
         self._allowed = self._allowlist()
@@ -407,9 +424,6 @@ class _Unpickler(pickle.Unpickler):
             self._stubs[full] = cls
         return cls
 
-    def persistent_load(self, pid: Any) -> Any:
-        return self._persistent(pid)
-
 
 def torch_dtype(module: str, name: str) -> DTypeRef | None:
     """`torch.float32`, `torch.half`, ... as the inert dtype placeholder; None for other globals."""
@@ -426,7 +440,12 @@ def load(file: io.BufferedIOBase, persistent: Callable[[Any], Any]) -> tuple[Any
     Raises whatever the pickle machine raises on corrupt input; callers turn that into InputError.
     """
     log = UnpickleLog()
-    with _memory_budget(_budget_for(file)):
+    budget = _budget_for(file)
+    if isinstance(file, io.BytesIO):
+        # the C unpickler prefetches only from a stream with peek(); a bare BytesIO costs it a
+        # read() call per opcode (two thirds of the time for a state dict)
+        file = io.BufferedReader(file, 1 << 17)  # type: ignore[arg-type]
+    with _memory_budget(budget):
         obj = _Unpickler(file, persistent, log).load()
     return obj, log
 

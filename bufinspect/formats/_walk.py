@@ -33,11 +33,9 @@ class Walker:
         if self.entries > MAX_ENTRIES:
             raise InputError(f"the pickle lists more than {MAX_ENTRIES} tensors", self.path)
         device = t.storage.location if t.storage is not None else t.device
-        return Entry(
-            container=container, key=key, role=role, evidence=evidence, shape=t.shape,
-            dtype=t.dtype, device=device, nbytes=t.numel * dtypes.itemsize(t.dtype),
-            persistent=persistent, requires_grad=t.requires_grad, data=self.locate(t),
-        )
+        return Entry(container, key, role, evidence, t.shape, t.dtype, device,
+                     t.numel * dtypes.itemsize(t.dtype), persistent, t.requires_grad,
+                     self.locate(t))
 
     # -- the walk ----------------------------------------------------------------------------
 

@@ -127,7 +127,7 @@ def read_metadata(path: str) -> _Record:
     with open(path, "rb") as f:
         raw = f.read()
     try:
-        md = _MetadataUnpickler(io.BytesIO(raw)).load()
+        md = _MetadataUnpickler(io.BufferedReader(io.BytesIO(raw))).load()  # (peek: prefetch)
     except _Refused as exc:
         raise UnsafeInputError(f"DCP metadata names {str(exc)[:100]}, which a DCP checkpoint "
                                "never needs; refusing it (nothing was run)", path) from None

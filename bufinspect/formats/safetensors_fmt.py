@@ -24,12 +24,21 @@ def looks_like(head: bytes) -> bool:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r:.80}")
-        out[k] = v
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise ValueError(f"duplicate key {k!r:.80}")
+            seen.add(k)
     return out
+
+
+def _dims_ok(shape: list[Any]) -> bool:
+    for d in shape:
+        if type(d) is not int or not 0 <= d < 1 << 62:
+            return False
+    return True
 
 
 def parse_header(path: str, f: Any, size: int) -> tuple[dict[str, Any], dict[str, str], int]:
@@ -66,10 +75,9 @@ def parse_header(path: str, f: Any, size: int) -> tuple[dict[str, Any], dict[str
                                          and code not in dtypes.SAFETENSORS_PACKED):
             shown = repr(code[:20]) if isinstance(code, str) else type(code).__name__
             raise InputError(f"tensor {key!r:.80} has unknown dtype {shown}", path)
-        if not isinstance(shape, list) or len(shape) > 64 or not all(
-                type(d) is int and 0 <= d < 1 << 62 for d in shape):
+        if not isinstance(shape, list) or len(shape) > 64 or not _dims_ok(shape):
             raise InputError(f"tensor {key!r:.80} has an invalid shape", path)
-        if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)
+        if not (isinstance(offs, list) and len(offs) == 2 and type(offs[0]) is int and type(offs[1]) is int
                 and 0 <= offs[0] <= offs[1] <= data_size):
             raise InputError(f"tensor {key!r:.80} has offsets outside the file", path)
         numel = math.prod(shape)
