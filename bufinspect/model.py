@@ -57,7 +57,8 @@ class TensorData:
 
     def __init__(self, file: str, offset: int, storage_nbytes: int, storage_offset: int = 0,
                  stride: tuple[int, ...] | None = None, parts: tuple["TensorData", ...] = (),
-                 part_numels: tuple[int, ...] = ()) -> None:
+                 part_numels: tuple[int, ...] = (),
+                 part_boxes: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()) -> None:
         # still frozen; written straight into __dict__ (see Entry.__init__)
         d = self.__dict__
         d["file"] = file
@@ -67,6 +68,7 @@ class TensorData:
         d["stride"] = stride
         d["parts"] = parts
         d["part_numels"] = part_numels
+        d["part_boxes"] = part_boxes
 
     @property
     def storage_id(self) -> tuple[str, int]:
