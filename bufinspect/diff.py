@@ -408,12 +408,16 @@ def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], 
              ) -> list[dict[str, Any]]:
     """Stream the pairs in step; return per pair the metric fields of its DiffEntry.
 
-    With `jobs` > 1 the sweep's steps are split into contiguous runs of about equal bytes, one
-    thread each (the reads, memcmp and numpy kernels release the GIL). Every differing step gets
-    an accumulator of its own and they are merged in file order afterwards, so the report is
-    the same for any number of workers (and for any share of the pairs, which is what a
-    torch.distributed rank computes). Identical data never imports numpy.
+    With `jobs` > 1 the sweep's steps (about 4 MiB of each side) go to `jobs` threads, each
+    taking the next step in file order when it is free, with its own buffers (the reads, memcmp
+    and numpy kernels release the GIL): a worker that stops to import numpy or to measure a
+    differing step does not hold up the others. Every differing step gets an accumulator of its
+    own; they are merged in element order afterwards, so the report is the same for any number
+    of workers (and for any share of the pairs, which is what a torch.distributed rank
+    computes). Identical data never imports numpy.
     """
+    import threading
+
     from bufinspect import parallel
     from bufinspect.formats import stream
 
@@ -423,40 +427,49 @@ def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], 
     scalars = {i: (stream.read_scalar(pairs[i][0]), stream.read_scalar(pairs[i][1]))
                for i in readable if pairs[i][0].numel == 1
                and dtypes.DTYPES[pairs[i][0].dtype].kind in ("int", "uint", "bool")}
-    batches = stream.pair_batches(sub)
-    jobs = engine.workers(jobs)
-    runs = [r for r in stream.split_batches(sub, batches, jobs) if r] if jobs > 1 else [batches]
-    tasks = [(run, False) for run in runs] + [([], True)]  # last: pairs read whole
+    queue = iter(stream.pair_batches(sub))
+    lock = threading.Lock()
 
-    def sweep(task) -> list[tuple[int, int, Any]]:
-        """(pair, elements, accumulator of a differing piece or None when identical)."""
-        run, rest = task
+    def take():
+        while True:
+            with lock:
+                batch = next(queue, None)
+            if batch is None:
+                return
+            yield batch
+
+    def sweep(rest: bool) -> list[tuple[int, int, int, Any]]:
+        """(pair, first element, elements, accumulator of a differing piece or None when
+        identical) for the steps this worker took."""
         found = []
-        for chunk in stream.paired_chunks(sub, skip_equal=True, batches=run, rest=rest):
+        for chunk in stream.paired_chunks(sub, skip_equal=True, batches=[] if rest else take(),
+                                          rest=rest):
             for j, first, count, a, b in chunk.items:
                 ea = sub[j][0]
                 if progress is not None:
                     progress(2 * count * dtypes.itemsize(ea.dtype))
                 if a is None or stream.same_bytes(a, b):
-                    found.append((j, count, None))
+                    found.append((j, first, count, None))
                     continue
                 from bufinspect.numeric import DiffAccumulator
 
                 part = DiffAccumulator(*tols[readable[j]], envelope)
                 engine.add(part, a, b, ea.dtype)
-                found.append((j, count, part))
+                found.append((j, first, count, part))
         return found
 
+    jobs = engine.workers(jobs)
+    tasks = [False] * jobs + [True]  # the last task: pairs read whole (strided views)
     equal: dict[int, int] = {}
-    parts: dict[int, list[Any]] = {}
-    for found in _with_short_gil_slices(lambda: parallel.map_groups(tasks, sweep, len(tasks) - 1,
+    parts: dict[int, list[tuple[int, Any]]] = {}
+    for found in _with_short_gil_slices(lambda: parallel.map_groups(tasks, sweep, jobs,
                                                                     threads=True)):
-        for j, count, part in found:
+        for j, first, count, part in found:
             i = readable[j]
             if part is None:
                 equal[i] = equal.get(i, 0) + count
             else:
-                parts.setdefault(i, []).append(part)
+                parts.setdefault(i, []).append((first, part))
     accs = {}
     if parts:  # numpy is loaded by now
         from bufinspect.numeric import DiffAccumulator
@@ -464,7 +477,7 @@ def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], 
         for i, found in parts.items():
             acc = accs[i] = DiffAccumulator(*tols[i], envelope)
             acc.add_equal(equal.get(i, 0))
-            for part in found:
+            for _, part in sorted(found, key=lambda f: f[0]):
                 acc.merge(part)
     # entries with both equal and differing chunks: norms of the equal part, by a second pass
     partly = [pairs[i][1] for i, acc in accs.items() if acc.equal_elems]

@@ -332,19 +332,6 @@ def pair_batches(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYTE
     return batches
 
 
-def split_batches(pairs: list[tuple[Entry, Entry]], batches: list[list[Piece]],
-                  groups: int) -> list[list[list[Piece]]]:
-    """`groups` contiguous runs of `batches` (file order) of about equal bytes, one per worker."""
-    sizes = [sum(p[3] * dtypes.itemsize(pairs[p[0]][0].dtype) for p in b) for b in batches]
-    total = sum(sizes) or 1
-    out: list[list[list[Piece]]] = [[] for _ in range(max(groups, 1))]
-    done = 0
-    for b, n in zip(batches, sizes):
-        out[min(int((done + n / 2) * len(out) / total), len(out) - 1)].append(b)
-        done += n
-    return out
-
-
 def _read_side(files: _Files, spans: list[tuple[str, int, int, int]], buf: mmap.mmap,
                scratch: mmap.mmap) -> None:
     """Read (file, file offset, slot, nbytes) spans into `buf`, one preadv per run of nearby
@@ -463,7 +450,7 @@ def _pread(fd: int, view: memoryview, pos: int, file: str) -> None:
 
 def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYTES, *,
                   skip_equal: bool = False,
-                  batches: list[list[Piece]] | None = None,
+                  batches: Iterable[list[Piece]] | None = None,
                   rest: bool = True) -> Iterator[PairChunk]:
     """Stream pairs of entries with the same dtype and element count in step, chunk by chunk.
 
@@ -481,8 +468,9 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
     Identical data then costs 1.3-1.8x what `cat` costs here (one thread), instead of ~2.5x when
     filling the big buffers.
 
-    `batches` (from `pair_batches`, default: all of them) lets several workers share one sweep,
-    each with its own buffers; `rest=False` leaves out the strided pairs.
+    `batches` (steps from `pair_batches`, default: all of them; any iterable, e.g. a queue the
+    workers of one sweep share, each with its own buffers); `rest=False` leaves out the strided
+    pairs.
 
     Reads of large pieces start at a 64-byte aligned file offset (the views start a few bytes
     into the buffer). No reader thread: the caller has nothing to do for identical steps, and on
