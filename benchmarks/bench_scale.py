@@ -255,6 +255,8 @@ def main() -> int:
     print(f"diff command: {'yes' if diff else 'not in this CLI, skipped'}; "
           f"check command: {'yes' if check else 'not in this CLI, skipped'}")
     found: dict[str, dict[str, float]] = {}
+    start, _ = measure(bufinspect("--version"), repeats=5)
+    print(f"start-up (`bufinspect --version`): {fmt_s(start)}")
     try:
         generate("resnet")
         found["resnet"] = bench_case(t, "resnet .pt", WORK / "resnet.pt", naive=True,
@@ -277,11 +279,12 @@ def main() -> int:
     finally:
         shutil.rmtree(WORK, ignore_errors=True)
     elapsed = time.perf_counter() - started
-    write_results(t, found, elapsed, diff, check)
+    write_results(t, found, elapsed, diff, check, start)
     return 0
 
 
-def write_results(t: Table, found: dict, elapsed: float, diff: bool, check: bool) -> None:
+def write_results(t: Table, found: dict, elapsed: float, diff: bool, check: bool,
+                  start: float) -> None:
     rss = {r.split("|")[1].strip() + r.split("|")[2].strip(): r.split("|")[5].strip()
            for r in t.rows}
     lines = ["## Scale (`python benchmarks/bench_scale.py`)", "",
@@ -295,25 +298,32 @@ def write_results(t: Table, found: dict, elapsed: float, diff: bool, check: bool
              f"Total benchmark time {elapsed:.0f} s. `diff`: "
              f"{'measured' if diff else 'not in this CLI yet (skipped)'}; `check`: "
              f"{'measured' if check else 'not in this CLI yet (skipped)'}.", "",
-             "### Figures", "", t.markdown(), "### Reading them", ""]
+             "### Figures", "", t.markdown(), "### Reading them", "",
+             f"Ratios are whole-process wall / `cat`; in brackets, (wall - start-up) / `cat`, "
+             f"start-up being `bufinspect --version` ({fmt_s(start)}, median of 5: the "
+             "interpreter and the CLI, before any checkpoint is read).", ""]
+
+    def ratio(wall: float, cat: float) -> str:
+        return f"{wall / cat:.2f}x cat [{(wall - start) / cat:.2f}x]"
+
     for case, f in found.items():
         parts = [f"- **{case}**: listing {fmt_s(f['show'])}"]
         if "stats1thread" in f:
-            text = (f"stats --jobs 1 {f['stats1thread'] / f['cat']:.2f}x cat, --jobs 2 (threads) "
-                    f"{f['stats2thread'] / f['cat']:.2f}x cat (speed-up "
+            text = (f"stats --jobs 1 {ratio(f['stats1thread'], f['cat'])}, --jobs 2 (threads) "
+                    f"{ratio(f['stats2thread'], f['cat'])} (speed-up "
                     f"{f['stats1thread'] / f['stats2thread']:.2f}x)")
             if "stats2process" in f:
-                text += f", --jobs 2 (processes) {f['stats2process'] / f['cat']:.2f}x cat"
+                text += f", --jobs 2 (processes) {ratio(f['stats2process'], f['cat'])}"
             parts.append(text)
         elif "stats2thread" in f:
-            parts.append(f"stats --jobs 2 {f['stats2thread'] / f['cat']:.2f}x cat")
+            parts.append(f"stats --jobs 2 {ratio(f['stats2thread'], f['cat'])}")
         if "diff1" in f:
-            parts.append(f"diff --jobs 1 {f['diff1'] / f['cat2']:.2f}x cat, --jobs 2 "
-                         f"{f['diff2'] / f['cat2']:.2f}x cat (speed-up "
+            parts.append(f"diff --jobs 1 {ratio(f['diff1'], f['cat2'])}, --jobs 2 "
+                         f"{ratio(f['diff2'], f['cat2'])} (speed-up "
                          f"{f['diff1'] / f['diff2']:.2f}x)")
         if "check1" in f:
-            parts.append(f"check --jobs 1 {f['check1'] / f['cat']:.2f}x cat, --jobs 2 "
-                         f"{f['check2'] / f['cat']:.2f}x cat (speed-up "
+            parts.append(f"check --jobs 1 {ratio(f['check1'], f['cat'])}, --jobs 2 "
+                         f"{ratio(f['check2'], f['cat'])} (speed-up "
                          f"{f['check1'] / f['check2']:.2f}x)")
         lines.append("; ".join(parts))
     lines.append("")
