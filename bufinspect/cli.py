@@ -552,4 +552,12 @@ def annotate(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        # The process exits next. CPython's last collection would walk every object the run
+        # made (0.1 s after diffing two 1,000-tensor checkpoints, measured); frozen objects are
+        # skipped, and the memory goes back with the process all the same.
+        import gc
+
+        gc.freeze()
