@@ -462,8 +462,7 @@ def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], 
     tasks = [False] * jobs + [True]  # the last task: pairs read whole (strided views)
     equal: dict[int, int] = {}
     parts: dict[int, list[tuple[int, Any]]] = {}
-    for found in _with_short_gil_slices(lambda: parallel.map_groups(tasks, sweep, jobs,
-                                                                    threads=True)):
+    for found in parallel.map_groups(tasks, sweep, jobs, threads=True):
         for j, first, count, part in found:
             i = readable[j]
             if part is None:
@@ -507,20 +506,6 @@ def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], 
             fields["old"], fields["new"] = scalars[i]
         out.append(fields)
     return out
-
-
-def _with_short_gil_slices(run: Callable[[], Any]) -> Any:
-    """Run with a 0.2 ms GIL switch interval instead of 5 ms. A sweep thread holds the GIL only
-    for a few microseconds between reads, but when another thread runs Python for long (numpy's
-    import on the first differing step) each of those waits would last a whole interval."""
-    import sys
-
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(min(old, 2e-4))
-    try:
-        return run()
-    finally:
-        sys.setswitchinterval(old)
 
 
 def _identical(numel: int, envelope: bool) -> dict[str, Any]:
