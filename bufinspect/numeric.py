@@ -120,7 +120,8 @@ def bf16_range(u: np.ndarray) -> tuple[float, float] | None:
     maxu = int(np.maximum.reduce(u))
     if maxs >= 0x7F80 or maxu >= 0xFF80:
         return None
-    minu = int(np.minimum.reduce(u))
+    # both signs present (the usual case): the two maxima are the extremes
+    minu = int(np.minimum.reduce(u)) if maxs < 0 or maxu < 0x8000 else 0
     hi = _bf16_value(maxs if maxs >= 0 else minu)  # all negative: the smallest magnitude
     lo = _bf16_value(maxu if maxu >= 0x8000 else minu)  # none negative: the smallest
     return lo, hi
