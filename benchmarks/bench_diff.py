@@ -193,6 +193,8 @@ def main() -> None:
         assert rc == 1, f"bufinspect diff exit {rc}, expected 1 (differences)"
         d1, d1_rss, _ = median_of(args.runs, [*env_py, "diff", str(a), str(b), "--all",
                                               "--jobs", "1"])
+        dj, dj_rss, _ = median_of(args.runs, [*env_py, "diff", str(a), str(b), "--all",
+                                              "--format", "json"])
         script = NAIVE if fmt == "pt" else NAIVE_ST
         n, n_rss, _ = median_of(args.runs, [sys.executable, "-c", script, str(a), str(b)])
         print(f"\n## {fmt} pair, {size / 1e9:.2f} GB")
@@ -201,6 +203,9 @@ def main() -> None:
               f"({cores} threads, the default)")
         print(f"  ... --jobs 1           : {d1:6.2f} s  peak RSS {d1_rss / 1024:6.0f} MB  "
               f"(--jobs {cores} is {d1 / d:.2f}x faster)")
+        print(f"  ... --format json      : {dj:6.2f} s  peak RSS {dj_rss / 1024:6.0f} MB  "
+              f"(no rich tables to import and lay out: {(dj - start) / cat:.2f}x cat beyond "
+              "start-up)")
         print(f"naive torch.load+allclose: {n:6.2f} s  peak RSS {n_rss / 1024:6.0f} MB")
         speed = n / d
         beyond = (d - start) / cat
