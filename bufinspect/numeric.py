@@ -390,14 +390,20 @@ def _stats_serial(entries: list[Entry], progress=None) -> dict[tuple[str, str], 
     from bufinspect.formats import stream
 
     acc: dict[int, StatsAccumulator] = {}
+    small = _SmallFloats(acc)
     # read in line, 2 MiB at a time: the chunk is still in cache when it is reduced
-    for e, _, arr in stream.pieces(entries, _STATS_CHUNK, prefetch=False):
-        a = acc.get(id(e))
-        if a is None:
-            a = acc[id(e)] = StatsAccumulator(stats_kind(e))
-        a.add_raw(arr, e.dtype)
+    for e, first, arr in stream.pieces(entries, _STATS_CHUNK, prefetch=False):
+        if (arr.size == e.numel and arr.size <= _SMALL and not first
+                and stats_kind(e) == "float"):
+            small.add(e, arr)  # a whole small float tensor: batched with its neighbours
+        else:
+            a = acc.get(id(e))
+            if a is None:
+                a = acc[id(e)] = StatsAccumulator(stats_kind(e))
+            a.add_raw(arr, e.dtype)
         if progress is not None:
             progress(arr.nbytes)
+    small.flush()
     out = {}
     for e in entries:
         a = acc.get(id(e))
@@ -406,6 +412,53 @@ def _stats_serial(entries: list[Entry], progress=None) -> dict[tuple[str, str], 
         if a is not None:
             out[(e.container, e.key)] = a.result()
     return out
+
+
+_SMALL = 1 << 14  # whole float tensors up to this many elements are reduced in batches
+_BATCH = 1 << 18  # elements per batch
+
+
+class _SmallFloats:
+    """Statistics of many small float tensors (BatchNorm buffers, biases) a batch at a time:
+    one `reduceat` per statistic over their concatenated float64 values instead of a dozen
+    numpy calls per tensor (about 100 us each, which dominated checkpoints of 50,000 tensors).
+    Each tensor's numbers depend only on its own elements, so batching never changes them."""
+
+    def __init__(self, acc: dict[int, StatsAccumulator]) -> None:
+        self.acc = acc
+        self.entries: list[Entry] = []
+        self.values: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, e: Entry, arr: np.ndarray) -> None:
+        self.entries.append(e)
+        self.values.append(as_float(arr, e.dtype).astype(np.float64))  # a copy: views expire
+        self.size += arr.size
+        if self.size >= _BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.entries:
+            return
+        x = np.concatenate(self.values)
+        counts = np.array([v.size for v in self.values])
+        starts = np.cumsum(counts) - counts
+        lo, hi = np.minimum.reduceat(x, starts), np.maximum.reduceat(x, starts)
+        zeros = np.add.reduceat(x == 0, starts, dtype=np.int64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            means = np.add.reduceat(x, starts) / counts
+            d = x - np.repeat(means, counts)
+            m2 = np.add.reduceat(d * d, starts)
+        finite = np.isfinite(lo) & np.isfinite(hi)  # NaN propagates into min and max
+        for k, e in enumerate(self.entries):
+            a = self.acc[id(e)] = StatsAccumulator("float")
+            if finite[k]:
+                a.zeros += int(zeros[k])
+                a._merge(int(counts[k]), float(means[k]), float(m2[k]), float(lo[k]),
+                         float(hi[k]))
+            else:  # NaN or Inf: the general path counts and skips them
+                a.add(self.values[k])
+        self.entries, self.values, self.size = [], [], 0
 
 
 # ---- diff kernels --------------------------------------------------------------------------

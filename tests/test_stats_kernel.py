@@ -76,3 +76,42 @@ def test_nonfinite_in_a_large_piece(dtype):
         got, want = _stats(raw, dtype, chunk), _reference(raw, dtype)
         assert (got.nan, got.inf, got.min, got.max) == (2, 2, want["min"], want["max"])
         assert got.std == pytest.approx(want["std"], rel=1e-7)
+
+
+def test_small_tensors_batched_match_torch(tmp_path):
+    """Whole small float tensors are reduced a batch at a time; each one's numbers must still be
+    its own: NaN/Inf ones take the general path, zeros and signed zeros are counted, dtypes mix,
+    and the result does not depend on --jobs."""
+    import torch
+
+    import bufinspect
+    from bufinspect import numeric
+
+    g = torch.Generator().manual_seed(5)
+    sd = {}
+    for i in range(300):
+        dt = (torch.float32, torch.float16, torch.bfloat16, torch.float64)[i % 4]
+        t = torch.randn(1 + i * 7, generator=g) * (10.0 ** (i % 5)) + (1e4 if i % 7 == 0 else 0)
+        if i % 11 == 0:
+            t[0] = float("nan")
+        if i % 13 == 0:
+            t[-1] = float("-inf")
+        if i % 3 == 0:
+            t[t.numel() // 2] = -0.0 if i % 2 else 0.0
+        sd[f"m{i}.running_mean"] = t.to(dt)
+    sd["m.num_batches_tracked"] = torch.tensor(7)
+    path = tmp_path / "small.pt"
+    torch.save(sd, path)
+    entries = bufinspect.load(str(path)).entries
+    one = numeric.tensor_stats(entries, jobs=1)
+    assert numeric.tensor_stats(entries, jobs=3) == one
+    for key, t in sd.items():
+        st = one[("", key)]
+        x = t.double()
+        f = x[torch.isfinite(x)]
+        assert st.nan == int(torch.isnan(x).sum()) and st.inf == int(torch.isinf(x).sum()), key
+        assert st.zeros == int((x == 0).sum()), key
+        assert st.min == f.min().item() and st.max == f.max().item(), key
+        assert st.mean == pytest.approx(f.mean().item(), rel=1e-12, abs=1e-12), key
+        if f.numel() > 1:
+            assert st.std == pytest.approx(f.std().item(), rel=1e-9, abs=1e-12), key
