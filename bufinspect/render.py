@@ -65,7 +65,10 @@ def fmt_float(v: float | None) -> str:
 
 def to_json(doc: dict[str, Any]) -> str:
     """Strict JSON: NaN and infinities become strings, never bare tokens."""
-    return json.dumps(_finite(doc), indent=2, allow_nan=False)
+    try:  # the usual document holds none: skip the copying walk (1 s for 50,000 entries)
+        return json.dumps(doc, indent=2, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(doc), indent=2, allow_nan=False)
 
 
 def _finite(obj: Any) -> Any:
