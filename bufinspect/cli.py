@@ -82,6 +82,13 @@ def stdout_console(width: int | None = None):
     return Console(width=width, soft_wrap=False, highlight=False, emoji=False)
 
 
+def _workers(jobs: int | None, shared: bool) -> int:
+    """--jobs, or by default the cores (under torchrun: this node's cores shared by its ranks)."""
+    from bufinspect import distributed, parallel
+
+    return jobs or (distributed.default_jobs() if shared else parallel.default_jobs())
+
+
 def progress_for(total_bytes: int):
     """A progress callback on stderr for work over ~1 s, only when stderr is a terminal."""
     if total_bytes < (512 << 20) or not sys.stderr.isatty():
@@ -148,7 +155,7 @@ def show(
     --hf-config is given.
     Sharded folders (model.safetensors.index.json, torch.distributed.checkpoint) read as one.
     """
-    from bufinspect import listing, load, parallel, render
+    from bufinspect import listing, load, render
 
     matches = []
     with handled(path):
@@ -161,7 +168,7 @@ def show(
         from bufinspect import distributed as dist
 
         shared = stats and dist.wanted(distributed)
-        workers = jobs or (dist.default_jobs() if shared else parallel.default_jobs())
+        workers = _workers(jobs, shared)
         if shared:
             report = dist.show(ck, jobs=workers, **select)
             if report is None:  # not rank 0: rank 0 prints the one report
@@ -293,7 +300,6 @@ def diff(
     """
     from bufinspect import diff as diff_mod
     from bufinspect import distributed as dist
-    from bufinspect import parallel
     from bufinspect import render
     from bufinspect.errors import UsageError
 
@@ -335,8 +341,7 @@ def diff(
                           add_prefix=add_prefix or (), rename=rename or (),
                           auto_align=not no_auto_align, device=device.value,
                           save_envelope=save_metrics is not None, progress=progress,
-                          jobs=jobs or (dist.default_jobs() if shared
-                                        else parallel.default_jobs()))
+                          jobs=_workers(jobs, shared))
             if shared:  # every rank builds the report; rank 0 prints it
                 report = dist.diff(ck_a, ck_b, **kwargs)
             elif bar is not None:
@@ -455,11 +460,11 @@ def check(
     """
     from bufinspect import check as checking
     from bufinspect import distributed as dist
-    from bufinspect import load, parallel, render
+    from bufinspect import load, render
 
     with handled(paths[0] if paths else None):
         shared = dist.wanted(distributed)
-        workers = jobs or (dist.default_jobs() if shared else parallel.default_jobs())
+        workers = _workers(jobs, shared)
         config, config_path, note = ({}, None, None) if no_config else checking.load_config()
         if note:
             _stderr(f"bufinspect: note: {config_path}: {note}")

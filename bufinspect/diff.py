@@ -424,9 +424,10 @@ def _compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]], 
     readable = [i for i, (a, b) in enumerate(pairs)
                 if stream.readable(a) and stream.readable(b)]
     sub = [pairs[i] for i in readable]
-    scalars = {i: (stream.read_scalar(pairs[i][0]), stream.read_scalar(pairs[i][1]))
-               for i in readable if pairs[i][0].numel == 1
-               and dtypes.DTYPES[pairs[i][0].dtype].kind in ("int", "uint", "bool")}
+    counters = [i for i in readable if pairs[i][0].numel == 1
+                and dtypes.DTYPES[pairs[i][0].dtype].kind in ("int", "uint", "bool")]
+    values = iter(stream.read_scalars(e for i in counters for e in pairs[i]))
+    scalars = {i: (next(values), next(values)) for i in counters}
     queue = iter(stream.pair_batches(sub))
     lock = threading.Lock()
 
@@ -517,30 +518,24 @@ def _identical(numel: int, envelope: bool) -> dict[str, Any]:
 
 def metrics(acc, numel: int) -> dict[str, Any]:
     """DiffEntry fields from an accumulator (status decided from the mismatches)."""
-    if acc.diff_elems == 0 or (acc.max_abs == 0 and acc.nonfinite == 0):
+    if acc.diff_elems == 0:
+        return _identical(numel, acc.envelope is not None)
+    if acc.max_abs == 0 and acc.nonfinite == 0:
         status = Status.EQUAL
     else:
         status = Status.CLOSE if acc.mismatched == 0 else Status.CHANGED
-    bb = acc.bb if acc.diff_elems else None
-    rel_l2 = None
-    cosine = None
-    if acc.diff_elems == 0:
-        rel_l2 = 0.0
-        cosine = 1.0
-    else:
-        rel_l2 = math.sqrt(acc.sum_d2) / math.sqrt(bb) if bb else (0.0 if acc.sum_d2 == 0
-                                                                   else math.inf)
-        cosine = acc.ab / math.sqrt(acc.aa * acc.bb) if acc.aa > 0 and acc.bb > 0 else None
-        if cosine is not None:
-            cosine = max(-1.0, min(1.0, cosine))
+    bb = acc.bb
+    rel_l2 = math.sqrt(acc.sum_d2) / math.sqrt(bb) if bb else (0.0 if acc.sum_d2 == 0
+                                                               else math.inf)
+    cosine = acc.ab / math.sqrt(acc.aa * acc.bb) if acc.aa > 0 and acc.bb > 0 else None
+    if cosine is not None:
+        cosine = max(-1.0, min(1.0, cosine))
     env = None
     if acc.envelope is not None:
         env = tuple(tuple(p) for p in acc.envelope_points())
     return {"status": status, "numel": numel, "max_abs": acc.max_abs, "max_rel": acc.max_rel,
             "mean_abs": acc.sum_abs / numel if numel else 0.0, "mismatched": acc.mismatched,
             "nonfinite": acc.nonfinite, "rel_l2": rel_l2, "cosine": cosine, "envelope": env}
-
-
 
 
 def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope.BUFFERS,

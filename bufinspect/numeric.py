@@ -122,6 +122,12 @@ def bf16_range(u: np.ndarray) -> tuple[float, float] | None:
         return None
     # both signs present (the usual case): the two maxima are the extremes
     minu = int(np.minimum.reduce(u)) if maxs < 0 or maxu < 0x8000 else 0
+    return _bf16_extremes(maxs, maxu, minu)
+
+
+def _bf16_extremes(maxs: int, maxu: int, minu: int) -> tuple[float, float]:
+    """(min, max) of finite bfloat16 words from their largest int16, largest uint16 and smallest
+    uint16 values (see `bf16_range`)."""
     hi = _bf16_value(maxs if maxs >= 0 else minu)  # all negative: the smallest magnitude
     lo = _bf16_value(maxu if maxu >= 0x8000 else minu)  # none negative: the smallest
     return lo, hi
@@ -288,9 +294,7 @@ class StatsAccumulator:
                 self.add(as_float(u[i: i + _STEP], "bfloat16"))
             return
         mean, m2 = _moments(n, lambda: steps(False), sc, first)
-        maxs, maxu, minu = ext
-        hi = _bf16_value(maxs if maxs >= 0 else minu)  # all negative: the smallest magnitude
-        lo = _bf16_value(maxu if maxu >= 0x8000 else minu)  # none negative: the smallest
+        lo, hi = _bf16_extremes(*ext)
         self.zeros += zeros
         self._merge(n, mean, m2, lo, hi)
 

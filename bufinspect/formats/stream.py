@@ -21,8 +21,7 @@ from bufinspect.model import Entry, TensorData
 
 
 class _LazyNumpy:
-    """numpy, imported on first use: a diff of identical bytes never needs it (~0.1 s), and a
-    diff that does can import it while the sweep's threads read."""
+    """numpy, imported on first use: a diff of identical bytes never needs it (~0.1 s)."""
 
     def __getattr__(self, name: str):
         import numpy
@@ -98,22 +97,23 @@ def plan(entries: Iterable[Entry], chunk_bytes: int = CHUNK_BYTES) -> list[_Wind
 
 
 class _Files:
+    """The files one pass reads, each opened once."""
+
     def __init__(self) -> None:
         self.fds: dict[str, int] = {}
 
-    def read_into(self, w: _Window, buf: mmap.mmap) -> None:
-        fd = self.fds.get(w.file)
+    def fd(self, file: str) -> int:
+        fd = self.fds.get(file)
         if fd is None:
-            fd = self.fds[w.file] = os.open(w.file, os.O_RDONLY)
+            fd = self.fds[file] = os.open(file, os.O_RDONLY)
+        return fd
+
+    def read_into(self, w: _Window, buf: mmap.mmap) -> None:
         view = memoryview(buf)[: w.length]
-        got = 0
-        while got < w.length:
-            n = os.preadv(fd, [view[got:]], w.offset + got)
-            if n <= 0:
-                raise InputError("file ends inside tensor data (truncated or changed while "
-                                 "reading?)", w.file)
-            got += n
-        view.release()
+        try:
+            _pread(self.fd(w.file), view, w.offset, w.file)
+        finally:
+            view.release()
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -181,23 +181,24 @@ def _strided(entries: list[Entry], files: _Files) -> Iterator[tuple[Entry, int, 
         del base, view
 
 
-def read_scalar(e: Entry) -> int | bool:
-    """The value of a one-element integer or bool tensor (e.g. `num_batches_tracked`), read
-    with one pread and no numpy."""
-    kind = dtypes.DTYPES[e.dtype].kind
-    assert e.numel == 1 and kind in ("int", "uint", "bool") and e.data is not None
-    data, _, _ = _segments(e)[0] if e.data.parts else (e.data, 0, 1)
-    start, size = _byte_range(data, e.dtype, 1)
-    fd = os.open(data.file, os.O_RDONLY)
+def read_scalars(entries: Iterable[Entry]) -> list[int | bool]:
+    """The values of one-element integer or bool tensors (e.g. `num_batches_tracked`): one
+    pread each, each file opened once, no numpy."""
+    files = _Files()
+    out: list[int | bool] = []
     try:
-        raw = os.pread(fd, size, start)
+        for e in entries:
+            kind = dtypes.DTYPES[e.dtype].kind
+            assert e.numel == 1 and kind in ("int", "uint", "bool") and e.data is not None
+            data, _, _ = _segments(e)[0] if e.data.parts else (e.data, 0, 1)
+            start, size = _byte_range(data, e.dtype, 1)
+            raw = bytearray(size)
+            _pread(files.fd(data.file), memoryview(raw), start, data.file)
+            value = int.from_bytes(raw, "little", signed=kind == "int")
+            out.append(bool(value) if kind == "bool" else value)
     finally:
-        os.close(fd)
-    if len(raw) != size:
-        raise InputError("file ends inside tensor data (truncated or changed while reading?)",
-                         data.file)
-    value = int.from_bytes(raw, "little", signed=kind == "int")
-    return bool(value) if kind == "bool" else value
+        files.close()
+    return out
 
 
 def read_array(e: Entry) -> np.ndarray:
@@ -352,9 +353,7 @@ def _read_side(files: _Files, spans: list[tuple[str, int, int, int]], buf: mmap.
             iov.append(mv[s2: s2 + n2])
             end = off + n2
             j += 1
-        fd = files.fds.get(file)
-        if fd is None:
-            fd = files.fds[file] = os.open(file, os.O_RDONLY)
+        fd = files.fd(file)
         want, got, pos = end - start, 0, start
         while got < want:
             k = os.preadv(fd, iov, pos)
@@ -483,11 +482,7 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
     bufs = [_Buffer(chunk_bytes + _ALIGN) for _ in range(2)]
     hot = [_Buffer(_SUB + _ALIGN) for _ in range(2)]
     scratch = mmap.mmap(-1, _GAP)  # gap bytes land here; nobody reads them
-
-    def fd(file: str) -> int:
-        if file not in files.fds:
-            files.fds[file] = os.open(file, os.O_RDONLY)
-        return files.fds[file]
+    fd = files.fd
 
     def spans(batch: list[Piece], side: int) -> list[tuple[str, int, int, int]]:
         """(file, byte offset, slot, nbytes) of each piece on one side."""
