@@ -22,6 +22,7 @@ Finding ids and severities (the first ten are fixed by SPEC.md):
     missing-num-batches-tracked  warning/info  running stats without num_batches_tracked
     shared-storage           info     keys that share one storage (tied weights)
     non-persistent-buffer    info     buffers a state dict of the module will not hold
+    pickle-calls             warning  calls torch.load(weights_only=False) would make (none run)
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ FINDINGS: dict[str, tuple[str, str]] = {
                                                "(info: old format)"),
     "shared-storage": ("info", "keys that share one storage (tied weights)"),
     "non-persistent-buffer": ("info", "buffers that a state dict of the module will not hold"),
+    "pickle-calls": ("warning", "the pickle calls globals when loaded by torch.load (listed; "
+                                "none is run here)"),
 }
 
 _LOW_PRECISION = {"float16", "bfloat16"}
@@ -705,7 +708,17 @@ def _metadata_checks(ck: Checkpoint, entries: list[Entry], gpus: int | None,
     _norm_checks(out, ck, module_entries)
     _storage_checks(out, entries)
     _policy_checks(out, entries, policy)
+    if ck.calls:
+        _pickle_calls(out, ck)
     return out.items
+
+
+def _pickle_calls(out: _Findings, ck: Checkpoint) -> None:
+    shown = ", ".join(f"{name} x{count}" for name, count in ck.calls[:8])
+    more = f" and {len(ck.calls) - 8} more" if len(ck.calls) > 8 else ""
+    out.add("pickle-calls", [name for name, _ in ck.calls],
+            f"torch.load(weights_only=False) would call {shown}{more} (none was run here); "
+            f"load it that way only from a source you trust, or save a state dict instead")
 
 
 def _numeric_findings(path: str, entries: list[Entry], stats: dict[int, ScanStats]

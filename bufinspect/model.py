@@ -178,6 +178,8 @@ class Checkpoint:
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
     # globals the pickle named that bufinspect did not allow (shown, never imported)
     foreign_globals: tuple[str, ...] = ()
+    # (callee, times): the calls `torch.load(weights_only=False)` would make (none is run here)
+    calls: tuple[tuple[str, int], ...] = ()
 
     @property
     def entries(self) -> list[Entry]:
@@ -252,6 +254,8 @@ class ShowReport:
             doc["metadata"] = dict(ck.metadata)
         if ck.foreign_globals:
             doc["foreign_globals"] = list(ck.foreign_globals)
+        if ck.calls:
+            doc["calls"] = [{"name": n, "count": c} for n, c in ck.calls]
         return doc
 
 

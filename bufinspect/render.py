@@ -11,7 +11,7 @@ import json
 import re
 from collections import defaultdict
 from enum import Enum
-from typing import Any, Iterable, NoReturn
+from typing import Any, Iterable, NoReturn, Sequence
 
 from bufinspect.model import Entry, Role, ShowReport, TensorStats, json_number, summarize
 
@@ -181,7 +181,15 @@ def show_header(report: ShowReport) -> list[tuple[str, str]]:
         lines.append(("metadata", clean(", ".join(f"{k}={v}" for k, v in ck.metadata.items()))[:200]))
     if ck.foreign_globals:
         lines.append(("classes", clean(", ".join(ck.foreign_globals))[:300]))
+    if ck.calls:
+        lines.append(("calls", clean(calls_line(ck.calls))[:300]))
     return lines
+
+
+def calls_line(calls: Sequence[tuple[str, int]]) -> str:
+    """`when loaded by torch.load, not run here: functools.partial ×12, ...` for show's header."""
+    return "when loaded by torch.load, not run here: " + ", ".join(
+        f"{name} \u00d7{count}" for name, count in calls)
 
 
 def render_show_table(report: ShowReport, console: Any, *, depth: int | None = None,
