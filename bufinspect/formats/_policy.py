@@ -15,9 +15,11 @@ name with that prefix (`torch._C._jit*`). Protocol 4 names may walk attributes (
 it.
 
 Compared with the scanners users know (picklescan 1.0.5 `_unsafe_globals`, modelscan 0.8.8
-`unsafe_globals`): every entry of theirs is here except `functools.partial` (picklescan), which
-torchvision stores in every ViT (`norm_layer=partial(nn.LayerNorm, eps=1e-6)`): a partial only
-binds a callable that the pickle must also name, and that callable is judged by this list.
+`unsafe_globals`): every entry of theirs is here except two of picklescan's: `functools.partial`,
+which torchvision stores in every ViT (`norm_layer=partial(nn.LayerNorm, eps=1e-6)`) — a partial
+only binds a callable that the pickle must also name, and that callable is judged by this list;
+and the whole `test` package, narrowed to `test.support` (where CPython's gadgets live), since a
+user's model defined in a `test.py` pickles as `test.MyNet`.
 Beyond theirs this list has importers (`importlib`, `pkgutil`, `zipimport`), code builders
 (`types`, `marshal`), torch's loaders and compilers (`torch.load`, `torch.hub`, `torch.jit`,
 `torch.ops`, `torch.package`, `torch.fx` graph-module reducers that `exec` generated code,
