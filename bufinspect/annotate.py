@@ -14,7 +14,7 @@ import os
 import struct
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from bufinspect.errors import UsageError
 from bufinspect.model import Checkpoint, Container, ContainerKind, Format, Role
@@ -120,9 +120,13 @@ def apply_model(checkpoint: Checkpoint, spec: str) -> tuple[Checkpoint, list[Mod
     return apply_module(checkpoint, build(spec), "model:factory")
 
 
-def apply_module(checkpoint: Checkpoint, model: Any, evidence: str
+def apply_module(checkpoint: Checkpoint, model: Any, evidence: str,
+                 rename: Callable[[str], str] | None = None
                  ) -> tuple[Checkpoint, list[ModelMatch]]:
-    """Give every state-dict key that `model` (an nn.Module) knows its exact role."""
+    """Give every state-dict key that `model` (an nn.Module) knows its exact role.
+
+    `rename` maps a file key the model does not know to the model key it loads into (the HF
+    conversion mapping for `--hf-config`)."""
     truth = module_roles(model)
     # tied tensors (one object under several names): the file holding one name holds them all
     names_of: dict[int, list[str]] = {}
@@ -138,19 +142,22 @@ def apply_module(checkpoint: Checkpoint, model: Any, evidence: str
         keys = [e.key for e in c.entries]
         prefix = max(_PREFIXES, key=lambda p: sum(
             k.startswith(p) and k[len(p):] in truth for k in keys))
-        entries, seen = [], set()
+        entries, seen, unmatched = [], set(), []
         for e in c.entries:
             bare = e.key[len(prefix):] if e.key.startswith(prefix) else None
+            if bare not in truth and rename is not None:
+                bare = rename(e.key)
             if bare in truth:
                 seen.add(bare)
                 role, persistent = truth[bare]
                 e = dataclasses.replace(e, role=role, evidence=evidence, persistent=persistent)
+            else:
+                unmatched.append(e.key)
             entries.append(e)
         absent = [k for k in truth if k not in seen]
         matches.append(ModelMatch(
             container=c.path, prefix=prefix, matched=len(seen),
-            file_only=tuple(e.key for e in c.entries
-                            if not (e.key.startswith(prefix) and e.key[len(prefix):] in seen)),
+            file_only=tuple(unmatched),
             nonpersistent=tuple(k for k in absent if truth[k] == (Role.BUFFER, False)),
             missing=tuple(k for k in absent if truth[k] != (Role.BUFFER, False)
                           and not any(a in seen for a in aliases.get(k, ())))))

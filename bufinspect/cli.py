@@ -514,7 +514,11 @@ def _apply_model(ck, spec: str | None, hf_config: bool = False):
     from bufinspect import annotate
 
     if hf_config:
-        ck, matches = annotate.apply_module(ck, annotate.build_hf(ck.path), "model:hf-config")
+        from bufinspect._hf_keys import key_renamer
+
+        hf_model = annotate.build_hf(ck.path)
+        ck, matches = annotate.apply_module(ck, hf_model, "model:hf-config",
+                                            rename=key_renamer(hf_model))
     else:
         ck, matches = annotate.apply_model(ck, spec)
     for m in matches:

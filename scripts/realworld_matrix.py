@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
             rows.append(case)
             status = "ok" if case.readable else f"REFUSED: {case.error}"
             print(f"{case.case:46} tensors {case.tensors:5}  wrong {len(case.wrong):3}  "
-                  f"unknown {len(case.unknown):4}  {status}")
+                  f"unknown {len(case.unknown):4}  not in model {len(case.foreign):3}  {status}")
             if verbose:
                 for line in case.wrong + case.unknown[:12] + [f"persistence: {k}" for k in
                                                                case.persistence]:

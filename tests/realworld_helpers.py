@@ -61,6 +61,7 @@ class Score:
     wrong: list[str] = field(default_factory=list)  # definite roles that disagree with torch
     unknown: list[str] = field(default_factory=list)
     persistence: list[str] = field(default_factory=list)  # module pickles: wrong persistence
+    foreign: list[str] = field(default_factory=list)  # file keys the live module does not have
     readable: bool = True
     error: str = ""
     calls: tuple = ()
@@ -77,16 +78,25 @@ def score(case: str, path: str | Path, model: Any, *, container: str | None = No
     from bufinspect.errors import BufinspectError
 
     s = Score(case)
+    rename = None
     try:
         ck = bufinspect.load(str(path))
         if "--hf-config" in extra:
             from bufinspect import annotate
 
-            ck, _ = annotate.apply_module(ck, annotate.build_hf(ck.path), "model:hf-config")
+            from bufinspect._hf_keys import key_renamer
+
+            hf_model = annotate.build_hf(ck.path)
+            rename = key_renamer(hf_model)
+            ck, _ = annotate.apply_module(ck, hf_model, "model:hf-config", rename=rename)
     except BufinspectError as exc:
         s.readable, s.error = False, exc.message
         return s
     s.calls = ck.calls
+    if rename is None and hasattr(model, "base_model_prefix") and hasattr(model, "config"):
+        from bufinspect._hf_keys import key_renamer  # truth for keys saved under hub names
+
+        rename = key_renamer(model)
     want = {prefix + k: v for k, v in truth(model).items()}
     from bufinspect.model import ContainerKind
 
@@ -96,10 +106,12 @@ def score(case: str, path: str | Path, model: Any, *, container: str | None = No
         if container is not None and c.path != container:
             continue
         for e in c.entries:
-            if e.key not in want:
+            key = e.key if e.key in want or rename is None else rename(e.key)
+            if key not in want:
+                s.foreign.append(e.key)
                 continue
             s.tensors += 1
-            role, persistent = want[e.key]
+            role, persistent = want[key]
             if e.role.value in ("parameter", "buffer") and e.role.value != role:
                 s.wrong.append(f"{e.key}: {e.role.value} ({e.evidence}), torch says {role}")
             elif e.role.value == "unknown":
