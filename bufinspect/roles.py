@@ -23,6 +23,7 @@ Evidence strings are `kind:detail`; the kind (before the colon) is what the summ
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import re
@@ -138,7 +139,8 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
     order_ok = ordered and _order_consistent(entries, by_module, layer_matched, votes,
                                              c.module_versions is not None)
     for opt in optimizers:
-        for key, (role, evidence) in _optimizer_evidence(entries, opt, votes, order_ok).items():
+        for key, (role, evidence) in _optimizer_evidence(entries, opt, votes, order_ok,
+                                                         order_ok).items():
             votes.add(key, role, evidence)
     if order_ok:
         for module, own in by_module.items():
@@ -175,10 +177,14 @@ def layer_table() -> dict[frozenset[str], list[dict[str, Any]]]:
     index: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
     for sig in doc["signatures"]:
         index[frozenset(sig["tensors"])].append(sig)
+        optional = sig.get("optional") or ()  # a layer built with bias=False lacks its bias
+        if optional:
+            index[frozenset(sig["tensors"]) - frozenset(optional)].append(sig)
     return dict(index)
 
 
-_KINDS = {"float": "float", "complex": "float", "int": "int", "uint": "int", "bool": "bool"}
+_KINDS = {"float": "float", "complex": "float", "int": "int", "uint": "int", "bool": "bool",
+          "quantized": "quantized"}
 
 
 @lru_cache(maxsize=256)
@@ -192,7 +198,7 @@ def _fits(sig: dict[str, Any], names: tuple[str, ...], ndims: tuple[int, ...],
     tensors = sig["tensors"]
     for name, nd, k in zip(names, ndims, kinds):
         _, ndim, kind = tensors[pattern(name)]
-        if nd != ndim or k != kind:
+        if (ndim is not None and nd != ndim) or k != kind:  # (None: any rank)
             return False
     if not sig["same_shape"]:
         return True
@@ -258,7 +264,9 @@ def _match(names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...], dtypes: 
     out: list[Decision | None] = []
     for name in names:
         roles = {s["tensors"][pattern(name)][0] for s in fitting}
-        out.append((Role(roles.pop()), evidence) if len(roles) == 1 else None)
+        # "unknown" in a signature: that layout does not decide this tensor
+        role = roles.pop() if len(roles) == 1 else None
+        out.append((Role(role), evidence) if role in ("parameter", "buffer") else None)
     return tuple(out)
 
 
@@ -327,17 +335,33 @@ def _by_order(own: list[Entry], votes: _Votes) -> dict[str, Decision]:
 
 
 def _names_fit(opt: Container, sd: Container) -> bool:
-    names = [n for g in opt.param_groups or () for n in g.get("param_names") or ()]
     keys = {e.key for e in sd.entries}
+    names = _param_names(opt, keys)
     return bool(names) and all(n in keys for n in names)
 
 
-def _optimizer_evidence(entries: list[Entry], opt: Container, votes: _Votes, ordered: bool
-                        ) -> dict[str, Decision]:
+def _param_names(opt: Container, keys: set[str]) -> list[str]:
+    """Parameter names an optimizer states: its param groups' `param_names` (or `params` keyed
+    by name, as torch.distributed.checkpoint's get_state_dict writes), else its state keyed by
+    name (`state.<name>.<slot>`, a DCP folder whose param groups are not tensors) when every
+    such name is a key of the state dict."""
+    names = [n for g in opt.param_groups or () for n in g.get("param_names") or ()]
+    if names:
+        return names
+    stated = []
+    for e in opt.entries:
+        name = e.key.removeprefix("state.").rpartition(".")[0]
+        if name and not name.lstrip("-").isdigit() and name not in stated:
+            stated.append(name)
+    return stated if stated and all(n in keys for n in stated) else []
+
+
+def _optimizer_evidence(entries: list[Entry], opt: Container, votes: _Votes, ordered: bool,
+                        by_order: bool = False) -> dict[str, Decision]:
     """Parameters named by the optimizer, or placed by aligning its ids and state shapes."""
     groups = opt.param_groups or ()
     keys = {e.key for e in entries}
-    names = [n for g in groups for n in g.get("param_names") or ()]
+    names = _param_names(opt, keys)
     if names:
         if all(n in keys for n in names):
             return {n: (Role.PARAMETER, "optimizer:param_names") for n in names}
@@ -372,6 +396,7 @@ def _optimizer_evidence(entries: list[Entry], opt: Container, votes: _Votes, ord
     def fits(i: int, j: int) -> bool:
         return want[i] is None or want[i] == cands[j].shape
 
+    # the leftmost and rightmost order-preserving placement of every optimizer parameter
     left, j = [], 0
     for i in range(n):
         while j < m and not fits(i, j):
@@ -386,6 +411,19 @@ def _optimizer_evidence(entries: list[Entry], opt: Container, votes: _Votes, ord
             j -= 1
         right[i] = j
         j -= 1
-    # every alignment puts optimizer parameter i between its leftmost and rightmost places
-    return {cands[lo].key: (Role.PARAMETER, "optimizer:state-shapes")
-            for lo, hi in zip(left, right) if lo == hi}
+    # A candidate is a parameter in an alignment when the optimizer entry lands on it, or (the
+    # state dict lists a module's parameters before its buffers) on a later own key of its
+    # module. It is decided when that holds in EVERY alignment, i.e. when no alignment avoids
+    # the run of candidates from it to its module's last one: entries 0..k-1 placed before
+    # the run and k..n-1 after it, for some k (left and right grow with i: two bisections).
+    last_of: dict[str, int] = {}
+    for idx, e in enumerate(cands):
+        last_of[e.module] = idx
+    out = {}
+    for idx, e in enumerate(cands):
+        end = last_of[e.module] if by_order else idx
+        most = bisect.bisect_left(left, idx)  # entries that fit before the run
+        fewest = bisect.bisect_right(right, end)  # entries that cannot go after it
+        if fewest > most:  # no k avoids the run: a parameter in every alignment
+            out[e.key] = (Role.PARAMETER, "optimizer:state-shapes")
+    return out

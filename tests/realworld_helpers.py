@@ -24,12 +24,18 @@ from typing import Any, Callable
 import pytest
 
 
-def need(name: str) -> Any:
-    """Import an optional library for a test, or skip the test cleanly."""
-    if "torchvision" not in sys.modules:  # timm and transformers import torchvision too
-        # torchvision's fake-kernel registrations fail against a CPU torch (see the docstring)
+def stub_torchvision_registrations() -> None:
+    """Let a CUDA-built torchvision import against a CPU torch (see the docstring): its
+    `_meta_registrations` module only registers fake kernels for its C++ ops. timm and
+    transformers import torchvision whenever it is installed, so conftest calls this first."""
+    if "torchvision" not in sys.modules:
         sys.modules.setdefault("torchvision._meta_registrations",
                                types.ModuleType("torchvision._meta_registrations"))
+
+
+def need(name: str) -> Any:
+    """Import an optional library for a test, or skip the test cleanly."""
+    stub_torchvision_registrations()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
