@@ -8,11 +8,22 @@ roles. For plain state dicts the rules below decide what the file proves and lea
   against the file's keys;
 - `layer:<Class>`: a module's whole own key set, dimensions, dtype kinds, equal-shape groups and
   `_metadata` version match a torch.nn / torch.ao layer signature (bufinspect/data/layers.json,
-  built by introspecting torch: scripts/make_layer_table.py);
+  built by introspecting torch: scripts/make_layer_table.py). A `bias` is optional in every
+  signature that has one; besides torch.nn the table holds fused QAT modules (`ConvBn`, version
+  2), converted quantized layers (`quantized.*`: `scale` / `zero_point` are buffers), prune
+  (`weight_orig` parameter, `weight_mask` buffer), old spectral / weight norm on every layer rank,
+  parametrization originals of any rank, and the FrozenBatchNorm layout (running statistics are
+  buffers; its weight and bias are left undecided: buffers there, parameters in an old
+  BatchNorm);
 - `dtype:<dtype>`: integer and bool tensors cannot be trainable parameters;
-- `optimizer:param_names` / `optimizer:state-shapes`: an optimizer saved beside the state dict
-  names its parameters, or its parameter ids and state shapes align with the state dict's keys in
-  exactly one way;
+- `optimizer:param_names` / `optimizer:state-names` / `optimizer:state-shapes`: an optimizer
+  saved beside the state dict names its parameters (`param_names`, or params keyed by name as
+  torch.distributed.checkpoint's get_state_dict writes them, or state keyed by name), or its
+  parameter ids and state shapes align with the state dict's keys: a key is a parameter when it
+  is one in EVERY order-preserving alignment (the entry lands on it, or on a later own key of its
+  module, since a module lists its parameters before its buffers);
+- `pickle:Parameter` / `pickle:keep_vars`: a `keep_vars=True` state dict pickles parameters as
+  `nn.Parameter`, so its plain tensors are buffers;
 - `order:after-buffer` / `order:before-parameter`: inside one module's own keys a state dict
   lists parameters before buffers, so keys after a known buffer are buffers and keys before a
   known parameter are parameters (only where the file kept the state dict's order).
@@ -336,24 +347,26 @@ def _by_order(own: list[Entry], votes: _Votes) -> dict[str, Decision]:
 
 def _names_fit(opt: Container, sd: Container) -> bool:
     keys = {e.key for e in sd.entries}
-    names = _param_names(opt, keys)
+    names, _ = _param_names(opt, keys)
     return bool(names) and all(n in keys for n in names)
 
 
-def _param_names(opt: Container, keys: set[str]) -> list[str]:
+def _param_names(opt: Container, keys: set[str]) -> tuple[list[str], str]:
     """Parameter names an optimizer states: its param groups' `param_names` (or `params` keyed
     by name, as torch.distributed.checkpoint's get_state_dict writes), else its state keyed by
     name (`state.<name>.<slot>`, a DCP folder whose param groups are not tensors) when every
     such name is a key of the state dict."""
     names = [n for g in opt.param_groups or () for n in g.get("param_names") or ()]
     if names:
-        return names
+        return names, "optimizer:param_names"
     stated = []
     for e in opt.entries:
         name = e.key.removeprefix("state.").rpartition(".")[0]
         if name and not name.lstrip("-").isdigit() and name not in stated:
             stated.append(name)
-    return stated if stated and all(n in keys for n in stated) else []
+    if stated and all(n in keys for n in stated):
+        return stated, "optimizer:state-names"
+    return [], ""
 
 
 def _optimizer_evidence(entries: list[Entry], opt: Container, votes: _Votes, ordered: bool,
@@ -361,10 +374,10 @@ def _optimizer_evidence(entries: list[Entry], opt: Container, votes: _Votes, ord
     """Parameters named by the optimizer, or placed by aligning its ids and state shapes."""
     groups = opt.param_groups or ()
     keys = {e.key for e in entries}
-    names = _param_names(opt, keys)
+    names, evidence = _param_names(opt, keys)
     if names:
         if all(n in keys for n in names):
-            return {n: (Role.PARAMETER, "optimizer:param_names") for n in names}
+            return {n: (Role.PARAMETER, evidence) for n in names}
         return {}
     if not ordered:
         return {}  # alignment needs the state dict's own order
