@@ -266,7 +266,11 @@ def _match(names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...], dtypes: 
     fitting = [candidates[i] for i in keep if _fits(candidates[i], names, ndims, kinds, same)]
     if not fitting:
         return (None,) * len(names)
-    evidence = "layer:" + _label(tuple(c for s in fitting for c in s["classes"]))
+    # named after the plainest fitting layers (lowest version: a Conv2d before a fused ConvBn2d,
+    # when the file kept no `_metadata` to tell them apart)
+    low = min(s["version"] for s in fitting)
+    evidence = "layer:" + _label(tuple(c for s in fitting if s["version"] == low
+                                       for c in s["classes"]))
     out: list[Decision | None] = []
     for name in names:
         roles = {s["tensors"][pattern(name)][0] for s in fitting}

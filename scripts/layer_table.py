@@ -82,7 +82,9 @@ def _variants(cls: type) -> list[dict[str, Any]]:
     out = []
     for ints in _INT_SETS:
         base = dict(zip(required, ints))
-        if "qconfig" in sig.parameters:  # fused QAT modules (ConvBn2d, ...) need one
+        # fused QAT conv + BN (ConvBn2d, ...: _metadata version 2) need a qconfig; the other QAT
+        # modules hold a plain Conv's or Linear's keys at version 1 and add nothing
+        if "qconfig" in sig.parameters and cls.__name__.startswith("ConvBn"):
             import torch.ao.quantization as aoq
 
             base["qconfig"] = aoq.get_default_qat_qconfig("fbgemm")

@@ -90,7 +90,7 @@ def score(case: str, path: str | Path, model: Any, *, container: str | None = No
         if "--hf-config" in extra:
             from bufinspect import annotate
 
-            from bufinspect._hf_keys import key_renamer
+            from bufinspect.annotate import hf_key_renamer as key_renamer
 
             hf_model = annotate.build_hf(ck.path)
             rename = key_renamer(hf_model)
@@ -100,7 +100,7 @@ def score(case: str, path: str | Path, model: Any, *, container: str | None = No
         return s
     s.calls = ck.calls
     if rename is None and hasattr(model, "base_model_prefix") and hasattr(model, "config"):
-        from bufinspect._hf_keys import key_renamer  # truth for keys saved under hub names
+        from bufinspect.annotate import hf_key_renamer as key_renamer  # truth for keys saved under hub names
 
         rename = key_renamer(model)
     want = {prefix + k: v for k, v in truth(model).items()}

@@ -61,7 +61,7 @@ def _undecidable(model, unknown_keys):
     tensors excepted (buffers there, parameters in an old BatchNorm with the same layout)."""
     rename = None
     if hasattr(model, "base_model_prefix") and hasattr(model, "config"):
-        from bufinspect._hf_keys import key_renamer
+        from bufinspect.annotate import hf_key_renamer as key_renamer
 
         rename = key_renamer(model)
     bad = []

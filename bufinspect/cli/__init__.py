@@ -333,7 +333,7 @@ def _apply_model(ck: Checkpoint, spec: str | None, hf_config: bool = False):
     from bufinspect import annotate
 
     if hf_config:
-        from bufinspect._hf_keys import key_renamer
+        from bufinspect.annotate import hf_key_renamer as key_renamer
 
         hf_model = annotate.build_hf(ck.path)
         ck, matches = annotate.apply_module(ck, hf_model, "model:hf-config",
