@@ -222,3 +222,63 @@ def test_dotted_names_are_judged_whole(tmp_path, cli, module, name):
             z.writestr(info, data)
     r = cli("show", evil)
     assert r.exit_code == 2 and str(evil) in r.stderr and "refusing" in r.stderr, r.stderr
+    assert f"names {module}.{name}, which " in r.stderr  # the global, and why it is refused
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_harmless_calls_in_a_legacy_file(tmp_path, cli_json):
+    path = tmp_path / "legacy.pt"
+    torch.save(_harmless_module(), path, _use_new_zipfile_serialization=False)
+    doc = cli_json("show", path)
+    assert doc["format"] == "torch-legacy"
+    assert {c["name"]: c["count"] for c in doc["calls"]} == {
+        "functools.partial": 2, "collections.Counter": 2, f"{__name__}.Layout": 1}
+
+
+def test_schema_describes_the_calls(tmp_path, cli_json):
+    jsonschema = pytest.importorskip("jsonschema")
+    import json
+    from pathlib import Path
+
+    import bufinspect
+
+    schema = json.loads((Path(bufinspect.__file__).parent / "schema" / "bufinspect-1.json")
+                        .read_text())
+    path = tmp_path / "block.pt"
+    torch.save(_harmless_module(), path)
+    doc = cli_json("show", path)
+    jsonschema.validate(doc, schema)
+    bad = dict(doc, calls=[{"name": "functools.partial", "count": 0}])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def _opcode_pickle(body: bytes) -> bytes:
+    return b"\x80\x02" + body + b"."
+
+
+@pytest.mark.parametrize("body,called", [
+    # REDUCE: Counter([1])
+    (b"ccollections\nCounter\n]K\x01a\x85R", ["collections.Counter"]),
+    # INST: import and call in one opcode
+    (b"(K\x01icollections\nCounter\n", ["collections.Counter"]),
+    # OBJ: MARK, class, args, OBJ
+    (b"(ccollections\nCounter\nK\x01o", ["collections.Counter"]),
+    # NEWOBJ then BUILD: an object built without a call (how nn.Module pickles)
+    (b"ccollections\nCounter\n)\x81}U\x01aK\x01sb", []),
+    # a stored partial called later: the call on the instance is recorded too
+    (b"cfunctools\npartial\nccollections\nCounter\n\x85R)R",
+     ["functools.partial", "functools.partial()"]),
+])
+def test_every_call_opcode_is_recorded(body, called):
+    import io
+
+    from bufinspect.formats import _unpickle
+
+    def no_storage(pid):
+        raise pickle.UnpicklingError("no storages here")
+
+    obj, log = _unpickle.load(io.BytesIO(_opcode_pickle(body)), no_storage)
+    assert log.calls == called
+    assert _unpickle.refusals(log) == []
+    assert isinstance(obj, _unpickle.Stub)  # an inert stand-in, never a real Counter
