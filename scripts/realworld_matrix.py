@@ -38,6 +38,13 @@ def main(argv: list[str]) -> int:
                 for line in case.wrong + case.unknown[:12] + [f"persistence: {k}" for k in
                                                                case.persistence]:
                     print("     ", line)
+    calls: dict[str, int] = {}
+    for r in rows:
+        for name, _ in r.calls:
+            calls[name] = calls.get(name, 0) + 1
+    if calls:
+        print("\ncalls torch.load would make (files): " + ", ".join(
+            f"{n} ({c})" for n, c in sorted(calls.items(), key=lambda kv: -kv[1])))
     modules = [r for r in rows if ".module" in r.case]
     print(f"\n{len(rows)} files, {sum(r.tensors for r in rows)} tensors: "
           f"{sum(len(r.wrong) for r in rows)} wrong definite roles, "

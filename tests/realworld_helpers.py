@@ -74,11 +74,12 @@ class Score:
 
 
 def score(case: str, path: str | Path, model: Any, *, container: str | None = None,
-          prefix: str = "", extra: tuple[str, ...] = ()) -> Score:
+          prefix: str = "", extra: tuple[str, ...] = (), module_state: bool = True) -> Score:
     """Load `path` with bufinspect and compare every module tensor with `model`'s truth.
 
     `prefix` is prepended to the model's keys (`model.` inside a Lightning module);
-    `extra` lists more bufinspect show options (`--hf-config`).
+    `extra` lists more bufinspect show options (`--hf-config`); `module_state=False` for a file
+    that holds none (an optimizer or scheduler file beside the weights): only read, not scored.
     """
     import bufinspect
     from bufinspect.errors import BufinspectError
@@ -99,6 +100,8 @@ def score(case: str, path: str | Path, model: Any, *, container: str | None = No
         s.readable, s.error = False, exc.message
         return s
     s.calls = ck.calls
+    if not module_state:
+        return s
     if rename is None and hasattr(model, "base_model_prefix") and hasattr(model, "config"):
         from bufinspect.annotate import hf_key_renamer as key_renamer  # truth for keys saved under hub names
 
@@ -480,6 +483,33 @@ def lightning_cases(folder: Path) -> list[tuple[str, Path, Any, dict[str, Any]]]
     return [("lightning.ckpt", path, module, {"container": "state_dict"})]
 
 
+def accelerate_cases(folder: Path) -> list[tuple[str, Path, Any, dict[str, Any]]]:
+    """`Accelerator.save_state` (model.safetensors beside optimizer.bin, scheduler.bin and the
+    RNG states, each its own torch.save file) and `Accelerator.save_model`."""
+    import torch
+    from torch import nn
+
+    accelerate = need("accelerate")
+    with quiet():
+        acc = accelerate.Accelerator(cpu=True)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
+                              nn.Linear(36, 2))
+        opt = torch.optim.AdamW(model.parameters())
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [2])
+        model, opt, sched = acc.prepare(model, opt, sched)
+        acc.backward(model(torch.randn(2, 3, 5, 5)).sum())
+        opt.step()
+        sched.step()
+        acc.save_state(str(folder / "state"))
+        acc.save_model(model, str(folder / "model"))
+    out = [("accelerate.save_state", folder / "state" / "model.safetensors", model, {}),
+           ("accelerate.save_model", folder / "model" / "model.safetensors", model, {})]
+    for extra in sorted((folder / "state").iterdir()):  # optimizer, scheduler, RNG states
+        if extra.suffix in (".bin", ".pkl"):
+            out.append((f"accelerate.{extra.name}", extra, model, {"module_state": False}))
+    return out
+
+
 def _library_cases(folder: Path, models: dict[str, Callable[[], Any]], wanted: list[str]):
     for name, make in models.items():
         if wanted and not any(w in name for w in wanted):
@@ -505,10 +535,12 @@ def all_cases(folder: Path, wanted: list[str] = (), on_skip: Callable[[str, str]
               ("timm", lambda: _library_cases(folder, timm_models(), wanted)),
               ("transformers", lambda: _library_cases(folder, hf_models(), wanted)),
               ("peft", lambda: peft_cases(folder)),
+              ("accelerate", lambda: accelerate_cases(folder)),
               ("lightning", lambda: lightning_cases(folder)),
               ("torch", lambda: torch_utility_cases(folder))]
     for lib, make in groups:
-        if wanted and lib in ("peft", "lightning") and not any(w in lib for w in wanted):
+        if wanted and lib in ("peft", "accelerate", "lightning") and not any(
+                w in lib for w in wanted):
             continue
         try:
             cases = list(make())
