@@ -46,7 +46,8 @@ def _detail(e: DiffEntry) -> str:
     return "; ".join(parts)
 
 
-def diff_rows(report: DiffReport, *, show_equal: bool = False) -> tuple[list[str], list[list[str]]]:
+def diff_rows(report: DiffReport, *, show_equal: bool = False
+              ) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the diff table (names cleaned), sorted by how much each entry moved."""
     header = ["status", "key", "max_abs", "max_rel", "mean_abs", "rel_l2", "cosine",
               "mismatched", "detail"]

@@ -16,10 +16,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bufinspect.scan.device import cuda_available, cuda_device_count, resolve_device
-from bufinspect.scan.sweep import Engine, compare_pairs
 
 if TYPE_CHECKING:
     from bufinspect.model import Entry
+    from bufinspect.scan.sweep import Engine, compare_pairs
+
+
+def __getattr__(name: str) -> Any:
+    """`Engine` and `compare_pairs` load with `scan.sweep` on first use (listing never does)."""
+    if name in ("Engine", "compare_pairs"):
+        from bufinspect.scan import sweep
+
+        return getattr(sweep, name)
+    raise AttributeError(f"module 'bufinspect.scan' has no attribute {name!r}")
 
 
 def tensor_stats(entries, progress=None, jobs: int = 1, work=None):
