@@ -10,11 +10,11 @@ roles. For plain state dicts the rules below decide what the file proves and lea
   `_metadata` version match a torch.nn / torch.ao layer signature (bufinspect/data/layers.json,
   built by introspecting torch: scripts/make_layer_table.py, read by `formats.package_data`). A
   `bias` is optional in every signature that has one; besides torch.nn the table holds fused QAT
-  modules (`ConvBn`, version 2), converted quantized layers (`quantized.*`: `scale` / `zero_point` are buffers), prune
-  (`weight_orig` parameter, `weight_mask` buffer), old spectral / weight norm on every layer rank,
-  parametrization originals of any rank, and the FrozenBatchNorm layout (running statistics are
-  buffers; its weight and bias are left undecided: buffers there, parameters in an old
-  BatchNorm);
+  modules (`ConvBn`, version 2), converted quantized layers (`quantized.*`: `scale` and
+  `zero_point` are buffers), prune (`weight_orig` parameter, `weight_mask` buffer), old spectral /
+  weight norm on every layer rank, parametrization originals of any rank, and the FrozenBatchNorm
+  layout (running statistics are buffers; its weight and bias are left undecided: buffers there,
+  parameters in an old BatchNorm);
 - `dtype:<dtype>`: integer and bool tensors cannot be trainable parameters;
 - `optimizer:param_names` / `optimizer:state-names` / `optimizer:state-shapes`: an optimizer
   saved beside the state dict names its parameters (`param_names`, or params keyed by name as

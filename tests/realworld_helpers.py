@@ -103,7 +103,8 @@ def score(case: str, path: str | Path, model: Any, *, container: str | None = No
     if not module_state:
         return s
     if rename is None and hasattr(model, "base_model_prefix") and hasattr(model, "config"):
-        from bufinspect.annotate import hf_key_renamer as key_renamer  # truth for keys saved under hub names
+        # the truth for keys saved under hub names
+        from bufinspect.annotate import hf_key_renamer as key_renamer
 
         rename = key_renamer(model)
     want = {prefix + k: v for k, v in truth(model).items()}
@@ -185,7 +186,8 @@ def torchvision_models() -> dict[str, Callable[[], Any]]:
         "tv_mobilenet_v3_small": lambda: tv.models.mobilenet_v3_small(num_classes=10),
         "tv_resnet18_frozenbn": lambda: tv.models.resnet18(norm_layer=ops.FrozenBatchNorm2d),
         "tv_convnext_tiny_cfg": lambda: tv.models.ConvNeXt(
-            [tv.models.convnext.CNBlockConfig(8, 16, 1), tv.models.convnext.CNBlockConfig(16, None, 1)],
+            [tv.models.convnext.CNBlockConfig(8, 16, 1),
+             tv.models.convnext.CNBlockConfig(16, None, 1)],
             num_classes=10),
         "tv_swin_tiny_cfg": lambda: tv.models.SwinTransformer(
             patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=[2, 2],

@@ -118,7 +118,7 @@ def show_header(report: ShowReport) -> list[tuple[str, str]]:
 
 
 def calls_line(calls: Sequence[tuple[str, int]]) -> str:
-    """`when loaded by torch.load, not run here: functools.partial \u00d712, ...` (show's header)."""
+    """`when loaded by torch.load, not run here: functools.partial \u00d712, ...` (header)."""
     return "when loaded by torch.load, not run here: " + ", ".join(
         f"{name} \u00d7{count}" for name, count in calls)
 
