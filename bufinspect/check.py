@@ -59,6 +59,19 @@ FINDINGS: dict[str, tuple[str, str]] = {
                                                "(info: old format)"),
     "shared-storage": ("info", "keys that share one storage (tied weights)"),
     "non-persistent-buffer": ("info", "buffers that a state dict of the module will not hold"),
+    # buffer diagnostics (bufinspect.diagnostics)
+    "stats-at-init": ("warning", "a normalization layer's running statistics hold their initial "
+                                 "values while its affine parameters trained"),
+    "stats-never-tracked": ("info", "num_batches_tracked is 0 on every normalization layer of a "
+                                    "state dict whose parameters trained"),
+    "ema-buffers-stale": ("warning", "an EMA/averaged copy's running statistics are at init, "
+                                     "stale, or missing while the model's moved"),
+    "missing-key": ("error", "with --model: keys the model expects are absent (strict loading "
+                             "fails)"),
+    "unexpected-key": ("warning", "with --model: keys the model does not have"),
+    "shape-mismatch": ("error", "with --model: tensors whose shape differs from the model's"),
+    "key-prefix": ("warning", "with --model: a wrapper prefix (module., _orig_mod.) only one "
+                              "side has"),
 }
 
 _LOW_PRECISION = {"float16", "bfloat16"}
@@ -732,10 +745,20 @@ def _numeric_findings(path: str, entries: list[Entry], stats: dict[int, ScanStat
     return out
 
 
+def _buffer_diagnostics(cks: Sequence[Checkpoint], selected: Sequence[list[Entry]],
+                        expected: Any, spec: str) -> list[Finding]:
+    """stats-at-init, stats-never-tracked, ema-buffers-stale and the --model key findings."""
+    from bufinspect import diagnostics
+
+    return [Finding(d.id, d.severity or FINDINGS[d.id][0], path, d.keys, d.message)
+            for path, d in diagnostics.diagnose(cks, selected, expected, spec)]
+
+
 def check(paths: Sequence[str], *, policy: Policy | None = None, device: str = "auto",
           containers: Sequence[str] = (), progress: Callable[[int], None] | None = None,
           loaded: Sequence[Checkpoint] | None = None, jobs: int = 1,
-          scanner: Callable[..., dict[int, ScanStats]] | None = None) -> CheckReport:
+          scanner: Callable[..., dict[int, ScanStats]] | None = None,
+          model: Any = None, model_spec: str = "the model") -> CheckReport:
     """Check one or more checkpoints and return one report.
 
     Args:
@@ -749,6 +772,9 @@ def check(paths: Sequence[str], *, policy: Policy | None = None, device: str = "
         jobs: CPU workers for the numeric scan (the GPU path streams on one).
         scanner: runs the numeric scan instead of `scan`, with the same arguments and result
             (`bufinspect.distributed` shares it across ranks).
+        model: the user's nn.Module (`annotate.build`, on meta): exact roles, and the
+            `missing-key` / `unexpected-key` / `shape-mismatch` / `key-prefix` findings.
+        model_spec: how messages name the model (`MODULE:FACTORY`).
 
     Returns:
         A `CheckReport`; `report.ok` is the CI verdict, `report.to_dict()` the JSON document.
@@ -765,6 +791,12 @@ def check(paths: Sequence[str], *, policy: Policy | None = None, device: str = "
     findings: list[Finding] = []
     stats: dict[tuple[str, str, str], ScanStats] = {}
     cks = list(loaded) if loaded is not None else [load(p) for p in paths]
+    expected = None
+    if model is not None:
+        from bufinspect import annotate, diagnostics
+
+        cks = [annotate.apply_module(ck, model, "model:factory")[0] for ck in cks]
+        expected = diagnostics.expected_state(model)
     selected = [listing.select(ck, containers=containers) for ck in cks]
     todo = [e for entries in selected for e in entries if scannable(e)]
     measured = (scanner or scan)(todo, where, progress, jobs)
@@ -774,6 +806,7 @@ def check(paths: Sequence[str], *, policy: Policy | None = None, device: str = "
         for e in entries:
             if id(e) in measured:
                 stats[(ck.path, e.container, e.key)] = measured[id(e)]
+    findings += _buffer_diagnostics(cks, selected, expected, model_spec)
     order = {s: i for i, s in enumerate(SEVERITIES)}
     path_order = {ck.path: i for i, ck in enumerate(cks)}
     kept = [f for f in findings if f.id not in policy.ignore]

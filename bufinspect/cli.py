@@ -444,6 +444,12 @@ def check(
                                    "in the nearest pyproject.toml."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="CPU workers for the "
                                        "numeric scan (default: the number of cores)."),
+    model: Optional[str] = typer.Option(None, "--model", metavar="MODULE:FACTORY",
+                                        help="Also check that each file loads strictly into "
+                                        "your model (missing-key, unexpected-key, "
+                                        "shape-mismatch): imports MODULE and calls FACTORY (or "
+                                        "CLASS) with no arguments on the meta device. This RUNS "
+                                        "YOUR CODE (never the checkpoint's)."),
     distributed: Optional[bool] = typer.Option(None, "--distributed/--no-distributed",
                                                help="Share the numeric scan across "
                                                "torch.distributed ranks; rank 0 prints the "
@@ -471,6 +477,11 @@ def check(
         policy = checking.make_policy(expect_dtype=expect_dtype, expect_device=expect_device,
                                       ignore=ignore or (), strict=strict, config=config)
         where = device if device is not None else config.get("device", "auto")
+        built = None
+        if model is not None:
+            from bufinspect import annotate as ann
+
+            built = ann.build(model)
     loaded = []
     for p in paths:
         with handled(p):
@@ -480,15 +491,18 @@ def check(
         bar, progress = progress_for(total)
         if shared:  # every rank builds the report; rank 0 prints it
             report = dist.check(paths, policy=policy, device=where, containers=container or (),
-                                loaded=loaded, jobs=workers)
+                                loaded=loaded, jobs=workers, model=built,
+                                model_spec=model or "the model")
         elif bar is not None:
             with bar:
                 report = checking.check(paths, policy=policy, device=where,
                                         containers=container or (), progress=progress,
-                                        loaded=loaded, jobs=workers)
+                                        loaded=loaded, jobs=workers, model=built,
+                                        model_spec=model or "the model")
         else:
             report = checking.check(paths, policy=policy, device=where,
-                                    containers=container or (), loaded=loaded, jobs=workers)
+                                    containers=container or (), loaded=loaded, jobs=workers,
+                                    model=built, model_spec=model or "the model")
     if shared and not dist.prints():
         raise typer.Exit(0)  # see distributed.prints: the verdict is rank 0's exit code
     if format is OutputFormat.JSON:

@@ -178,6 +178,9 @@ class DiffReport:
     alignment: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     from_metrics: bool = False
+    # remarks on the diff as a whole (bufinspect.diagnostics.DiffNote): statistics that did not
+    # move while parameters trained, statistics that moved without their counter
+    notes: tuple[Any, ...] = ()
 
     @property
     def summary(self) -> dict[str, int]:
@@ -207,6 +210,7 @@ class DiffReport:
             "entries": [e.to_dict(envelope=envelope) for e in self.entries],
             "summary": self.summary,
             "identical": self.identical,
+            "notes": [n.to_dict() for n in self.notes],
         }
         if self.from_metrics:
             doc["from_metrics"] = True
@@ -544,7 +548,8 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
          add_prefix: Sequence[str] = (), rename: Sequence[tuple[str, str] | str] = (),
          auto_align: bool = True, device: str = "cpu", save_envelope: bool = False,
          progress: Callable[[int], None] | None = None, jobs: int = 1,
-         compare: Callable[..., list[dict[str, Any]]] | None = None) -> DiffReport:
+         compare: Callable[..., list[dict[str, Any]]] | None = None,
+         notes: bool = True) -> DiffReport:
     """Compare the module state of two checkpoints.
 
     Args:
@@ -566,6 +571,8 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
         jobs: CPU threads for the data sweep (the report does not depend on it).
         compare: runs the data pass instead of `_compare`, with the same arguments and result
             (`bufinspect.distributed` shares it across ranks).
+        notes: add `bufinspect.diagnostics` notes on running statistics (with the default
+            buffers scope this may byte-compare parameters, stopping at the first difference).
 
     Returns:
         A `DiffReport`: entries in A's key order (added keys last), with statuses and metrics.
@@ -633,7 +640,33 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
         results[pos].update(f)
     entries = tuple(DiffEntry(**f) for f in results)
     return DiffReport((ck_a.path, ck_b.path), scope, rtol, atol, entries, tols,
-                      (path_a, path_b), applied, engine.name)
+                      (path_a, path_b), applied, engine.name,
+                      notes=_notes(entries, scope, ents_a, by_b, ma) if notes else ())
+
+
+def _notes(entries: Sequence[DiffEntry], scope: Scope, ents_a: list[Entry],
+           by_b: dict[str, Entry], names_a: dict[str, str]) -> tuple[Any, ...]:
+    """The diagnostics notes on running statistics. Whether parameters changed comes from the
+    entries when they are in scope; otherwise from a byte compare of the parameters, stopping
+    at the first difference (run only when every running statistic stayed equal)."""
+    from bufinspect import diagnostics
+
+    if scope is Scope.PARAMETERS:  # running statistics are out of scope: nothing to say
+        return ()
+
+    def changed_params() -> bool:
+        if scope is Scope.ALL:
+            return any(e.role is Role.PARAMETER and e.status in (Status.CLOSE, Status.CHANGED)
+                       for e in entries)
+        pairs = []
+        for ea in ents_a:
+            eb = by_b.get(names_a[ea.key])
+            if (ea.role is Role.PARAMETER and eb is not None and eb.role is Role.PARAMETER
+                    and ea.shape == eb.shape and ea.dtype == eb.dtype):
+                pairs.append((ea, eb))
+        return diagnostics.parameters_changed(pairs)
+
+    return tuple(diagnostics.diff_notes(entries, changed_params))
 
 
 # ---- saved metrics -------------------------------------------------------------------------
@@ -715,9 +748,14 @@ def rejudge_report(doc: dict[str, Any], *, rtol: float | None = None, atol: floa
                             approximate=approx,
                             envelope=tuple(tuple(p) for p in env) if env else None)
             entries.append(e)
+        from bufinspect.diagnostics import DiffNote
+
+        notes = tuple(DiffNote(n["id"], n["message"], tuple(n.get("keys", ())))
+                      for n in doc.get("notes") or ())
         return DiffReport(tuple(doc["paths"]), Scope(doc["scope"]), rtol, atol, tuple(entries),
                           tols, tuple(doc.get("containers") or (None, None)),
-                          doc.get("alignment") or {}, doc.get("device", "cpu"), from_metrics=True)
+                          doc.get("alignment") or {}, doc.get("device", "cpu"), from_metrics=True,
+                          notes=notes)
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"not a bufinspect metrics file ({type(exc).__name__}: {exc})",
                          source) from None

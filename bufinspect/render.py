@@ -334,6 +334,11 @@ def diff_alignment(report) -> list[str]:
     return out
 
 
+def diff_notes(report) -> list[str]:
+    """`note: ...` lines on running statistics (bufinspect.diagnostics), for the summary."""
+    return [f"note ({n.id}): {clean(n.message)}" for n in getattr(report, "notes", ())]
+
+
 def _equal_line(report, show_equal: bool) -> str | None:
     n = report.summary["equal"]
     if n and not show_equal:
@@ -365,6 +370,8 @@ def render_diff_table(report, console: Any, *, show_equal: bool = False) -> None
     line = _equal_line(report, show_equal)
     if line:
         console.print(line, style="dim")
+    for note in diff_notes(report):
+        console.print(escape(note), style="yellow")
     verdict = diff_verdict(report)
     console.print(escape(verdict), style="bold red" if report.has_differences else "bold green")
 
@@ -375,6 +382,7 @@ def render_diff_markdown(report, *, show_equal: bool = False) -> str:
              f"`{_md_cell(clean(report.paths[1]))}`", ""]
     parts += [f"- {_md_cell(line)}" for line in diff_alignment(report)]
     parts.append(f"- **{_md_cell(diff_verdict(report))}**")
+    parts += [f"- {_md_cell(note)}" for note in diff_notes(report)]
     header, rows = diff_rows(report, show_equal=show_equal)
     if rows:
         parts += ["", markdown_table(header, rows)]
@@ -410,6 +418,8 @@ def render_diff_github(report) -> str:
             msg += f" [{clean(detail)}]"
         path = report.paths[1] if st != "removed" else report.paths[0]
         out.append(f"::error file={_gh(clean(path), True)},title=bufinspect diff::{_gh(msg)}")
+    for n in getattr(report, "notes", ()):
+        out.append(f"::notice title=bufinspect diff {_gh(n.id, True)}::{_gh(clean(n.message))}")
     kind = "error" if report.has_differences else "notice"
     out.append(f"::{kind} title=bufinspect diff::{_gh(diff_verdict(report))}")
     return "\n".join(out) + "\n"

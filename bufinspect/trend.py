@@ -69,7 +69,8 @@ def trend(paths: Sequence[str], *, metric: str = "max_abs", scope: str = "buffer
     roles: dict[str, str] = {}
     notes: dict[str, str] = {}
     for i, path in enumerate(paths[1:], start=1):
-        report = diff(first, load(path), scope=scope, progress=progress, **diff_options)
+        report = diff(first, load(path), scope=scope, progress=progress, notes=False,
+                      **diff_options)
         for e in report.entries:
             values = series.setdefault(e.key, [0.0] + [None] * (i - 1))
             roles.setdefault(e.key, e.role.value)

@@ -1,0 +1,770 @@
+"""Buffer diagnostics: the bugs that buffers cause, found from the files alone.
+
+Why people open a checkpoint's buffers at all: "my model evaluates differently after loading".
+The usual causes, and what this module looks at to name them:
+
+- Normalization statistics that never moved (`stats-at-init`): a layer's `running_mean` is all 0
+  and `running_var` all 1 (`num_batches_tracked` 0 or absent) while its affine `weight`/`bias`
+  trained. "Trained" means *not constant*: initializers set constants (1 and 0, and 0 for the
+  last norm of a residual block with `zero_init_residual`/`zero_init_last`), a few optimizer
+  steps never leave a vector of channels constant. A freshly initialized model therefore never
+  fires, and neither does a one-channel layer (which cannot tell).
+- Counters that never ticked (`stats-never-tracked`): `num_batches_tracked` 0 on every
+  normalization layer of a state dict whose affine parameters trained.
+- An EMA / averaged copy whose buffers were never synced (`ema-buffers-stale`): the copy's
+  statistics still at init while the model's moved, the copy lacking buffers the model has, or
+  (several files in one `check`) the copy's statistics byte-identical to an earlier file's while
+  the model's moved.
+- A model that will not load the file (`missing-key`, `unexpected-key`, `shape-mismatch`, and
+  `key-prefix` for a wrapper prefix only one side has), with `--model MODULE:FACTORY`.
+- For `diff`: statistics that did not move while parameters trained, and statistics that moved
+  without their counter (or the reverse).
+
+Only the tensors that decide these are read: `running_mean`, `running_var`, `weight` and `bias`
+of normalization layers (a few KiB each), streamed with `bufinspect.formats.stream`, and the
+`num_batches_tracked` scalars. Nothing imports torch here except `expected_state` (the user's
+model, which `--model` already built).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from bufinspect import dtypes
+from bufinspect.model import Checkpoint, ContainerKind, Entry, Role
+
+STATS = ("running_mean", "running_var")
+COUNTER = "num_batches_tracked"
+_AFFINE = ("weight", "bias")
+_MODULE_KINDS = (ContainerKind.STATE_DICT, ContainerKind.MODULE)
+
+# An EMA / averaged copy is named like one: `ema`, `model_ema`, `state_dict_ema`, `ema_model`,
+# `swa_model`, `averaged_model`, `average_model_state` (Lightning's StochasticWeightAveraging),
+# `shadow`. Matched on whole words of a container path or of a key's first component, so a
+# buffer such as `schema` or a key `ema` (no dot) is not mistaken for one.
+_EMA_WORD = re.compile(r"(?<![a-z0-9])(ema|swa|avg|average|averaged|shadow|polyak)(?![a-z0-9])")
+# scalars an averaging wrapper keeps beside the copy (AveragedModel, timm's ModelEmaV1..V3)
+_WRAPPER_SCALARS = ("n_averaged", "num_updates", "updates", "decay", "step")
+
+
+def is_ema_name(name: str) -> bool:
+    """True for a container path or key component that names an EMA/averaged copy."""
+    return bool(_EMA_WORD.search(name.lower().replace("-", "_")))
+
+
+def _qual(e: Entry) -> str:
+    return f"{e.container}/{e.key}" if e.container else e.key
+
+
+def _names(items: Sequence[str], limit: int = 3) -> str:
+    items = list(items)
+    if len(items) <= limit:
+        return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+    return ", ".join(items[:limit]) + f" and {len(items) - limit} more"
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one}" if n == 1 else f"{n} {many or one + 's'}"
+
+
+# ---- normalization layers and what their tensors hold ------------------------------------
+
+
+@dataclass(frozen=True)
+class NormLayer:
+    """A module that keeps running statistics, and the tensors that decide its state."""
+
+    container: str
+    module: str  # key prefix of the layer inside its container ("" for a bare layer)
+    mean: Entry
+    var: Entry
+    counter: Entry | None  # num_batches_tracked (FrozenBatchNorm and old files have none)
+    weight: Entry | None  # affine parameters (or FrozenBatchNorm's weight/bias buffers)
+    bias: Entry | None
+
+    @property
+    def label(self) -> str:
+        return self.module or "(root)"
+
+
+def _floating(e: Entry) -> bool:
+    return dtypes.is_floating(e.dtype) and e.data is not None and e.numel > 0
+
+
+def norm_layers(entries: Iterable[Entry]) -> list[NormLayer]:
+    """Every module with both `running_mean` and `running_var` (BatchNorm*, SyncBatchNorm,
+    InstanceNorm with track_running_stats, FrozenBatchNorm2d, ...), in file order.
+
+    LayerNorm/GroupNorm keep no running statistics and never appear. Tensors whose role is
+    `parameter` (by the module's own word) or `other` are not running statistics.
+    """
+    groups: dict[tuple[str, str], dict[str, Entry]] = {}
+    for e in entries:
+        if e.name in STATS or e.name == COUNTER or e.name in _AFFINE:
+            groups.setdefault((e.container, e.module), {}).setdefault(e.name, e)
+    out = []
+    for (container, module), g in groups.items():
+        mean, var = g.get("running_mean"), g.get("running_var")
+        if mean is None or var is None:
+            continue
+        if any(x.role in (Role.PARAMETER, Role.OTHER) for x in (mean, var)):
+            continue
+        if not (_floating(mean) and _floating(var)) or mean.shape != var.shape:
+            continue
+        counter = g.get(COUNTER)
+        if counter is not None and (counter.numel != 1 or counter.data is None
+                                    or counter.role is Role.OTHER):
+            counter = None
+        weight, bias = g.get("weight"), g.get("bias")
+        weight = weight if weight is not None and _floating(weight) else None
+        bias = bias if bias is not None and _floating(bias) else None
+        out.append(NormLayer(container, module, mean, var, counter, weight, bias))
+    return out
+
+
+@dataclass(frozen=True)
+class Values:
+    """What one small read of a tensor found: finite min/max, any NaN/Inf, and a digest of its
+    bytes (to tell whether two files hold the same statistics)."""
+
+    lo: float
+    hi: float
+    nonfinite: bool
+    digest: bytes
+
+    def constant(self, value: float | None = None) -> bool:
+        """Every element equal (to `value`, when given)."""
+        if self.nonfinite or self.lo != self.hi:
+            return False
+        return value is None or self.lo == value
+
+
+def read_values(entries: Iterable[Entry]) -> dict[int, Values]:
+    """Values of small floating tensors, by `id(entry)`: one streamed pass in file order."""
+    import numpy as np
+
+    from bufinspect.formats import stream
+    from bufinspect.numeric import as_float
+
+    acc: dict[int, list[Any]] = {}
+    for e, _, arr in stream.pieces([e for e in entries if stream.readable(e)]):
+        x = as_float(arr, e.dtype)
+        a = acc.setdefault(id(e), [math.inf, -math.inf, False, hashlib.blake2b(digest_size=16)])
+        a[3].update(arr.tobytes())
+        if x.size == 0:
+            continue
+        finite = np.isfinite(x)
+        if not finite.all():
+            a[2] = True
+            x = x[finite]
+            if x.size == 0:
+                continue
+        a[0] = min(a[0], float(x.min()))
+        a[1] = max(a[1], float(x.max()))
+    return {k: Values(lo, hi, bad, h.digest()) for k, (lo, hi, bad, h) in acc.items()}
+
+
+def read_counters(entries: Iterable[Entry]) -> dict[int, int]:
+    """`num_batches_tracked` values by `id(entry)` (integer scalars; a float one is rounded)."""
+    from bufinspect.formats import stream
+
+    ints, floats = [], []
+    for e in entries:
+        kind = dtypes.DTYPES.get(e.dtype)
+        if kind is None or e.numel != 1 or not stream.readable(e):
+            continue
+        (ints if kind.kind in ("int", "uint", "bool") else floats).append(e)
+    out = {id(e): int(v) for e, v in zip(ints, stream.read_scalars(ints))}
+    for e, v in read_values(floats).items():
+        if not v.nonfinite:
+            out[e] = int(v.lo)
+    return out
+
+
+@dataclass(frozen=True)
+class LayerState:
+    """What a normalization layer's tensors say about it."""
+
+    layer: NormLayer
+    at_init: bool  # running_mean all 0 and running_var all 1
+    affine_trained: bool  # weight or bias holds more than one value
+    counter: int | None  # num_batches_tracked, None when absent or unreadable
+    stats_digest: bytes  # running_mean + running_var bytes
+    affine_digest: bytes | None
+
+
+def layer_states(layers: Sequence[NormLayer]) -> list[LayerState]:
+    """Read what each layer needs (statistics, affine tensors, counter) and judge it."""
+    wanted = [e for l in layers for e in (l.mean, l.var, l.weight, l.bias) if e is not None]
+    values = read_values(wanted)
+    counters = read_counters(l.counter for l in layers if l.counter is not None)
+    out = []
+    for l in layers:
+        mean, var = values.get(id(l.mean)), values.get(id(l.var))
+        if mean is None or var is None:
+            continue
+        affine = [values[id(e)] for e in (l.weight, l.bias) if e is not None and id(e) in values]
+        # a one-channel layer is constant whatever happened to it: it never counts as trained
+        trained = any(not v.constant() for v in affine) and l.mean.numel > 1
+        out.append(LayerState(
+            l, mean.constant(0.0) and var.constant(1.0), trained,
+            counters.get(id(l.counter)) if l.counter is not None else None,
+            mean.digest + var.digest,
+            b"".join(v.digest for v in affine) if affine else None))
+    return out
+
+
+# ---- EMA / averaged copies ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class View:
+    """A module's state inside a container: the keys under `prefix` (all of them for "")."""
+
+    container: str
+    prefix: str
+    entries: tuple[Entry, ...]
+
+    @property
+    def label(self) -> str:
+        where = self.prefix.rstrip(".")
+        if self.container and where:
+            return f"{self.container}/{where}"
+        return self.container or where or "(top level)"
+
+    def local(self, key: str) -> str:
+        return key[len(self.prefix):]
+
+
+@dataclass(frozen=True)
+class EmaPair:
+    """An EMA/averaged copy and the model it follows, with the key alignment between them."""
+
+    ema: View
+    model: View
+    ema_names: dict[str, str]  # EMA key -> common name
+    model_names: dict[str, str]  # model key -> common name
+    alignment: dict[str, Any]
+
+
+def _views(entries: list[Entry]) -> dict[str, list[View]]:
+    """container -> [the whole container, then one view per first key component]."""
+    by_container: dict[str, list[Entry]] = defaultdict(list)
+    for e in entries:
+        by_container[e.container].append(e)
+    out = {}
+    for c, es in by_container.items():
+        groups: dict[str, list[Entry]] = defaultdict(list)
+        for e in es:
+            head, dot, _ = e.key.partition(".")
+            if dot:
+                groups[head + "."].append(e)
+        out[c] = [View(c, "", tuple(es))] + [View(c, p, tuple(g)) for p, g in groups.items()]
+    return out
+
+
+def _copy_keys(view: View) -> list[Entry]:
+    """The copy's module state, without the scalars its wrapper keeps beside it."""
+    return [e for e in view.entries
+            if not (e.numel <= 1 and view.local(e.key) in _WRAPPER_SCALARS)]
+
+
+def ema_pairs(ck: Checkpoint, entries: list[Entry]) -> list[EmaPair]:
+    """Find each EMA/averaged copy in a checkpoint and the model it follows.
+
+    Copies are recognized by name: a container (`ema`, `model_ema`, `state_dict_ema`,
+    `averaged_model`, ...) or a first key component (a LightningModule's `model_ema.`, an
+    AveragedModel attribute `swa_model.`); Lightning's WeightAveraging callback saves the average
+    in `state_dict` and the model in `current_model_state`. The model is the other module state
+    (another container, or the rest of the same one) whose keys line up best with the copy's
+    after removing wrapper prefixes (`module.` of timm's ModelEma and of AveragedModel,
+    `_orig_mod.`); at least half of the copy's keys must line up.
+    """
+    from bufinspect.diff import align
+
+    kinds = {c.path: c.kind for c in ck.containers}
+    module_entries = [e for e in entries if kinds.get(e.container) in _MODULE_KINDS]
+    views = _views(module_entries)
+    lightning_avg = "state_dict" in views and "current_model_state" in views
+    copies: list[View] = []
+    for c, vs in views.items():
+        whole = vs[0]
+        if any(is_ema_name(part) for part in c.split("/")) or (lightning_avg
+                                                               and c == "state_dict"):
+            copies.append(whole)
+            continue
+        copies += [v for v in vs[1:] if is_ema_name(v.prefix.rstrip("."))
+                   and len(v.entries) < len(whole.entries)]
+    pairs = []
+    for copy in copies:
+        keys = [copy.local(e.key) for e in _copy_keys(copy)]
+        if not keys:
+            continue
+        candidates: list[View] = []
+        for c, vs in views.items():
+            if c == copy.container:
+                if copy.prefix:  # the rest of the same state dict, or a sibling attribute
+                    rest = tuple(e for e in vs[0].entries if not e.key.startswith(copy.prefix))
+                    candidates.append(View(c, "", rest))
+                    candidates += [v for v in vs[1:] if v.prefix != copy.prefix
+                                   and not is_ema_name(v.prefix.rstrip("."))]
+            elif not any(x.container == c and not x.prefix for x in copies):
+                candidates.append(vs[0])
+        best = None
+        for cand in candidates:
+            ckeys = [cand.local(e.key) for e in cand.entries]
+            ma, mb, applied = align(keys, ckeys)
+            common = len(set(ma.values()) & set(mb.values()))
+            if common * 2 >= len(keys) and (best is None or common > best[0]):
+                best = (common, cand, ma, mb, applied)
+        if best is None:
+            continue
+        _, model, ma, mb, applied = best
+        pairs.append(EmaPair(copy, model,
+                             {copy.prefix + k: v for k, v in ma.items()},
+                             {model.prefix + k: v for k, v in mb.items()}, applied))
+    return pairs
+
+
+# ---- findings for one checkpoint (and across the files of one check) ---------------------
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """One finding before `check` files it: id, the keys it concerns, the message."""
+
+    id: str
+    keys: tuple[str, ...]
+    message: str
+    severity: str | None = None  # None: the id's own severity
+
+
+@dataclass
+class FileState:
+    """What the diagnostics read from one checkpoint, kept for comparisons across files."""
+
+    path: str
+    layers: dict[tuple[str, str], LayerState]  # (container, module) -> state
+    pairs: list[EmaPair]
+
+
+def _paired_layers(pair: EmaPair, layers: dict[tuple[str, str], LayerState]
+                   ) -> list[tuple[LayerState, LayerState]]:
+    """(EMA layer, model layer) for each normalization layer both sides hold."""
+    def name(names: dict[str, str], st: LayerState) -> str | None:
+        return names.get(st.layer.mean.key)
+
+    model_by_name = {}
+    for st in layers.values():
+        if st.layer.container == pair.model.container:
+            n = name(pair.model_names, st)
+            if n is not None:
+                model_by_name[n] = st
+    out = []
+    for st in layers.values():
+        if st.layer.container == pair.ema.container:
+            n = name(pair.ema_names, st)
+            if n is not None and n in model_by_name:
+                out.append((st, model_by_name[n]))
+    return out
+
+
+def _in_view(view: View, layer: NormLayer) -> bool:
+    return layer.container == view.container and (layer.module + ".").startswith(view.prefix)
+
+
+def analyze(ck: Checkpoint, entries: list[Entry]) -> tuple[list[Diagnosis], FileState]:
+    """`stats-at-init`, `stats-never-tracked` and `ema-buffers-stale` for one checkpoint's
+    selected entries; the state it read is returned for `compare_files`."""
+    kinds = {c.path: c.kind for c in ck.containers}
+    module_entries = [e for e in entries if kinds.get(e.container) in _MODULE_KINDS]
+    layers = {(s.layer.container, s.layer.module): s
+              for s in layer_states(norm_layers(module_entries))}
+    pairs = ema_pairs(ck, module_entries)
+    out: list[Diagnosis] = []
+    copies = [p.ema for p in pairs]
+
+    def in_copy(s: LayerState) -> bool:
+        return any(_in_view(v, s.layer) for v in copies)
+
+    # stats-at-init: per container, the layers (outside paired EMA copies) that never moved
+    stale: dict[str, list[LayerState]] = defaultdict(list)
+    for s in layers.values():
+        if s.at_init and s.affine_trained and not s.counter and not in_copy(s):
+            stale[s.layer.container].append(s)
+    for container, hit in stale.items():
+        total = sum(1 for s in layers.values() if s.layer.container == container
+                    and not in_copy(s))
+        where = f" in {container!r}" if container else ""
+        counter = " and num_batches_tracked 0" if any(s.counter == 0 for s in hit) else ""
+        out.append(Diagnosis(
+            "stats-at-init", tuple(_qual(e) for s in hit for e in (s.layer.mean, s.layer.var)),
+            f"running statistics of {_names([s.layer.label for s in hit])} "
+            f"({len(hit)} of {_plural(total, 'normalization layer')}{where}) still hold their "
+            f"initial values (mean 0, var 1{counter}) while their affine parameters trained: "
+            f"in eval mode these layers normalize with mean 0 / var 1, not the data's. Usual "
+            f"causes: trained in eval mode or with frozen norm layers, or statistics never "
+            f"loaded; re-estimate them with forward passes in train mode"))
+
+    # stats-never-tracked: every counter of a (non-EMA) state dict is 0 while it trained
+    by_container: dict[str, list[LayerState]] = defaultdict(list)
+    for s in layers.values():
+        if not in_copy(s) and not is_ema_name(s.layer.container) and not any(
+                is_ema_name(p) for p in s.layer.module.split(".")[:1]):
+            by_container[s.layer.container].append(s)
+    for container, states in by_container.items():
+        counted = [s for s in states if s.counter is not None]
+        if counted and all(s.counter == 0 for s in counted) and any(
+                s.affine_trained for s in states):
+            where = f" in {container!r}" if container else ""
+            out.append(Diagnosis(
+                "stats-never-tracked", tuple(_qual(s.layer.counter) for s in counted),
+                f"num_batches_tracked is 0 on all {_plural(len(counted), 'normalization layer')}"
+                f"{where} although the parameters trained: no forward pass in train mode "
+                f"updated them (trained in eval mode, statistics copied or converted from "
+                f"elsewhere); harmless unless a layer uses momentum=None (cumulative average)"))
+
+    # ema-buffers-stale within the file
+    for pair in pairs:
+        out += _ema_findings(pair, layers)
+    return out, FileState(ck.path, layers, pairs)
+
+
+def _ema_findings(pair: EmaPair, layers: dict[tuple[str, str], LayerState]) -> list[Diagnosis]:
+    out = []
+    copy, model = pair.ema.label, pair.model.label
+    how = _alignment_text(pair.alignment, ("the copy", "the model"))
+    # buffers the model has that the copy lacks, in modules the copy does hold
+    ema_common = set(pair.ema_names.values())
+    ema_modules = {n.rpartition(".")[0] for n in ema_common}
+    lacking = []
+    for e in pair.model.entries:
+        name = pair.model_names.get(e.key)
+        if name is None or name in ema_common:
+            continue
+        is_buffer = e.role is Role.BUFFER or e.name in STATS or e.name == COUNTER
+        if is_buffer and e.role is not Role.PARAMETER and name.rpartition(".")[0] in ema_modules:
+            lacking.append(e)
+    if lacking:
+        out.append(Diagnosis(
+            "ema-buffers-stale", tuple(_qual(e) for e in lacking),
+            f"the averaged copy {copy!r} lacks {_plural(len(lacking), 'buffer')} that the model "
+            f"{model!r} has ({_names([pair.model.local(e.key) for e in lacking])}){how}: it was "
+            f"built from parameters only, so whatever loads it keeps its own statistics; average "
+            f"or copy the buffers too (state_dict() instead of named_parameters(), timm "
+            f"ModelEmaV3, AveragedModel(use_buffers=True))"))
+    stuck = [(e, m) for e, m in _paired_layers(pair, layers)
+             if e.at_init and e.affine_trained and not m.at_init]
+    if stuck:
+        out.append(Diagnosis(
+            "ema-buffers-stale",
+            tuple(_qual(x) for e, _ in stuck for x in (e.layer.mean, e.layer.var)),
+            f"the averaged copy {copy!r} holds initial running statistics (mean 0, var 1) in "
+            f"{_names([e.layer.label for e, _ in stuck])} while the model {model!r} has moved "
+            f"ones and the copy's parameters are averaged{how}: the EMA updates parameters but "
+            f"never its buffers, so it evaluates with mean 0 / var 1; update the buffers with "
+            f"the parameters (timm ModelEmaV3, AveragedModel(use_buffers=True)) or copy them "
+            f"from the model before evaluating"))
+    return out
+
+
+def compare_files(states: Sequence[FileState]) -> list[tuple[str, Diagnosis]]:
+    """`ema-buffers-stale` across the files of one `check`, in the order given: a copy whose
+    statistics are byte-identical to an earlier file's while the model's statistics and the
+    copy's parameters moved between the two. Returns (path, diagnosis) pairs."""
+    out = []
+    for i in range(1, len(states)):
+        earlier, later = states[i - 1], states[i]
+        before = {(p.ema.container, p.ema.prefix): p for p in earlier.pairs}
+        for pair in later.pairs:
+            old = before.get((pair.ema.container, pair.ema.prefix))
+            if old is None:
+                continue
+            old_layers = {(e.layer.container, e.layer.module): (e, m)
+                          for e, m in _paired_layers(old, earlier.layers)}
+            frozen = []
+            for e, m in _paired_layers(pair, later.layers):
+                prev = old_layers.get((e.layer.container, e.layer.module))
+                if prev is None:
+                    continue
+                pe, pm = prev
+                if (e.stats_digest == pe.stats_digest and m.stats_digest != pm.stats_digest
+                        and e.affine_digest is not None and e.affine_digest != pe.affine_digest):
+                    frozen.append(e)
+            if frozen:
+                out.append((later.path, Diagnosis(
+                    "ema-buffers-stale",
+                    tuple(_qual(x) for e in frozen for x in (e.layer.mean, e.layer.var)),
+                    f"the averaged copy {pair.ema.label!r} has the same running statistics in "
+                    f"{_names([e.layer.label for e in frozen])} as in {earlier.path} while the "
+                    f"model's statistics and the copy's parameters moved: the copy's buffers "
+                    f"are frozen at an earlier state; update them with the parameters or copy "
+                    f"them from the model")))
+    return out
+
+
+def _alignment_text(applied: dict[str, Any], sides: tuple[str, str]) -> str:
+    parts = []
+    for side, name in zip(("a", "b"), sides):
+        for op in applied.get(side, ()):
+            if op.startswith("strip "):
+                parts.append(f"{op.removeprefix('strip ')!r} removed from {name}'s keys")
+    return f" (keys aligned: {', '.join(parts)})" if parts else ""
+
+
+# ---- --model: would the file load strictly? ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What `load_state_dict(strict=True)` of the user's model expects, key by key."""
+
+    shapes: dict[str, tuple[int, ...] | None]  # None: lazy (uninitialized) tensors
+    buffers: frozenset[str]  # persistent buffers (the rest are parameters)
+    aliases: dict[str, tuple[str, ...]]  # tied tensors: every name of the same tensor
+
+
+def expected_state(model: Any) -> Expected:
+    """The keys, shapes and kinds a module's `state_dict()` holds (built on meta: no memory)."""
+    import torch
+
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    buffers = set()
+    by_tensor: dict[int, list[str]] = defaultdict(list)
+    for prefix, m in model.named_modules(remove_duplicate=False):
+        dot = prefix + "." if prefix else ""
+        for n, p in m._parameters.items():
+            if p is not None:
+                shapes[dot + n] = _shape(p, torch)
+                by_tensor[id(p)].append(dot + n)
+        for n, b in m._buffers.items():
+            if b is not None and n not in m._non_persistent_buffers_set:
+                shapes[dot + n] = _shape(b, torch)
+                buffers.add(dot + n)
+                by_tensor[id(b)].append(dot + n)
+    aliases = {k: tuple(g) for g in by_tensor.values() if len(g) > 1 for k in g}
+    return Expected(shapes, frozenset(buffers), aliases)
+
+
+def _shape(t: Any, torch: Any) -> tuple[int, ...] | None:
+    from torch.nn.parameter import UninitializedTensorMixin
+
+    return None if isinstance(t, UninitializedTensorMixin) else tuple(t.shape)
+
+
+def model_findings(ck: Checkpoint, entries: list[Entry], expected: Expected,
+                   spec: str = "the model") -> list[Diagnosis]:
+    """`missing-key`, `unexpected-key`, `shape-mismatch` and `key-prefix` for each module state
+    dict of the file that the model recognizes (any key in common after alignment); when none
+    does, for the largest one. Keys are aligned as `diff` aligns them (`module.`/`_orig_mod.`
+    removed from the side that alone has them), and the alignment is reported."""
+    from bufinspect.diff import align
+
+    kinds = {c.path: c.kind for c in ck.containers}
+    groups: dict[str, list[Entry]] = defaultdict(list)
+    for e in entries:
+        if kinds.get(e.container) in _MODULE_KINDS and e.persistent is not False:
+            groups[e.container].append(e)
+    want = list(expected.shapes)
+    results = []
+    for container, es in groups.items():
+        ma, mb, applied = align([e.key for e in es], want)
+        common = set(ma.values()) & set(mb.values())
+        results.append((len(common), container, es, ma, mb, applied))
+    if not results:
+        return []
+    chosen = [r for r in results if r[0] > 0] or [max(results, key=lambda r: len(r[2]))]
+    out = []
+    for _, container, es, ma, mb, applied in chosen:
+        out += _load_findings(container, es, ma, mb, applied, expected, spec)
+    return out
+
+
+def _load_findings(container: str, es: list[Entry], ma: dict[str, str], mb: dict[str, str],
+                   applied: dict[str, Any], expected: Expected, spec: str) -> list[Diagnosis]:
+    where = f" {container!r}" if container else ""
+    file_by_name = {ma[e.key]: e for e in es}
+    model_by_name = {v: k for k, v in mb.items()}
+    how = _alignment_text(applied, ("the file", "the model"))
+    out = []
+    prefixes = [op.removeprefix("strip ") for op in applied.get("a", ()) if op.startswith("strip ")]
+    model_prefixes = [op.removeprefix("strip ") for op in applied.get("b", ())
+                      if op.startswith("strip ")]
+    if prefixes or model_prefixes:
+        if prefixes:
+            what = (f"every key of the state dict{where} starts with "
+                    f"{''.join(prefixes)!r}, which the model's keys lack (a DDP / torch.compile "
+                    f"wrapper saved it)")
+            fix = (f"remove it before loading (torch.nn.modules.utils."
+                   f"consume_prefix_in_state_dict_if_present(sd, {prefixes[0]!r}))")
+        else:
+            what = (f"every key of {spec} starts with {''.join(model_prefixes)!r}, which the "
+                    f"state dict{where} lacks (the model is wrapped)")
+            fix = "load into the unwrapped module (model.module / model._orig_mod)"
+        out.append(Diagnosis(
+            "key-prefix", (),
+            f"{what}: load_state_dict(strict=True) would report every key missing; {fix}. The "
+            f"other key checks compare the keys without it"))
+    missing = []
+    for name, key in model_by_name.items():
+        if name in file_by_name or key.endswith("_extra_state"):
+            continue
+        if any(mb.get(a) in file_by_name for a in expected.aliases.get(key, ())):
+            continue  # a tied tensor saved under one of its names (safetensors dedups ties)
+        missing.append(key)
+    if missing:
+        nb = sum(1 for k in missing if k in expected.buffers)
+        kinds = ", ".join(x for x in (
+            _plural(nb, "persistent buffer") if nb else "",
+            _plural(len(missing) - nb, "parameter") if len(missing) > nb else "") if x)
+        cause = ("a buffer registered after this checkpoint was saved (register it with "
+                 "persistent=False if it is derived, or load with strict=False and fill it in)"
+                 if nb else "the file comes from another version or configuration of the model")
+        out.append(Diagnosis(
+            "missing-key", tuple(missing),
+            f"{spec} expects {kinds} that the state dict{where} lacks: {_names(missing, 5)}"
+            f"{how}; load_state_dict(strict=True) raises 'Missing key(s)'. Usual cause: {cause}"))
+    unexpected = [e for e in es if ma[e.key] not in model_by_name]
+    if unexpected:
+        out.append(Diagnosis(
+            "unexpected-key", tuple(_qual(e) for e in unexpected),
+            f"the state dict{where} holds {_plural(len(unexpected), 'key')} that {spec} does "
+            f"not have: {_names([e.key for e in unexpected], 5)}{how}; load_state_dict("
+            f"strict=True) raises 'Unexpected key(s)'. Usual cause: a layer or buffer removed "
+            f"or renamed since the checkpoint was saved, or state of another model"))
+    mismatched = []
+    for name, e in file_by_name.items():
+        key = model_by_name.get(name)
+        if key is None:
+            continue
+        want = expected.shapes[key]
+        if want is None or tuple(e.shape) == want or (want == () and tuple(e.shape) == (1,)):
+            continue  # lazy modules take any shape; a (1,) tensor loads into a scalar
+        mismatched.append((e, want))
+    if mismatched:
+        detail = [f"{e.key} {_fmt(e.shape)} vs {_fmt(w)}" for e, w in mismatched]
+        out.append(Diagnosis(
+            "shape-mismatch", tuple(_qual(e) for e, _ in mismatched),
+            f"{_plural(len(mismatched), 'tensor')} of the state dict{where} differ in shape "
+            f"from {spec} (file vs model): {_names(detail, 4)}{how}; load_state_dict raises "
+            f"'size mismatch'. Usual cause: a changed layer size (classes, width, vocabulary)"))
+    return out
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return str(tuple(shape))
+
+
+# ---- diff notes ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiffNote:
+    """A remark on a diff as a whole (it does not change the verdict)."""
+
+    id: str
+    message: str
+    keys: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "message": self.message, "keys": list(self.keys)}
+
+
+def parameters_changed(pairs: Sequence[tuple[Entry, Entry]]) -> bool:
+    """Whether any parameter's bytes differ: stops at the first differing step, so a trained
+    pair costs one chunk; identical parameters cost one byte compare of both files' parameters
+    (memcmp speed, no numpy)."""
+    from bufinspect.formats import stream
+
+    pairs = [(a, b) for a, b in pairs if stream.readable(a) and stream.readable(b)]
+    # normalization affine parameters first: small, and they move whenever the network trains
+    pairs.sort(key=lambda p: p[0].name not in _AFFINE)
+    chunks = stream.paired_chunks(pairs, skip_equal=True)
+    try:
+        for chunk in chunks:
+            if not chunk.equal:
+                return True
+    finally:
+        chunks.close()
+    return False
+
+
+def diff_notes(entries: Sequence[Any], changed_params: Any) -> list[DiffNote]:
+    """Notes on the running statistics of a diff's entries (`DiffEntry` objects).
+
+    `changed_params` is called (no arguments) only when every running statistic stayed equal,
+    to learn whether parameters changed; it returns True, False or None (unknown).
+    """
+    from bufinspect.diff import Status
+
+    layers: dict[str, dict[str, Any]] = defaultdict(dict)
+    for d in entries:
+        module, _, name = d.key.rpartition(".")
+        if (name in STATS or name == COUNTER) and d.role is not Role.PARAMETER:
+            layers[module][name] = d
+    layers = {m: g for m, g in layers.items() if all(s in g for s in STATS)}
+    if not layers:
+        return []
+    compared = (Status.EQUAL, Status.CLOSE, Status.CHANGED)
+    notes = []
+    stats = [g[s] for g in layers.values() for s in STATS]
+    if all(d.status is Status.EQUAL for d in stats) and changed_params():
+        notes.append(DiffNote(
+            "stats-frozen",
+            f"buffers did not move while parameters trained: all "
+            f"{_plural(len(stats), 'running statistic')} of "
+            f"{_plural(len(layers), 'normalization layer')} are equal but parameters changed. "
+            f"BatchNorm in eval mode or frozen? (intended when fine-tuning with frozen norms)",
+            tuple(d.key for d in stats)))
+    moved, ticked = [], []
+    for module, g in layers.items():
+        counter = g.get(COUNTER)
+        if counter is None or counter.status not in compared:
+            continue
+        st = [g[s].status for s in STATS]
+        if any(s not in compared for s in st):
+            continue
+        stats_moved = any(s is not Status.EQUAL for s in st)
+        if stats_moved and counter.status is Status.EQUAL:
+            moved.append(module or "(root)")
+        elif not stats_moved and counter.status is not Status.EQUAL:
+            ticked.append(module or "(root)")
+    if moved:
+        notes.append(DiffNote(
+            "stats-moved-counter-still",
+            f"running statistics moved but num_batches_tracked did not in "
+            f"{_names(moved)}: the statistics were copied, averaged (EMA, SWA update_bn) or "
+            f"re-estimated outside forward passes in train mode",
+            tuple(f"{m}.{COUNTER}" if m != "(root)" else COUNTER for m in moved)))
+    if ticked:
+        notes.append(DiffNote(
+            "counter-moved-stats-still",
+            f"num_batches_tracked moved but the running statistics did not in "
+            f"{_names(ticked)}: forward passes counted batches without updating the "
+            f"statistics (momentum 0), or the statistics were restored afterwards",
+            tuple(f"{m}.{COUNTER}" if m != "(root)" else COUNTER for m in ticked)))
+    return notes
+
+
+# ---- the entry point for check ------------------------------------------------------------
+
+
+def diagnose(checkpoints: Sequence[Checkpoint], selections: Sequence[list[Entry]],
+             expected: Expected | None = None, spec: str = "the model"
+             ) -> list[tuple[str, Diagnosis]]:
+    """Every buffer diagnosis for the checkpoints of one `check` (with the entries it selected
+    from each), as (path, diagnosis) pairs; `expected` adds the `--model` key checks."""
+    out: list[tuple[str, Diagnosis]] = []
+    states = []
+    for ck, entries in zip(checkpoints, selections, strict=True):
+        found, state = analyze(ck, entries)
+        states.append(state)
+        out += [(ck.path, d) for d in found]
+        if expected is not None:
+            out += [(ck.path, d) for d in model_findings(ck, entries, expected, spec)]
+    return out + compare_files(states)
