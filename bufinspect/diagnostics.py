@@ -417,8 +417,11 @@ def analyze(ck: Checkpoint, entries: list[Entry]) -> tuple[list[Diagnosis], File
         if not in_copy(s) and not is_ema_name(s.layer.container) and not any(
                 is_ema_name(p) for p in s.layer.module.split(".")[:1]):
             by_container[s.layer.container].append(s)
+    classes = {c.path: c.module_classes or {} for c in ck.containers}
     for container, states in by_container.items():
-        counted = [s for s in states if s.counter is not None]
+        # InstanceNorm never counts batches (see diff_notes): leave out layers known to be one
+        counted = [s for s in states if s.counter is not None and "InstanceNorm"
+                   not in classes.get(container, {}).get(s.layer.module, "")]
         if counted and all(s.counter == 0 for s in counted) and any(
                 s.affine_trained for s in states):
             where = f" in {container!r}" if container else ""
@@ -427,7 +430,8 @@ def analyze(ck: Checkpoint, entries: list[Entry]) -> tuple[list[Diagnosis], File
                 f"num_batches_tracked is 0 on all {_plural(len(counted), 'normalization layer')}"
                 f"{where} although the parameters trained: no forward pass in train mode "
                 f"updated them (trained in eval mode, statistics copied or converted from "
-                f"elsewhere); harmless unless a layer uses momentum=None (cumulative average)"))
+                f"elsewhere; InstanceNorm layers never count); harmless unless a layer uses "
+                f"momentum=None (cumulative average)"))
 
     # ema-buffers-stale within the file
     for pair in pairs:
@@ -730,7 +734,10 @@ def diff_notes(entries: Sequence[Any], changed_params: Any) -> list[DiffNote]:
         if any(s not in compared for s in st):
             continue
         stats_moved = any(s is not Status.EQUAL for s in st)
-        if stats_moved and counter.status is Status.EQUAL:
+        # InstanceNorm(track_running_stats=True) moves its statistics and never counts (torch
+        # increments the counter in BatchNorm only); a state dict cannot tell the two apart,
+        # so a counter that stays 0 says nothing
+        if stats_moved and counter.status is Status.EQUAL and counter.old:
             moved.append(module or "(root)")
         elif not stats_moved and counter.status is not Status.EQUAL:
             ticked.append(module or "(root)")

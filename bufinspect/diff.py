@@ -210,8 +210,9 @@ class DiffReport:
             "entries": [e.to_dict(envelope=envelope) for e in self.entries],
             "summary": self.summary,
             "identical": self.identical,
-            "notes": [n.to_dict() for n in self.notes],
         }
+        if self.notes:  # only when there is something to say: documents stay as they were
+            doc["notes"] = [n.to_dict() for n in self.notes]
         if self.from_metrics:
             doc["from_metrics"] = True
         return doc
