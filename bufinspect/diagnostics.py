@@ -404,12 +404,11 @@ def analyze(ck: Checkpoint, entries: list[Entry]) -> tuple[list[Diagnosis], File
         counter = " and num_batches_tracked 0" if any(s.counter == 0 for s in hit) else ""
         out.append(Diagnosis(
             "stats-at-init", tuple(_qual(e) for s in hit for e in (s.layer.mean, s.layer.var)),
-            f"running statistics of {_names([s.layer.label for s in hit])} "
-            f"({len(hit)} of {_plural(total, 'normalization layer')}{where}) still hold their "
-            f"initial values (mean 0, var 1{counter}) while their affine parameters trained: "
-            f"in eval mode these layers normalize with mean 0 / var 1, not the data's. Usual "
-            f"causes: trained in eval mode or with frozen norm layers, or statistics never "
-            f"loaded; re-estimate them with forward passes in train mode"))
+            f"{_names([s.layer.label for s in hit])} ({len(hit)} of "
+            f"{_plural(total, 'normalization layer')}{where}): running statistics still at "
+            f"init (mean 0, var 1{counter}) while the affine parameters trained, so eval mode "
+            f"normalizes with mean 0 / var 1. Usually: trained in eval mode or with frozen "
+            f"norms, or statistics never loaded"))
 
     # stats-never-tracked: every counter of a (non-EMA) state dict is 0 while it trained
     by_container: dict[str, list[LayerState]] = defaultdict(list)
@@ -428,10 +427,9 @@ def analyze(ck: Checkpoint, entries: list[Entry]) -> tuple[list[Diagnosis], File
             out.append(Diagnosis(
                 "stats-never-tracked", tuple(_qual(s.layer.counter) for s in counted),
                 f"num_batches_tracked is 0 on all {_plural(len(counted), 'normalization layer')}"
-                f"{where} although the parameters trained: no forward pass in train mode "
-                f"updated them (trained in eval mode, statistics copied or converted from "
-                f"elsewhere; InstanceNorm layers never count); harmless unless a layer uses "
-                f"momentum=None (cumulative average)"))
+                f"{where} while the parameters trained: no train-mode forward pass counted a "
+                f"batch. Usually: trained in eval mode, or statistics copied or converted from "
+                f"elsewhere (InstanceNorm never counts); it matters with momentum=None"))
 
     # ema-buffers-stale within the file
     for pair in pairs:
@@ -457,23 +455,22 @@ def _ema_findings(pair: EmaPair, layers: dict[tuple[str, str], LayerState]) -> l
     if lacking:
         out.append(Diagnosis(
             "ema-buffers-stale", tuple(_qual(e) for e in lacking),
-            f"the averaged copy {copy!r} lacks {_plural(len(lacking), 'buffer')} that the model "
-            f"{model!r} has ({_names([pair.model.local(e.key) for e in lacking])}){how}: it was "
-            f"built from parameters only, so whatever loads it keeps its own statistics; average "
-            f"or copy the buffers too (state_dict() instead of named_parameters(), timm "
-            f"ModelEmaV3, AveragedModel(use_buffers=True))"))
+            f"{copy!r} (averaged copy of {model!r}) lacks {_plural(len(lacking), 'buffer')} the "
+            f"model has: {_names([pair.model.local(e.key) for e in lacking])}{how}, so loading "
+            f"it keeps whatever statistics the target model holds. Usually: the EMA was built "
+            f"from named_parameters() only (average the state_dict(), or use timm ModelEmaV3 / "
+            f"AveragedModel)"))
     stuck = [(e, m) for e, m in _paired_layers(pair, layers)
              if e.at_init and e.affine_trained and not m.at_init]
     if stuck:
         out.append(Diagnosis(
             "ema-buffers-stale",
             tuple(_qual(x) for e, _ in stuck for x in (e.layer.mean, e.layer.var)),
-            f"the averaged copy {copy!r} holds initial running statistics (mean 0, var 1) in "
-            f"{_names([e.layer.label for e, _ in stuck])} while the model {model!r} has moved "
-            f"ones and the copy's parameters are averaged{how}: the EMA updates parameters but "
-            f"never its buffers, so it evaluates with mean 0 / var 1; update the buffers with "
-            f"the parameters (timm ModelEmaV3, AveragedModel(use_buffers=True)) or copy them "
-            f"from the model before evaluating"))
+            f"{copy!r} (averaged copy of {model!r}): running statistics of "
+            f"{_names([e.layer.label for e, _ in stuck])} still at init while the model's moved"
+            f"{how}, so the EMA evaluates with mean 0 / var 1. Usually: the EMA averages "
+            f"parameters() but not buffers (use timm ModelEmaV3 or AveragedModel(use_buffers="
+            f"True), or copy the buffers from the model)"))
     return out
 
 
@@ -504,11 +501,11 @@ def compare_files(states: Sequence[FileState]) -> list[tuple[str, Diagnosis]]:
                 out.append((later.path, Diagnosis(
                     "ema-buffers-stale",
                     tuple(_qual(x) for e in frozen for x in (e.layer.mean, e.layer.var)),
-                    f"the averaged copy {pair.ema.label!r} has the same running statistics in "
-                    f"{_names([e.layer.label for e in frozen])} as in {earlier.path} while the "
-                    f"model's statistics and the copy's parameters moved: the copy's buffers "
-                    f"are frozen at an earlier state; update them with the parameters or copy "
-                    f"them from the model")))
+                    f"{pair.ema.label!r} (averaged copy of {pair.model.label!r}): running "
+                    f"statistics of {_names([e.layer.label for e in frozen])} byte-identical "
+                    f"to {earlier.path} while the model's statistics and the copy's parameters "
+                    f"moved, so its buffers are frozen at an earlier state. Usually: the EMA "
+                    f"updates parameters() only")))
     return out
 
 
@@ -612,8 +609,8 @@ def _load_findings(container: str, es: list[Entry], ma: dict[str, str], mb: dict
             fix = "load into the unwrapped module (model.module / model._orig_mod)"
         out.append(Diagnosis(
             "key-prefix", (),
-            f"{what}: load_state_dict(strict=True) would report every key missing; {fix}. The "
-            f"other key checks compare the keys without it"))
+            f"{what}: load_state_dict(strict=True) reports every key missing; {fix}. The other "
+            f"key checks compare keys without it"))
     missing = []
     for name, key in model_by_name.items():
         if name in file_by_name or key.endswith("_extra_state"):
@@ -626,21 +623,21 @@ def _load_findings(container: str, es: list[Entry], ma: dict[str, str], mb: dict
         kinds = ", ".join(x for x in (
             _plural(nb, "persistent buffer") if nb else "",
             _plural(len(missing) - nb, "parameter") if len(missing) > nb else "") if x)
-        cause = ("a buffer registered after this checkpoint was saved (register it with "
-                 "persistent=False if it is derived, or load with strict=False and fill it in)"
+        cause = ("a buffer registered after the checkpoint was saved (persistent=False if it "
+                 "is derived, or load with strict=False and fill it in)"
                  if nb else "the file comes from another version or configuration of the model")
         out.append(Diagnosis(
             "missing-key", tuple(missing),
             f"{spec} expects {kinds} that the state dict{where} lacks: {_names(missing, 5)}"
-            f"{how}; load_state_dict(strict=True) raises 'Missing key(s)'. Usual cause: {cause}"))
+            f"{how}; load_state_dict(strict=True) raises 'Missing key(s)'. Usually: {cause}"))
     unexpected = [e for e in es if ma[e.key] not in model_by_name]
     if unexpected:
         out.append(Diagnosis(
             "unexpected-key", tuple(_qual(e) for e in unexpected),
             f"the state dict{where} holds {_plural(len(unexpected), 'key')} that {spec} does "
             f"not have: {_names([e.key for e in unexpected], 5)}{how}; load_state_dict("
-            f"strict=True) raises 'Unexpected key(s)'. Usual cause: a layer or buffer removed "
-            f"or renamed since the checkpoint was saved, or state of another model"))
+            f"strict=True) raises 'Unexpected key(s)'. Usually: a layer or buffer removed or "
+            f"renamed since the checkpoint was saved, or state of another model"))
     mismatched = []
     for name, e in file_by_name.items():
         key = model_by_name.get(name)
@@ -656,7 +653,7 @@ def _load_findings(container: str, es: list[Entry], ma: dict[str, str], mb: dict
             "shape-mismatch", tuple(_qual(e) for e, _ in mismatched),
             f"{_plural(len(mismatched), 'tensor')} of the state dict{where} differ in shape "
             f"from {spec} (file vs model): {_names(detail, 4)}{how}; load_state_dict raises "
-            f"'size mismatch'. Usual cause: a changed layer size (classes, width, vocabulary)"))
+            f"'size mismatch'. Usually: a changed layer size (classes, width, vocabulary)"))
     return out
 
 
