@@ -32,7 +32,7 @@ import hashlib
 import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from bufinspect import dtypes
@@ -528,6 +528,7 @@ class Expected:
     shapes: dict[str, tuple[int, ...] | None]  # None: lazy (uninitialized) tensors
     buffers: frozenset[str]  # persistent buffers (the rest are parameters)
     aliases: dict[str, tuple[str, ...]]  # tied tensors: every name of the same tensor
+    model: Any = field(default=None, compare=False, repr=False)  # the nn.Module (on meta)
 
 
 def expected_state(model: Any) -> Expected:
@@ -549,7 +550,34 @@ def expected_state(model: Any) -> Expected:
                 buffers.add(dot + n)
                 by_tensor[id(b)].append(dot + n)
     aliases = {k: tuple(g) for g in by_tensor.values() if len(g) > 1 for k in g}
-    return Expected(shapes, frozenset(buffers), aliases)
+    return Expected(shapes, frozenset(buffers), aliases, model)
+
+
+def _torch_verdict(expected: Expected, tensors: dict[str, tuple[tuple[int, ...], str]],
+                   versions: dict[str, int] | None) -> tuple[set[str], set[str]] | None:
+    """(missing, unexpected) keys as the model's own `load_state_dict(strict=False)` reports
+    them, for a state dict of meta tensors with these shapes and dtypes (no data, no memory):
+    modules that rewrite keys while loading (FrozenBatchNorm2d drops num_batches_tracked, an
+    old BatchNorm gets one) are judged by their own code. None when it cannot be asked (lazy
+    modules would materialize; a load hook that needs values)."""
+    import torch
+    from collections import OrderedDict
+
+    if expected.model is None or any(v is None for v in expected.shapes.values()):
+        return None
+    fake: Any = OrderedDict()
+    for key, (shape, dtype) in tensors.items():
+        dt = getattr(torch, dtype, None)
+        fake[key] = torch.empty(shape, dtype=dt if isinstance(dt, torch.dtype) else torch.float32,
+                                device="meta")
+    if versions:
+        fake._metadata = OrderedDict((m, {"version": v}) for m, v in versions.items()
+                                     if isinstance(v, int))
+    try:
+        result = expected.model.load_state_dict(fake, strict=False)
+    except Exception:  # the user's load hooks: fall back to comparing keys
+        return None
+    return set(result.missing_keys), set(result.unexpected_keys)
 
 
 def _shape(t: Any, torch: Any) -> tuple[int, ...] | None:
@@ -582,15 +610,33 @@ def model_findings(ck: Checkpoint, entries: list[Entry], expected: Expected,
     chosen = [r for r in results if r[0] > 0] or [max(results, key=lambda r: len(r[2]))]
     out = []
     for _, container, es, ma, mb, applied in chosen:
-        out += _load_findings(container, es, ma, mb, applied, expected, spec)
+        versions = ck.container(container).module_versions
+        out += _load_findings(container, es, ma, mb, applied, expected, spec, versions)
     return out
 
 
 def _load_findings(container: str, es: list[Entry], ma: dict[str, str], mb: dict[str, str],
-                   applied: dict[str, Any], expected: Expected, spec: str) -> list[Diagnosis]:
+                   applied: dict[str, Any], expected: Expected, spec: str,
+                   versions: dict[str, int] | None = None) -> list[Diagnosis]:
     where = f" {container!r}" if container else ""
     file_by_name = {ma[e.key]: e for e in es}
     model_by_name = {v: k for k, v in mb.items()}
+    # the file's tensors under the model's names (unmatched ones under their aligned names),
+    # in the model's shape where the shapes differ: shape-mismatch is judged below
+    tensors = {}
+    for name, e in file_by_name.items():
+        key = model_by_name.get(name, name)
+        want = expected.shapes.get(key)
+        tensors[key] = (want if want is not None and name in model_by_name else e.shape, e.dtype)
+    strip = [op.removeprefix("strip ") for op in applied.get("a", ()) if op.startswith("strip ")]
+    if versions and strip:
+        renamed = {}
+        for m, v in versions.items():
+            for p in strip:
+                m = m[len(p):] if m.startswith(p) else ("" if m + "." == p else m)
+            renamed[m] = v
+        versions = renamed
+    verdict = _torch_verdict(expected, tensors, versions)
     how = _alignment_text(applied, ("the file", "the model"))
     out = []
     prefixes = [op.removeprefix("strip ") for op in applied.get("a", ()) if op.startswith("strip ")]
@@ -613,7 +659,8 @@ def _load_findings(container: str, es: list[Entry], ma: dict[str, str], mb: dict
             f"key checks compare keys without it"))
     missing = []
     for name, key in model_by_name.items():
-        if name in file_by_name or key.endswith("_extra_state"):
+        absent = key in verdict[0] if verdict is not None else name not in file_by_name
+        if not absent or key.endswith("_extra_state"):  # extra state is not a tensor entry
             continue
         if any(mb.get(a) in file_by_name for a in expected.aliases.get(key, ())):
             continue  # a tied tensor saved under one of its names (safetensors dedups ties)
@@ -630,7 +677,10 @@ def _load_findings(container: str, es: list[Entry], ma: dict[str, str], mb: dict
             "missing-key", tuple(missing),
             f"{spec} expects {kinds} that the state dict{where} lacks: {_names(missing, 5)}"
             f"{how}; load_state_dict(strict=True) raises 'Missing key(s)'. Usually: {cause}"))
-    unexpected = [e for e in es if ma[e.key] not in model_by_name]
+    if verdict is not None:
+        unexpected = [e for e in es if model_by_name.get(ma[e.key], ma[e.key]) in verdict[1]]
+    else:
+        unexpected = [e for e in es if ma[e.key] not in model_by_name]
     if unexpected:
         out.append(Diagnosis(
             "unexpected-key", tuple(_qual(e) for e in unexpected),

@@ -450,6 +450,21 @@ def test_model_alignment_is_applied_and_reported(tmp_path):
     assert set(found(doc)) == {"key-prefix"}
 
 
+def test_model_is_judged_by_its_own_load_code(tmp_path):
+    """Old BatchNorm state without num_batches_tracked loads (torch fills it in) unless
+    `_metadata` says version 2: the finding follows torch, not a key comparison."""
+    sd = train(fresh(), 2, seed=1).state_dict()
+    del sd["bn1.num_batches_tracked"]  # _metadata kept: version 2
+    with pytest.raises(RuntimeError, match="Missing key"):
+        SmallCNN().load_state_dict(sd)
+    _, doc = check(save(sd, tmp_path / "v2.pt"), "--model", "diag_models:small_cnn", code=1)
+    assert found(doc, {"missing-key"})["missing-key"][0]["keys"] == ["bn1.num_batches_tracked"]
+    old = dict(sd)  # no _metadata: an old-format state dict
+    SmallCNN().load_state_dict(old)  # loads
+    _, doc = check(save(old, tmp_path / "old.pt"), "--model", "diag_models:small_cnn", code=0)
+    assert "missing-key" not in found(doc)
+
+
 def test_model_errors_are_usage_errors(tmp_path):
     from bufinspect.cli import app
 
@@ -579,6 +594,17 @@ def test_torchvision_models_are_healthy(tmp_path):
     frozen.load_state_dict(trained.state_dict())
     _, doc = check(save(frozen.state_dict(), tmp_path / "frozen.pt"), code=0)
     assert found(doc) == {}
+    # a BatchNorm checkpoint loads into the FrozenBatchNorm2d model (it drops the counters):
+    # torch's own load code decides, so no unexpected-key
+    from bufinspect import check as checking
+
+    path = save(trained.state_dict(), tmp_path / "bn.pt")
+    report = checking.check([path], device="cpu", model=tv.models.resnet18(
+        num_classes=10, norm_layer=FrozenBatchNorm2d).to("meta"))
+    assert not [f for f in report.findings if f.id in DIAGNOSTICS], report.findings
+    report = checking.check([path], device="cpu", model=tv.models.resnet18(
+        num_classes=100).to("meta"))
+    assert [f.id for f in report.findings if f.id in DIAGNOSTICS] == ["shape-mismatch"]
 
 
 @pytest.mark.slow
