@@ -102,6 +102,9 @@ def run(*args: str) -> None:
 def main(work: Path) -> None:
     os.chdir(work)
     (work / "models.py").write_text(MODELS)
+    sys.path.insert(0, str(work))
+    from models import Classifier
+
     # 1. trained with the whole model in eval mode
     torch.save(train(resnet(), 3, seed=1, norms="eval").state_dict(), "run1_epoch3.pt")
     # 2. a hand-written EMA that averages parameters() only, next to the model
@@ -117,7 +120,10 @@ def main(work: Path) -> None:
     # 3. a DDP checkpoint of the model before it gained `logit_scale`
     torch.save({"model": {"module." + k: v for k, v in m.state_dict().items()}, "epoch": 3},
                "ddp_epoch3.pt")
-    # 4. fine-tuning with frozen BatchNorm
+    # 4. the classifier with its logit scales, loaded by code that predates them
+    c = train(Classifier(), 1, seed=5)
+    torch.save(c.state_dict(), "classifier_v2.pt")
+    # 5. fine-tuning with frozen BatchNorm
     base = train(resnet(), 3, seed=20)
     torch.save(base.state_dict(), "pretrained.pt")
     for mod in base.modules():
@@ -128,7 +134,9 @@ def main(work: Path) -> None:
     run("check", "run1_epoch3.pt")
     run("check", "run2_last.pt")
     run("check", "ddp_epoch3.pt", "--model", "models:classifier")
-    run("check", "ddp_epoch3.pt", "--model", "models:classifier_100", "--format", "markdown")
+    run("check", "ddp_epoch3.pt", "--model", "models:classifier_100", "--ignore", "key-prefix",
+        "--format", "json")
+    run("check", "classifier_v2.pt", "--model", "models:resnet18")
     run("diff", "pretrained.pt", "finetuned.pt")
 
 
