@@ -47,9 +47,13 @@ _MODULE_KINDS = (ContainerKind.STATE_DICT, ContainerKind.MODULE)
 # `swa_model`, `averaged_model`, `average_model_state` (Lightning's StochasticWeightAveraging),
 # `shadow`. Matched on whole words of a container path or of a key's first component, so a
 # buffer such as `schema` or a key `ema` (no dot) is not mistaken for one.
-_EMA_WORD = re.compile(r"(?<![a-z0-9])(ema|swa|avg|average|averaged|shadow|polyak)(?![a-z0-9])")
+_EMA_WORD = re.compile(r"(?<![a-z0-9])(ema|swa|avg|average|averaged|shadow|polyak)(?![a-z])")
 # scalars an averaging wrapper keeps beside the copy (AveragedModel, timm's ModelEmaV1..V3)
 _WRAPPER_SCALARS = ("n_averaged", "num_updates", "updates", "decay", "step")
+# a real file holds one or two copies and a few state dicts; a crafted one may hold thousands of
+# EMA-named containers, and pairing is copies x candidates key alignments: bound both
+_MAX_COPIES = 16
+_MAX_CANDIDATES = 64
 
 
 def is_ema_name(name: str) -> bool:
@@ -300,8 +304,9 @@ def ema_pairs(ck: Checkpoint, entries: list[Entry]) -> list[EmaPair]:
             continue
         copies += [v for v in vs[1:] if is_ema_name(v.prefix.rstrip("."))
                    and len(v.entries) < len(whole.entries)]
+    whole_copies = {v.container for v in copies if not v.prefix}
     pairs = []
-    for copy in copies:
+    for copy in sorted(copies, key=lambda v: -len(v.entries))[:_MAX_COPIES]:
         keys = [copy.local(e.key) for e in _copy_keys(copy)]
         if not keys:
             continue
@@ -313,10 +318,10 @@ def ema_pairs(ck: Checkpoint, entries: list[Entry]) -> list[EmaPair]:
                     candidates.append(View(c, "", rest))
                     candidates += [v for v in vs[1:] if v.prefix != copy.prefix
                                    and not is_ema_name(v.prefix.rstrip("."))]
-            elif not any(x.container == c and not x.prefix for x in copies):
+            elif c not in whole_copies:
                 candidates.append(vs[0])
         best = None
-        for cand in candidates:
+        for cand in sorted(candidates, key=lambda v: -len(v.entries))[:_MAX_CANDIDATES]:
             ckeys = [cand.local(e.key) for e in cand.entries]
             ma, mb, applied = align(keys, ckeys)
             common = len(set(ma.values()) & set(mb.values()))
@@ -394,12 +399,14 @@ def analyze(ck: Checkpoint, entries: list[Entry]) -> tuple[list[Diagnosis], File
 
     # stats-at-init: per container, the layers (outside paired EMA copies) that never moved
     stale: dict[str, list[LayerState]] = defaultdict(list)
+    totals: dict[str, int] = defaultdict(int)
     for s in layers.values():
-        if s.at_init and s.affine_trained and not s.counter and not in_copy(s):
-            stale[s.layer.container].append(s)
+        if not in_copy(s):
+            totals[s.layer.container] += 1
+            if s.at_init and s.affine_trained and not s.counter:
+                stale[s.layer.container].append(s)
     for container, hit in stale.items():
-        total = sum(1 for s in layers.values() if s.layer.container == container
-                    and not in_copy(s))
+        total = totals[container]
         where = f" in {container!r}" if container else ""
         counter = " and num_batches_tracked 0" if any(s.counter == 0 for s in hit) else ""
         out.append(Diagnosis(

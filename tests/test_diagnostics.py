@@ -379,6 +379,27 @@ def test_ema_frozen_at_an_earlier_state_across_files(tmp_path):
     assert found(doc) == {}
 
 
+def test_many_ema_named_containers_stay_bounded(tmp_path):
+    """A crafted file with hundreds of EMA-named state dicts: pairing is bounded (each copy is
+    aligned against a bounded number of candidates), and every layer is still judged."""
+    from bufinspect import diagnostics, listing, load
+
+    obj = {}
+    for i in range(300):
+        obj[f"ema_{i}"] = {"bn.running_mean": torch.zeros(2), "bn.running_var": torch.ones(2),
+                           "bn.weight": torch.tensor([0.5, 2.0])}
+        obj[f"model_{i}"] = {"bn.running_mean": torch.full((2,), 0.1),
+                             "bn.running_var": torch.full((2,), 2.0),
+                             "bn.weight": torch.tensor([0.5, 2.0])}
+    ck = load(save(obj, tmp_path / "many.pt"))
+    entries = listing.select(ck)
+    assert len(diagnostics.ema_pairs(ck, entries)) == diagnostics._MAX_COPIES
+    found_, _ = diagnostics.analyze(ck, entries)
+    ids = [d.id for d in found_]
+    assert ids.count("ema-buffers-stale") == diagnostics._MAX_COPIES
+    assert ids.count("stats-at-init") == 300 - diagnostics._MAX_COPIES
+
+
 # ---- --model: would the file load? -------------------------------------------------------
 
 
@@ -618,7 +639,8 @@ def test_timm_models_and_emas_are_healthy(tmp_path):
         model = timm.create_model(name, num_classes=10)
         _healthy(model, tmp_path, name)
     model = timm.create_model("resnet18", num_classes=10)
-    emas = {"v2": ModelEmaV2(model, decay=0.99), "v3": ModelEmaV3(model, decay=0.99)}
+    emas = {"v2": ModelEmaV2(model, decay=0.99), "v3": ModelEmaV3(model, decay=0.99),
+            "v3_params": ModelEmaV3(model, decay=0.99, exclude_buffers=True)}
     for step in range(3):
         train(model, 1, seed=50 + step, size=(2, 3, 32, 32), lr=0.01)
         for ema in emas.values():
