@@ -86,9 +86,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    from bufinspect import check as checking
-    from bufinspect import diagnostics, listing, load
-    from bufinspect.diff import diff
+    from bufinspect import load
+    from bufinspect.analysis import check as checking
+    from bufinspect.analysis import diagnostics
+    from bufinspect.analysis.diff import diff
+    from bufinspect.analysis.show import select
 
     print(f"load: {os.getloadavg()[0]:.2f} (1-min average)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,22 +107,22 @@ def main() -> None:
         size = (tmp / "r50.pt").stat().st_size / 1e6
         print(f"ResNet-50-shaped file: {size:.0f} MB, {len(sd)} tensors")
 
-        real = checking._buffer_diagnostics
+        real = checking.diagnose
         for name in ("r50.pt", "llm.pt"):
             path = str(tmp / name)
             ck = load(path)
-            with_ = median_time(lambda: checking.check([path], device="cpu", loaded=[ck]),
+            with_ = median_time(lambda: checking.check([ck], device="cpu"),
                                 args.repeat)
-            checking._buffer_diagnostics = lambda *a, **k: []
+            checking.diagnose = lambda *a, **k: []
             try:
-                without = median_time(lambda: checking.check([path], device="cpu", loaded=[ck]),
+                without = median_time(lambda: checking.check([ck], device="cpu"),
                                       args.repeat)
             finally:
-                checking._buffer_diagnostics = real
+                checking.diagnose = real
             print(f"check {name:<18} with diagnostics {with_ * 1e3:8.1f} ms   without "
                   f"{without * 1e3:8.1f} ms   (+{(with_ - without) * 1e3:.1f} ms)")
         ck = load(str(tmp / "r50_ema.pt"))
-        entries = listing.select(ck)
+        entries = select(ck)
         t = median_time(lambda: diagnostics.analyze(ck, entries), args.repeat)
         print(f"diagnostics alone, model + EMA (106 BatchNorm layers): {t * 1e3:.1f} ms")
 

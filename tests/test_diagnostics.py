@@ -382,7 +382,9 @@ def test_ema_frozen_at_an_earlier_state_across_files(tmp_path):
 def test_many_ema_named_containers_stay_bounded(tmp_path):
     """A crafted file with hundreds of EMA-named state dicts: pairing is bounded (each copy is
     aligned against a bounded number of candidates), and every layer is still judged."""
-    from bufinspect import diagnostics, listing, load
+    from bufinspect import load
+    from bufinspect.analysis import diagnostics
+    from bufinspect.analysis.show import select
 
     obj = {}
     for i in range(300):
@@ -392,7 +394,7 @@ def test_many_ema_named_containers_stay_bounded(tmp_path):
                              "bn.running_var": torch.full((2,), 2.0),
                              "bn.weight": torch.tensor([0.5, 2.0])}
     ck = load(save(obj, tmp_path / "many.pt"))
-    entries = listing.select(ck)
+    entries = select(ck)
     assert len(diagnostics.ema_pairs(ck, entries)) == diagnostics._MAX_COPIES
     found_, _ = diagnostics.analyze(ck, entries)
     ids = [d.id for d in found_]
@@ -496,15 +498,19 @@ def test_model_errors_are_usage_errors(tmp_path):
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
 
 
-def test_model_roles_apply_to_other_findings(tmp_path):
-    """--model decides roles too: a buffer the file alone could not place becomes one."""
-    m = ScaledCNN()
-    path = save(m.state_dict(), tmp_path / "s.pt")
-    from bufinspect import annotate, check as checking, load
+def test_model_through_the_python_api(tmp_path):
+    """`bufinspect.check(..., model=)` takes MODULE:FACTORY or an nn.Module, like --model."""
+    import bufinspect
 
-    report = checking.check([path], device="cpu", model=annotate.build(
-        "diag_models:gained_buffer"), model_spec="diag_models:gained_buffer")
-    assert report.ok and not [f for f in report.findings if f.id in DIAGNOSTICS]
+    path = save(train(fresh(), 2, seed=1).state_dict(), tmp_path / "old.pt")
+    by_spec = bufinspect.check(path, device="cpu", model="diag_models:gained_buffer")
+    by_module = bufinspect.check(path, device="cpu", model=ScaledCNN().to("meta"))
+    for report in (by_spec, by_module):
+        assert not report.ok
+        assert [(f.id, f.keys) for f in report.findings if f.id in DIAGNOSTICS] == [
+            ("missing-key", ("label_scale",))]
+    assert "diag_models:gained_buffer expects" in by_spec.findings[0].message
+    assert bufinspect.check(path, device="cpu", model="diag_models:small_cnn").ok
 
 
 # ---- diff notes --------------------------------------------------------------------------
@@ -617,13 +623,13 @@ def test_torchvision_models_are_healthy(tmp_path):
     assert found(doc) == {}
     # a BatchNorm checkpoint loads into the FrozenBatchNorm2d model (it drops the counters):
     # torch's own load code decides, so no unexpected-key
-    from bufinspect import check as checking
+    import bufinspect
 
     path = save(trained.state_dict(), tmp_path / "bn.pt")
-    report = checking.check([path], device="cpu", model=tv.models.resnet18(
+    report = bufinspect.check(path, device="cpu", model=tv.models.resnet18(
         num_classes=10, norm_layer=FrozenBatchNorm2d).to("meta"))
     assert not [f for f in report.findings if f.id in DIAGNOSTICS], report.findings
-    report = checking.check([path], device="cpu", model=tv.models.resnet18(
+    report = bufinspect.check(path, device="cpu", model=tv.models.resnet18(
         num_classes=100).to("meta"))
     assert [f.id for f in report.findings if f.id in DIAGNOSTICS] == ["shape-mismatch"]
 

@@ -1,4 +1,6 @@
-"""Buffer diagnostics: the bugs that buffers cause, found from the files alone.
+"""Buffer diagnostics: the bugs that buffers cause, found from the files alone. (Long: the
+statistics findings and the EMA pairing share one reading of the normalization layers, and the
+rules read best next to each other; `--model` and `diff` notes live in `loadcheck`/`diffnotes`.)
 
 Why people open a checkpoint's buffers at all: "my model evaluates differently after loading".
 The usual causes, and what this module looks at to name them:
@@ -16,27 +18,28 @@ The usual causes, and what this module looks at to name them:
   (several files in one `check`) the copy's statistics byte-identical to an earlier file's while
   the model's moved.
 - A model that will not load the file (`missing-key`, `unexpected-key`, `shape-mismatch`, and
-  `key-prefix` for a wrapper prefix only one side has), with `--model MODULE:FACTORY`.
+  `key-prefix` for a wrapper prefix only one side has), with `--model MODULE:FACTORY`
+  (`analysis.loadcheck`).
 - For `diff`: statistics that did not move while parameters trained, and statistics that moved
-  without their counter (or the reverse).
+  without their counter, or the reverse (`analysis.diffnotes`).
 
 Only the tensors that decide these are read: `running_mean`, `running_var`, `weight` and `bias`
-of normalization layers (a few KiB each), streamed with `bufinspect.formats.stream`, and the
-`num_batches_tracked` scalars. Nothing imports torch here except `expected_state` (the user's
-model, which `--model` already built).
+of normalization layers (a few KiB each) and the `num_batches_tracked` scalars, through the scan
+layer (`scan.norms`). Nothing here imports torch: `--model` arrives as a `ModelState` that
+`annotate.expected_state` built from the user's module.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from bufinspect import dtypes
-from bufinspect.model import Checkpoint, ContainerKind, Entry, Role
+from bufinspect.analysis.align import align
+from bufinspect.model import Checkpoint, ContainerKind, Entry, ModelState, Role
+from bufinspect.scan.norms import read_counters, read_values
 
 STATS = ("running_mean", "running_var")
 COUNTER = "num_batches_tracked"
@@ -128,65 +131,6 @@ def norm_layers(entries: Iterable[Entry]) -> list[NormLayer]:
         weight = weight if weight is not None and _floating(weight) else None
         bias = bias if bias is not None and _floating(bias) else None
         out.append(NormLayer(container, module, mean, var, counter, weight, bias))
-    return out
-
-
-@dataclass(frozen=True)
-class Values:
-    """What one small read of a tensor found: finite min/max, any NaN/Inf, and a digest of its
-    bytes (to tell whether two files hold the same statistics)."""
-
-    lo: float
-    hi: float
-    nonfinite: bool
-    digest: bytes
-
-    def constant(self, value: float | None = None) -> bool:
-        """Every element equal (to `value`, when given)."""
-        if self.nonfinite or self.lo != self.hi:
-            return False
-        return value is None or self.lo == value
-
-
-def read_values(entries: Iterable[Entry]) -> dict[int, Values]:
-    """Values of small floating tensors, by `id(entry)`: one streamed pass in file order."""
-    import numpy as np
-
-    from bufinspect.formats import stream
-    from bufinspect.numeric import as_float
-
-    acc: dict[int, list[Any]] = {}
-    for e, _, arr in stream.pieces([e for e in entries if stream.readable(e)]):
-        x = as_float(arr, e.dtype)
-        a = acc.setdefault(id(e), [math.inf, -math.inf, False, hashlib.blake2b(digest_size=16)])
-        a[3].update(arr.tobytes())
-        if x.size == 0:
-            continue
-        finite = np.isfinite(x)
-        if not finite.all():
-            a[2] = True
-            x = x[finite]
-            if x.size == 0:
-                continue
-        a[0] = min(a[0], float(x.min()))
-        a[1] = max(a[1], float(x.max()))
-    return {k: Values(lo, hi, bad, h.digest()) for k, (lo, hi, bad, h) in acc.items()}
-
-
-def read_counters(entries: Iterable[Entry]) -> dict[int, int]:
-    """`num_batches_tracked` values by `id(entry)` (integer scalars; a float one is rounded)."""
-    from bufinspect.formats import stream
-
-    ints, floats = [], []
-    for e in entries:
-        kind = dtypes.DTYPES.get(e.dtype)
-        if kind is None or e.numel != 1 or not stream.readable(e):
-            continue
-        (ints if kind.kind in ("int", "uint", "bool") else floats).append(e)
-    out = {id(e): int(v) for e, v in zip(ints, stream.read_scalars(ints))}
-    for e, v in read_values(floats).items():
-        if not v.nonfinite:
-            out[e] = int(v.lo)
     return out
 
 
@@ -289,8 +233,6 @@ def ema_pairs(ck: Checkpoint, entries: list[Entry]) -> list[EmaPair]:
     after removing wrapper prefixes (`module.` of timm's ModelEma and of AveragedModel,
     `_orig_mod.`); at least half of the copy's keys must line up.
     """
-    from bufinspect.diff import align
-
     kinds = {c.path: c.kind for c in ck.containers}
     module_entries = [e for e in entries if kinds.get(e.container) in _MODULE_KINDS]
     views = _views(module_entries)
@@ -341,12 +283,11 @@ def ema_pairs(ck: Checkpoint, entries: list[Entry]) -> list[EmaPair]:
 
 @dataclass(frozen=True)
 class Diagnosis:
-    """One finding before `check` files it: id, the keys it concerns, the message."""
+    """One finding before `check` files it (with the id's severity from `FINDINGS`)."""
 
     id: str
     keys: tuple[str, ...]
     message: str
-    severity: str | None = None  # None: the id's own severity
 
 
 @dataclass
@@ -525,305 +466,16 @@ def _alignment_text(applied: dict[str, Any], sides: tuple[str, str]) -> str:
     return f" (keys aligned: {', '.join(parts)})" if parts else ""
 
 
-# ---- --model: would the file load strictly? ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class Expected:
-    """What `load_state_dict(strict=True)` of the user's model expects, key by key."""
-
-    shapes: dict[str, tuple[int, ...] | None]  # None: lazy (uninitialized) tensors
-    buffers: frozenset[str]  # persistent buffers (the rest are parameters)
-    aliases: dict[str, tuple[str, ...]]  # tied tensors: every name of the same tensor
-    model: Any = field(default=None, compare=False, repr=False)  # the nn.Module (on meta)
-
-
-def expected_state(model: Any) -> Expected:
-    """The keys, shapes and kinds a module's `state_dict()` holds (built on meta: no memory)."""
-    import torch
-
-    shapes: dict[str, tuple[int, ...] | None] = {}
-    buffers = set()
-    by_tensor: dict[int, list[str]] = defaultdict(list)
-    for prefix, m in model.named_modules(remove_duplicate=False):
-        dot = prefix + "." if prefix else ""
-        for n, p in m._parameters.items():
-            if p is not None:
-                shapes[dot + n] = _shape(p, torch)
-                by_tensor[id(p)].append(dot + n)
-        for n, b in m._buffers.items():
-            if b is not None and n not in m._non_persistent_buffers_set:
-                shapes[dot + n] = _shape(b, torch)
-                buffers.add(dot + n)
-                by_tensor[id(b)].append(dot + n)
-    aliases = {k: tuple(g) for g in by_tensor.values() if len(g) > 1 for k in g}
-    return Expected(shapes, frozenset(buffers), aliases, model)
-
-
-def _torch_verdict(expected: Expected, tensors: dict[str, tuple[tuple[int, ...], str]],
-                   versions: dict[str, int] | None) -> tuple[set[str], set[str]] | None:
-    """(missing, unexpected) keys as the model's own `load_state_dict(strict=False)` reports
-    them, for a state dict of meta tensors with these shapes and dtypes (no data, no memory):
-    modules that rewrite keys while loading (FrozenBatchNorm2d drops num_batches_tracked, an
-    old BatchNorm gets one) are judged by their own code. None when it cannot be asked (lazy
-    modules would materialize; a load hook that needs values)."""
-    import torch
-    from collections import OrderedDict
-
-    if expected.model is None or any(v is None for v in expected.shapes.values()):
-        return None
-    fake: Any = OrderedDict()
-    for key, (shape, dtype) in tensors.items():
-        dt = getattr(torch, dtype, None)
-        fake[key] = torch.empty(shape, dtype=dt if isinstance(dt, torch.dtype) else torch.float32,
-                                device="meta")
-    if versions:
-        fake._metadata = OrderedDict((m, {"version": v}) for m, v in versions.items()
-                                     if isinstance(v, int))
-    import warnings
-
-    try:
-        with warnings.catch_warnings():  # "copying ... to a meta parameter is a no-op": known
-            warnings.simplefilter("ignore")
-            result = expected.model.load_state_dict(fake, strict=False)
-    except Exception:  # the user's load hooks: fall back to comparing keys
-        return None
-    return set(result.missing_keys), set(result.unexpected_keys)
-
-
-def _shape(t: Any, torch: Any) -> tuple[int, ...] | None:
-    from torch.nn.parameter import UninitializedTensorMixin
-
-    return None if isinstance(t, UninitializedTensorMixin) else tuple(t.shape)
-
-
-def model_findings(ck: Checkpoint, entries: list[Entry], expected: Expected,
-                   spec: str = "the model") -> list[Diagnosis]:
-    """`missing-key`, `unexpected-key`, `shape-mismatch` and `key-prefix` for each module state
-    dict of the file that the model recognizes (any key in common after alignment); when none
-    does, for the largest one. Keys are aligned as `diff` aligns them (`module.`/`_orig_mod.`
-    removed from the side that alone has them), and the alignment is reported."""
-    from bufinspect.diff import align
-
-    kinds = {c.path: c.kind for c in ck.containers}
-    groups: dict[str, list[Entry]] = defaultdict(list)
-    for e in entries:
-        if kinds.get(e.container) in _MODULE_KINDS and e.persistent is not False:
-            groups[e.container].append(e)
-    want = list(expected.shapes)
-    results = []
-    for container, es in groups.items():
-        ma, mb, applied = align([e.key for e in es], want)
-        common = set(ma.values()) & set(mb.values())
-        results.append((len(common), container, es, ma, mb, applied))
-    if not results:
-        return []
-    chosen = [r for r in results if r[0] > 0] or [max(results, key=lambda r: len(r[2]))]
-    out = []
-    for _, container, es, ma, mb, applied in chosen:
-        versions = ck.container(container).module_versions
-        out += _load_findings(container, es, ma, mb, applied, expected, spec, versions)
-    return out
-
-
-def _load_findings(container: str, es: list[Entry], ma: dict[str, str], mb: dict[str, str],
-                   applied: dict[str, Any], expected: Expected, spec: str,
-                   versions: dict[str, int] | None = None) -> list[Diagnosis]:
-    where = f" {container!r}" if container else ""
-    file_by_name = {ma[e.key]: e for e in es}
-    model_by_name = {v: k for k, v in mb.items()}
-    # the file's tensors under the model's names (unmatched ones under their aligned names),
-    # in the model's shape where the shapes differ: shape-mismatch is judged below
-    tensors = {}
-    for name, e in file_by_name.items():
-        key = model_by_name.get(name, name)
-        want = expected.shapes.get(key)
-        tensors[key] = (want if want is not None and name in model_by_name else e.shape, e.dtype)
-    strip = [op.removeprefix("strip ") for op in applied.get("a", ()) if op.startswith("strip ")]
-    if versions and strip:
-        renamed = {}
-        for m, v in versions.items():
-            for p in strip:
-                m = m[len(p):] if m.startswith(p) else ("" if m + "." == p else m)
-            renamed[m] = v
-        versions = renamed
-    verdict = _torch_verdict(expected, tensors, versions)
-    how = _alignment_text(applied, ("the file", "the model"))
-    out = []
-    prefixes = [op.removeprefix("strip ") for op in applied.get("a", ()) if op.startswith("strip ")]
-    model_prefixes = [op.removeprefix("strip ") for op in applied.get("b", ())
-                      if op.startswith("strip ")]
-    if prefixes or model_prefixes:
-        if prefixes:
-            what = (f"every key of the state dict{where} starts with "
-                    f"{''.join(prefixes)!r}, which the model's keys lack (a DDP / torch.compile "
-                    f"wrapper saved it)")
-            fix = (f"remove it before loading (torch.nn.modules.utils."
-                   f"consume_prefix_in_state_dict_if_present(sd, {prefixes[0]!r}))")
-        else:
-            what = (f"every key of {spec} starts with {''.join(model_prefixes)!r}, which the "
-                    f"state dict{where} lacks (the model is wrapped)")
-            fix = "load into the unwrapped module (model.module / model._orig_mod)"
-        out.append(Diagnosis(
-            "key-prefix", (),
-            f"{what}: load_state_dict(strict=True) reports every key missing; {fix}. The other "
-            f"key checks compare keys without it"))
-    missing = []
-    for name, key in model_by_name.items():
-        absent = key in verdict[0] if verdict is not None else name not in file_by_name
-        if not absent or key.endswith("_extra_state"):  # extra state is not a tensor entry
-            continue
-        if any(mb.get(a) in file_by_name for a in expected.aliases.get(key, ())):
-            continue  # a tied tensor saved under one of its names (safetensors dedups ties)
-        missing.append(key)
-    if missing:
-        nb = sum(1 for k in missing if k in expected.buffers)
-        kinds = ", ".join(x for x in (
-            _plural(nb, "persistent buffer") if nb else "",
-            _plural(len(missing) - nb, "parameter") if len(missing) > nb else "") if x)
-        cause = ("a buffer registered after the checkpoint was saved (persistent=False if it "
-                 "is derived, or load with strict=False and fill it in)"
-                 if nb else "the file comes from another version or configuration of the model")
-        out.append(Diagnosis(
-            "missing-key", tuple(missing),
-            f"{spec} expects {kinds} that the state dict{where} lacks: {_names(missing, 5)}"
-            f"{how}; load_state_dict(strict=True) raises 'Missing key(s)'. Usually: {cause}"))
-    if verdict is not None:
-        unexpected = [e for e in es if model_by_name.get(ma[e.key], ma[e.key]) in verdict[1]]
-    else:
-        unexpected = [e for e in es if ma[e.key] not in model_by_name]
-    if unexpected:
-        out.append(Diagnosis(
-            "unexpected-key", tuple(_qual(e) for e in unexpected),
-            f"the state dict{where} holds {_plural(len(unexpected), 'key')} that {spec} does "
-            f"not have: {_names([e.key for e in unexpected], 5)}{how}; load_state_dict("
-            f"strict=True) raises 'Unexpected key(s)'. Usually: a layer or buffer removed or "
-            f"renamed since the checkpoint was saved, or state of another model"))
-    mismatched = []
-    for name, e in file_by_name.items():
-        key = model_by_name.get(name)
-        if key is None:
-            continue
-        want = expected.shapes[key]
-        if want is None or tuple(e.shape) == want or (want == () and tuple(e.shape) == (1,)):
-            continue  # lazy modules take any shape; a (1,) tensor loads into a scalar
-        mismatched.append((e, want))
-    if mismatched:
-        detail = [f"{e.key} {_fmt(e.shape)} vs {_fmt(w)}" for e, w in mismatched]
-        out.append(Diagnosis(
-            "shape-mismatch", tuple(_qual(e) for e, _ in mismatched),
-            f"{_plural(len(mismatched), 'tensor')} of the state dict{where} differ in shape "
-            f"from {spec} (file vs model): {_names(detail, 4)}{how}; load_state_dict raises "
-            f"'size mismatch'. Usually: a changed layer size (classes, width, vocabulary)"))
-    return out
-
-
-def _fmt(shape: Sequence[int]) -> str:
-    return str(tuple(shape))
-
-
-# ---- diff notes ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DiffNote:
-    """A remark on a diff as a whole (it does not change the verdict)."""
-
-    id: str
-    message: str
-    keys: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "message": self.message, "keys": list(self.keys)}
-
-
-def parameters_changed(pairs: Sequence[tuple[Entry, Entry]]) -> bool:
-    """Whether any parameter's bytes differ: stops at the first differing step, so a trained
-    pair costs one chunk; identical parameters cost one byte compare of both files' parameters
-    (memcmp speed, no numpy)."""
-    from bufinspect.formats import stream
-
-    pairs = [(a, b) for a, b in pairs if stream.readable(a) and stream.readable(b)]
-    # normalization affine parameters first: small, and they move whenever the network trains
-    pairs.sort(key=lambda p: p[0].name not in _AFFINE)
-    chunks = stream.paired_chunks(pairs, skip_equal=True)
-    try:
-        for chunk in chunks:
-            if not chunk.equal:
-                return True
-    finally:
-        chunks.close()
-    return False
-
-
-def diff_notes(entries: Sequence[Any], changed_params: Any) -> list[DiffNote]:
-    """Notes on the running statistics of a diff's entries (`DiffEntry` objects).
-
-    `changed_params` is called (no arguments) only when every running statistic stayed equal,
-    to learn whether parameters changed; it returns True, False or None (unknown).
-    """
-    from bufinspect.diff import Status
-
-    layers: dict[str, dict[str, Any]] = defaultdict(dict)
-    for d in entries:
-        module, _, name = d.key.rpartition(".")
-        if (name in STATS or name == COUNTER) and d.role is not Role.PARAMETER:
-            layers[module][name] = d
-    layers = {m: g for m, g in layers.items() if all(s in g for s in STATS)}
-    if not layers:
-        return []
-    compared = (Status.EQUAL, Status.CLOSE, Status.CHANGED)
-    notes = []
-    stats = [g[s] for g in layers.values() for s in STATS]
-    if all(d.status is Status.EQUAL for d in stats) and changed_params():
-        notes.append(DiffNote(
-            "stats-frozen",
-            f"buffers did not move while parameters trained: all "
-            f"{_plural(len(stats), 'running statistic')} of "
-            f"{_plural(len(layers), 'normalization layer')} are equal but parameters changed. "
-            f"BatchNorm in eval mode or frozen? (intended when fine-tuning with frozen norms)",
-            tuple(d.key for d in stats)))
-    moved, ticked = [], []
-    for module, g in layers.items():
-        counter = g.get(COUNTER)
-        if counter is None or counter.status not in compared:
-            continue
-        st = [g[s].status for s in STATS]
-        if any(s not in compared for s in st):
-            continue
-        stats_moved = any(s is not Status.EQUAL for s in st)
-        # InstanceNorm(track_running_stats=True) moves its statistics and never counts (torch
-        # increments the counter in BatchNorm only); a state dict cannot tell the two apart,
-        # so a counter that stays 0 says nothing
-        if stats_moved and counter.status is Status.EQUAL and counter.old:
-            moved.append(module or "(root)")
-        elif not stats_moved and counter.status is not Status.EQUAL:
-            ticked.append(module or "(root)")
-    if moved:
-        notes.append(DiffNote(
-            "stats-moved-counter-still",
-            f"running statistics moved but num_batches_tracked did not in "
-            f"{_names(moved)}: the statistics were copied, averaged (EMA, SWA update_bn) or "
-            f"re-estimated outside forward passes in train mode",
-            tuple(f"{m}.{COUNTER}" if m != "(root)" else COUNTER for m in moved)))
-    if ticked:
-        notes.append(DiffNote(
-            "counter-moved-stats-still",
-            f"num_batches_tracked moved but the running statistics did not in "
-            f"{_names(ticked)}: forward passes counted batches without updating the "
-            f"statistics (momentum 0), or the statistics were restored afterwards",
-            tuple(f"{m}.{COUNTER}" if m != "(root)" else COUNTER for m in ticked)))
-    return notes
-
-
 # ---- the entry point for check ------------------------------------------------------------
 
 
 def diagnose(checkpoints: Sequence[Checkpoint], selections: Sequence[list[Entry]],
-             expected: Expected | None = None, spec: str = "the model"
+             expected: ModelState | None = None, spec: str = "the model"
              ) -> list[tuple[str, Diagnosis]]:
     """Every buffer diagnosis for the checkpoints of one `check` (with the entries it selected
     from each), as (path, diagnosis) pairs; `expected` adds the `--model` key checks."""
+    from bufinspect.analysis.loadcheck import model_findings
+
     out: list[tuple[str, Diagnosis]] = []
     states = []
     for ck, entries in zip(checkpoints, selections, strict=True):
