@@ -271,7 +271,8 @@ def test_ema_of_parameters_only(tmp_path):
     assert r.exit_code == 0
 
 
-@pytest.mark.parametrize("layout", ["containers", "timm_prefix", "lightning_submodule"])
+@pytest.mark.parametrize("layout", ["containers", "timm_prefix", "lightning_submodule",
+                                    "ema_pytorch"])
 def test_ema_whose_buffers_never_moved(tmp_path, layout):
     m = fresh()
     e = copy.deepcopy(m)
@@ -285,6 +286,11 @@ def test_ema_whose_buffers_never_moved(tmp_path, layout):
         obj = {"model": m.state_dict(),
                "model_ema": {"module." + k: v for k, v in e.state_dict().items()}}
         where = "model_ema/module."
+    elif layout == "ema_pytorch":  # ema_pytorch.EMA: the copy under ema_model., two scalars
+        ema_sd = {"ema_model." + k: v for k, v in e.state_dict().items()}
+        ema_sd.update(initted=torch.tensor(True), step=torch.tensor(3))
+        obj = {"model": m.state_dict(), "ema": ema_sd}
+        where = "ema/ema_model."
     else:  # a LightningModule holding the model and its EMA wrapper
         sd = {"model." + k: v for k, v in m.state_dict().items()}
         sd.update({"model_ema.module." + k: v for k, v in e.state_dict().items()})

@@ -52,7 +52,7 @@ _MODULE_KINDS = (ContainerKind.STATE_DICT, ContainerKind.MODULE)
 # buffer such as `schema` or a key `ema` (no dot) is not mistaken for one.
 _EMA_WORD = re.compile(r"(?<![a-z0-9])(ema|swa|avg|average|averaged|shadow|polyak)(?![a-z])")
 # scalars an averaging wrapper keeps beside the copy (AveragedModel, timm's ModelEmaV1..V3)
-_WRAPPER_SCALARS = ("n_averaged", "num_updates", "updates", "decay", "step")
+_WRAPPER_SCALARS = ("n_averaged", "num_updates", "updates", "decay", "step", "initted")
 # a real file holds one or two copies and a few state dicts; a crafted one may hold thousands of
 # EMA-named containers, and pairing is copies x candidates key alignments: bound both
 _MAX_COPIES = 16
@@ -231,51 +231,63 @@ def ema_pairs(ck: Checkpoint, entries: list[Entry]) -> list[EmaPair]:
     in `state_dict` and the model in `current_model_state`. The model is the other module state
     (another container, or the rest of the same one) whose keys line up best with the copy's
     after removing wrapper prefixes (`module.` of timm's ModelEma and of AveragedModel,
-    `_orig_mod.`); at least half of the copy's keys must line up.
+    `_orig_mod.`); at least half of the copy's keys must line up. A copy container whose keys
+    sit under one attribute (ema_pytorch's `ema_model.`) is tried under it when it does not line
+    up whole.
     """
     kinds = {c.path: c.kind for c in ck.containers}
     module_entries = [e for e in entries if kinds.get(e.container) in _MODULE_KINDS]
     views = _views(module_entries)
     lightning_avg = "state_dict" in views and "current_model_state" in views
-    copies: list[View] = []
+    copies: list[tuple[View, ...]] = []  # each copy, with the views to try in turn
     for c, vs in views.items():
         whole = vs[0]
         if any(is_ema_name(part) for part in c.split("/")) or (lightning_avg
                                                                and c == "state_dict"):
-            copies.append(whole)
+            inner = max(vs[1:], key=lambda v: len(v.entries), default=None)
+            copies.append((whole,) if inner is None or len(inner.entries) * 2 < len(
+                whole.entries) else (whole, inner))
             continue
-        copies += [v for v in vs[1:] if is_ema_name(v.prefix.rstrip("."))
+        copies += [(v,) for v in vs[1:] if is_ema_name(v.prefix.rstrip("."))
                    and len(v.entries) < len(whole.entries)]
-    whole_copies = {v.container for v in copies if not v.prefix}
+    whole_copies = {alts[0].container for alts in copies if not alts[0].prefix}
     pairs = []
-    for copy in sorted(copies, key=lambda v: -len(v.entries))[:_MAX_COPIES]:
-        keys = [copy.local(e.key) for e in _copy_keys(copy)]
-        if not keys:
-            continue
-        candidates: list[View] = []
-        for c, vs in views.items():
-            if c == copy.container:
-                if copy.prefix:  # the rest of the same state dict, or a sibling attribute
-                    rest = tuple(e for e in vs[0].entries if not e.key.startswith(copy.prefix))
-                    candidates.append(View(c, "", rest))
-                    candidates += [v for v in vs[1:] if v.prefix != copy.prefix
-                                   and not is_ema_name(v.prefix.rstrip("."))]
-            elif c not in whole_copies:
-                candidates.append(vs[0])
-        best = None
-        for cand in sorted(candidates, key=lambda v: -len(v.entries))[:_MAX_CANDIDATES]:
-            ckeys = [cand.local(e.key) for e in cand.entries]
-            ma, mb, applied = align(keys, ckeys)
-            common = len(set(ma.values()) & set(mb.values()))
-            if common * 2 >= len(keys) and (best is None or common > best[0]):
-                best = (common, cand, ma, mb, applied)
-        if best is None:
-            continue
-        _, model, ma, mb, applied = best
-        pairs.append(EmaPair(copy, model,
-                             {copy.prefix + k: v for k, v in ma.items()},
-                             {model.prefix + k: v for k, v in mb.items()}, applied))
+    for alts in sorted(copies, key=lambda a: -len(a[0].entries))[:_MAX_COPIES]:
+        for copy in alts:
+            pair = _pair(copy, views, whole_copies)
+            if pair is not None:
+                pairs.append(pair)
+                break
     return pairs
+
+
+def _pair(copy: View, views: dict[str, list[View]], whole_copies: set[str]) -> EmaPair | None:
+    """The model state a copy follows (the best-aligned candidate), or None."""
+    keys = [copy.local(e.key) for e in _copy_keys(copy)]
+    if not keys:
+        return None
+    candidates: list[View] = []
+    for c, vs in views.items():
+        if c == copy.container:
+            if copy.prefix and c not in whole_copies:  # the rest of the state dict, a sibling
+                rest = tuple(e for e in vs[0].entries if not e.key.startswith(copy.prefix))
+                candidates.append(View(c, "", rest))
+                candidates += [v for v in vs[1:] if v.prefix != copy.prefix
+                               and not is_ema_name(v.prefix.rstrip("."))]
+        elif c not in whole_copies:
+            candidates.append(vs[0])
+    best = None
+    for cand in sorted(candidates, key=lambda v: -len(v.entries))[:_MAX_CANDIDATES]:
+        ckeys = [cand.local(e.key) for e in cand.entries]
+        ma, mb, applied = align(keys, ckeys)
+        common = len(set(ma.values()) & set(mb.values()))
+        if common * 2 >= len(keys) and (best is None or common > best[0]):
+            best = (common, cand, ma, mb, applied)
+    if best is None:
+        return None
+    _, model, ma, mb, applied = best
+    return EmaPair(copy, model, {copy.prefix + k: v for k, v in ma.items()},
+                   {model.prefix + k: v for k, v in mb.items()}, applied)
 
 
 # ---- findings for one checkpoint (and across the files of one check) ---------------------
