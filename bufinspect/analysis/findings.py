@@ -40,12 +40,11 @@ FINDINGS: dict[str, tuple[Severity, str]] = {
     "shared-storage": (_INFO, "keys that share one storage (tied weights)"),
     "non-persistent-buffer": (_INFO, "buffers that a state dict of the module will not hold"),
     # buffer diagnostics (analysis.diagnostics)
-    "stats-at-init": (_WARNING, "a normalization layer's running statistics hold their initial "
-                                "values while its affine parameters trained"),
-    "stats-never-tracked": (_INFO, "num_batches_tracked is 0 on every normalization layer of a "
-                                   "state dict whose parameters trained"),
-    "ema-buffers-stale": (_WARNING, "an EMA/averaged copy's running statistics are at init, "
-                                    "stale, or missing while the model's moved"),
+    "stats-at-init": (_WARNING, "running statistics still at init while the affine "
+                                "parameters trained"),
+    "stats-never-tracked": (_INFO, "num_batches_tracked 0 on every norm layer while the "
+                                   "parameters trained"),
+    "ema-buffers-stale": (_WARNING, "an EMA copy's running statistics at init, stale or missing"),
     "missing-key": (_ERROR, "with --model: keys the model expects are absent (strict loading "
                             "fails)"),
     "unexpected-key": (_WARNING, "with --model: keys the model does not have"),
