@@ -664,3 +664,34 @@ def test_timm_models_and_emas_are_healthy(tmp_path):
                    "state_dict_ema": sd}
             _, doc = check(save(obj, tmp_path / f"timm_{kind}_{name}.pt"), code=0)
             assert found(doc) == {}, (kind, name, found(doc))
+
+
+@pytest.mark.slow
+def test_realworld_matrix_is_healthy(tmp_path):
+    """Every file of the real-model matrix (tests/realworld_helpers.py: torch utilities always,
+    torchvision/timm/transformers/peft/Lightning/accelerate where installed; all trained in
+    train mode or saved at init) is free of buffer diagnostics."""
+    import warnings
+
+    import realworld_helpers as rw
+
+    import bufinspect
+    from bufinspect.analysis.diagnostics import diagnose
+    from bufinspect.analysis.show import select
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cases = [c.case for c in rw.all_cases(tmp_path)]
+    assert cases
+    checked = 0
+    for p in sorted(tmp_path.rglob("*")):
+        if p.is_dir() or (p.parent / ".metadata").exists() and p.parent != tmp_path:
+            if not (p.is_dir() and (p / ".metadata").exists()):
+                continue
+        try:
+            ck = bufinspect.load(str(p))
+        except bufinspect.BufinspectError:
+            continue  # side files the matrix only reads (RNG state, a refused pickle)
+        checked += 1
+        assert diagnose([ck], [select(ck)]) == [], p.name
+    assert checked >= len(cases) // 2
