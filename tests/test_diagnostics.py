@@ -272,7 +272,7 @@ def test_ema_of_parameters_only(tmp_path):
 
 
 @pytest.mark.parametrize("layout", ["containers", "timm_prefix", "lightning_submodule",
-                                    "ema_pytorch"])
+                                    "ema_pytorch", "mmengine"])
 def test_ema_whose_buffers_never_moved(tmp_path, layout):
     m = fresh()
     e = copy.deepcopy(m)
@@ -286,6 +286,11 @@ def test_ema_whose_buffers_never_moved(tmp_path, layout):
         obj = {"model": m.state_dict(),
                "model_ema": {"module." + k: v for k, v in e.state_dict().items()}}
         where = "model_ema/module."
+    elif layout == "mmengine":  # EMAHook: ema_state_dict of an ExponentialMovingAverage
+        ema_sd = {"module." + k: v for k, v in e.state_dict().items()}
+        ema_sd["steps"] = torch.tensor(3)
+        obj = {"meta": {"epoch": 1}, "state_dict": m.state_dict(), "ema_state_dict": ema_sd}
+        where = "ema_state_dict/module."
     elif layout == "ema_pytorch":  # ema_pytorch.EMA: the copy under ema_model., two scalars
         ema_sd = {"ema_model." + k: v for k, v in e.state_dict().items()}
         ema_sd.update(initted=torch.tensor(True), step=torch.tensor(3))

@@ -51,8 +51,9 @@ _MODULE_KINDS = (ContainerKind.STATE_DICT, ContainerKind.MODULE)
 # `shadow`. Matched on whole words of a container path or of a key's first component, so a
 # buffer such as `schema` or a key `ema` (no dot) is not mistaken for one.
 _EMA_WORD = re.compile(r"(?<![a-z0-9])(ema|swa|avg|average|averaged|shadow|polyak)(?![a-z])")
-# scalars an averaging wrapper keeps beside the copy (AveragedModel, timm's ModelEmaV1..V3)
-_WRAPPER_SCALARS = ("n_averaged", "num_updates", "updates", "decay", "step", "initted")
+# scalars an averaging wrapper keeps beside the copy (AveragedModel, timm ModelEmaV1..V3,
+# ema_pytorch, mmengine ExponentialMovingAverage)
+_WRAPPER_SCALARS = ("n_averaged", "num_updates", "updates", "decay", "step", "steps", "initted")
 # a real file holds one or two copies and a few state dicts; a crafted one may hold thousands of
 # EMA-named containers, and pairing is copies x candidates key alignments: bound both
 _MAX_COPIES = 16
