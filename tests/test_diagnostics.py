@@ -700,3 +700,41 @@ def test_realworld_matrix_is_healthy(tmp_path):
         checked += 1
         assert diagnose([ck], [select(ck)]) == [], p.name
     assert checked >= len(cases) // 2
+
+
+def test_ema_saved_in_a_file_of_its_own(tmp_path):
+    """`model_ema.pt` beside `model.pt`, both given to one check: paired by file name."""
+    m = fresh()
+    e = copy.deepcopy(m)
+    for step in range(3):
+        train(m, 1, seed=60 + step)
+        ema_update(e, m)
+    model = save(m.state_dict(), tmp_path / "model.pt")
+    ema = save(e.state_dict(), tmp_path / "model_ema.pt")
+    _, doc = check(model, ema, code=0)
+    hits = found(doc)
+    assert set(hits) == {"ema-buffers-stale"}  # and not stats-at-init for the copy as well
+    (f,) = hits["ema-buffers-stale"]
+    assert f["path"] == ema
+    assert f["keys"] == [f"{l}.{b}" for l in ("bn1", "norm2") for b in ("running_mean",
+                                                                         "running_var")]
+    assert f"'{ema}' (averaged copy of '{model}')" in f["message"]
+    # alone, the copy still shows statistics at init under trained parameters
+    _, doc = check(ema, code=0)
+    assert set(found(doc)) == {"stats-at-init"}
+    # a copy of parameters only, in its own file
+    params = save({n: p.detach() for n, p in e.named_parameters()}, tmp_path / "ema.pt")
+    _, doc = check(model, params, code=0)
+    (f,) = found(doc)["ema-buffers-stale"]
+    assert f["path"] == params and f["keys"][0] == f"{model}:bn1.running_mean"
+    # a healthy copy (a state_dict-wide EMA, counters averaged to 0 as timm's ModelEmaV2 does)
+    good = copy.deepcopy(m)
+    with torch.no_grad():
+        for k, v in good.state_dict().items():
+            if not v.is_floating_point():
+                v.zero_()
+    healthy = save(good.state_dict(), tmp_path / "last_ema.pt")
+    _, doc = check(model, healthy, code=0)
+    assert found(doc) == {}
+    _, doc = check(healthy, code=0)
+    assert found(doc) == {}
