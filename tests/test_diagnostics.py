@@ -233,6 +233,20 @@ def test_instance_norm_and_sync_batchnorm(tmp_path):
     assert "stats-at-init" in found(doc)
 
 
+def test_only_per_channel_affine_tensors_count(tmp_path):
+    """A module with running statistics beside a kernel named `weight` (random at init, not an
+    affine parameter): a fresh one is not "trained"."""
+    class StandardizedConv(nn.Conv2d):
+        def __init__(self):
+            super().__init__(3, 4, 3)
+            self.register_buffer("running_mean", torch.zeros(4))
+            self.register_buffer("running_var", torch.ones(4))
+
+    torch.manual_seed(0)
+    _, doc = check(save(StandardizedConv().state_dict(), tmp_path / "ws.pt"), code=0)
+    assert found(doc) == {}
+
+
 def test_bundled_samples_are_healthy(samples):
     paths = sorted(str(p) for p in samples.iterdir()
                    if p.suffix in (".pt", ".safetensors"))

@@ -128,9 +128,12 @@ def norm_layers(entries: Iterable[Entry]) -> list[NormLayer]:
         if counter is not None and (counter.numel != 1 or counter.data is None
                                     or counter.role is Role.OTHER):
             counter = None
-        weight, bias = g.get("weight"), g.get("bias")
-        weight = weight if weight is not None and _floating(weight) else None
-        bias = bias if bias is not None and _floating(bias) else None
+        # per-channel affine tensors only: a module that keeps running statistics beside, say,
+        # a convolution (kernel `weight` and a `bias` both random at init) says nothing by them
+        weight, bias = (x if x is not None and _floating(x) and x.shape == mean.shape else None
+                        for x in (g.get("weight"), g.get("bias")))
+        if weight is None and "weight" in g:
+            bias = None
         out.append(NormLayer(container, module, mean, var, counter, weight, bias))
     return out
 
