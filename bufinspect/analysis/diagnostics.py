@@ -395,7 +395,8 @@ def analyze(ck: Checkpoint, entries: list[Entry]) -> tuple[list[Diagnosis], File
             where = f" in {container!r}" if container else ""
             out.append(Diagnosis(
                 "stats-never-tracked", tuple(_qual(s.layer.counter) for s in counted),
-                f"num_batches_tracked is 0 on all {_plural(len(counted), 'normalization layer')}"
+                f"num_batches_tracked is 0 on {'the' if len(counted) == 1 else 'all'} "
+                f"{_plural(len(counted), 'normalization layer')}"
                 f"{where} while the parameters trained: no train-mode forward pass counted a "
                 f"batch. Usually: trained in eval mode, or statistics copied or converted from "
                 f"elsewhere (InstanceNorm never counts); it matters with momentum=None"))
