@@ -752,3 +752,15 @@ def test_ema_saved_in_a_file_of_its_own(tmp_path):
     assert found(doc) == {}
     _, doc = check(healthy, code=0)
     assert found(doc) == {}
+
+
+def test_model_that_is_itself_wrapped(tmp_path):
+    """A DDP-wrapped model factory against a plain state dict: the prefix is on the model's
+    side, reported as such; the version-2 counter check still follows the file's _metadata."""
+    sd = train(fresh(), 2, seed=1).state_dict()
+    _, doc = check(save(sd, tmp_path / "plain.pt"), "--model", "diag_models:wrapped", code=0)
+    (f,) = found(doc)["key-prefix"]
+    assert "load into the unwrapped module" in f["message"]
+    del sd["bn1.num_batches_tracked"]  # _metadata says version 2: strict loading fails
+    _, doc = check(save(sd, tmp_path / "v2.pt"), "--model", "diag_models:wrapped", code=1)
+    assert found(doc)["missing-key"][0]["keys"] == ["module.bn1.num_batches_tracked"]
