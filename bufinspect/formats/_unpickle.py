@@ -385,6 +385,8 @@ class _Unpickler(pickle.Unpickler):
                 _Safe("_rebuild_from_type_v2", _rebuild_from_type_v2),
             ("copyreg", "_reconstructor"): _Safe("copyreg._reconstructor", self._reconstructor),
             ("copyreg", "__newobj__"): _Safe("copyreg.__newobj__", self._newobj),
+            # protocol 2's spelling of NEWOBJ_EX (objects with __getnewargs_ex__)
+            ("copyreg", "__newobj_ex__"): _Safe("copyreg.__newobj_ex__", self._newobj_ex),
             ("torch.storage", "UntypedStorage"): StorageType(None),
             ("torch", "UntypedStorage"): StorageType(None),
         }
@@ -396,6 +398,11 @@ class _Unpickler(pickle.Unpickler):
 
     def _reconstructor(self, cls: Any, base: Any = None, state: Any = None) -> Any:
         return self._newobj(cls)
+
+    def _newobj_ex(self, cls: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if not isinstance(args, tuple) or not isinstance(kwargs, (dict, type(None))):
+            raise pickle.UnpicklingError("bad copyreg.__newobj_ex__ arguments")
+        return self._newobj(cls, *args)
 
     def _newobj(self, cls: Any, *args: Any) -> Any:
         if isinstance(cls, type) and issubclass(cls, Stub):
