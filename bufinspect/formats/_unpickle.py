@@ -7,9 +7,7 @@ stub instance) builds another inert stub that records the callee and its argumen
 counts it: these are the calls a real `torch.load(weights_only=False)` would make. Creating an
 instance without a call (NEWOBJ, `copyreg._reconstructor`, as a pickled nn.Module does) and
 restoring its state (BUILD) only fill the stub. Which names make a reader refuse the file is
-decided by `_policy` (code-execution primitives only), never here. The module is long because
-the stand-ins for torch's rebuild functions live beside the machine that calls them: one file to
-audit for what a pickle can make bufinspect do.
+decided by `_policy` (code-execution primitives only), never here.
 """
 
 # Long on purpose (~520 lines): the opcode-level reader, its stand-in types and the allowlist
