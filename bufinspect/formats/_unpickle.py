@@ -1,13 +1,9 @@
 """A pickle reader that never imports or runs anything the file names.
 
-Every global outside a small allowlist becomes an inert stub type; the allowlist holds only
-bufinspect's own stand-ins (tensor placeholders, a dict that keeps `_metadata`, sets, dtypes),
-wrapped so that a pickle cannot mutate them. A call to a stub (REDUCE, INST, OBJ, or calling a
-stub instance) builds another inert stub that records the callee and its arguments, and the log
-counts it: these are the calls a real `torch.load(weights_only=False)` would make. Creating an
-instance without a call (NEWOBJ, `copyreg._reconstructor`, as a pickled nn.Module does) and
-restoring its state (BUILD) only fill the stub. Which names make a reader refuse the file is
-decided by `_policy` (code-execution primitives only), never here.
+Every global outside a small allowlist (bufinspect's own frozen stand-ins) becomes an inert stub
+type. A call to a stub (REDUCE, INST, OBJ, or a stub instance called) builds another stub that
+records callee and arguments: the calls `torch.load(weights_only=False)` would make. NEWOBJ and
+BUILD only fill a stub. Which names make a reader refuse the file is `_policy`'s decision.
 """
 
 # Long on purpose (~520 lines): the opcode-level reader, its stand-in types and the allowlist
