@@ -15,7 +15,7 @@ import sys
 from typing import Any, Callable
 
 from bufinspect.errors import UsageError
-from bufinspect.model import Checkpoint, Container, ContainerKind, ModelMatch, Role
+from bufinspect.model import Checkpoint, Container, ContainerKind, ModelMatch, ModelState, Role
 
 _PREFIXES = ("", "module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module.")
 
@@ -62,6 +62,63 @@ def module_roles(model: Any) -> dict[str, tuple[Role, bool | None]]:
             if b is not None:
                 out[dot + n] = (Role.BUFFER, n not in m._non_persistent_buffers_set)
     return out
+
+
+def expected_state(model: Any) -> ModelState:
+    """What `model.load_state_dict(strict=True)` expects (keys, shapes, persistent buffers,
+    tied names), and a verdict that asks the model's own load code about a file's keys.
+
+    The verdict loads a state dict of meta tensors with the file's keys, shapes and dtypes (no
+    data, no memory) with `strict=False`, so modules that rewrite keys while loading
+    (FrozenBatchNorm2d drops num_batches_tracked, BatchNorm fills it in for an old-format state
+    dict) are judged by their own code. It answers None where it cannot ask: lazy modules would
+    materialize, and a load hook that needs values fails on meta tensors.
+    """
+    import torch
+    from torch.nn.parameter import UninitializedTensorMixin
+
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    buffers = set()
+    by_tensor: dict[int, list[str]] = {}
+    for prefix, m in model.named_modules(remove_duplicate=False):
+        dot = prefix + "." if prefix else ""
+        items = [(n, p, False) for n, p in m._parameters.items()]
+        items += [(n, b, True) for n, b in m._buffers.items()
+                  if n not in m._non_persistent_buffers_set]
+        for n, t, is_buffer in items:
+            if t is None:
+                continue
+            shapes[dot + n] = None if isinstance(t, UninitializedTensorMixin) else tuple(t.shape)
+            if is_buffer:
+                buffers.add(dot + n)
+            by_tensor.setdefault(id(t), []).append(dot + n)
+    aliases = {k: tuple(g) for g in by_tensor.values() if len(g) > 1 for k in g}
+    lazy = any(v is None for v in shapes.values())
+
+    def verdict(tensors: dict[str, tuple[tuple[int, ...], str]],
+                versions: dict[str, int] | None) -> tuple[set[str], set[str]] | None:
+        import warnings
+        from collections import OrderedDict
+
+        if lazy:
+            return None
+        fake: Any = OrderedDict()
+        for key, (shape, dtype) in tensors.items():
+            dt = getattr(torch, dtype, None)
+            fake[key] = torch.empty(shape, device="meta",
+                                    dtype=dt if isinstance(dt, torch.dtype) else torch.float32)
+        if versions:
+            fake._metadata = OrderedDict((m, {"version": v}) for m, v in versions.items()
+                                         if isinstance(v, int))
+        try:
+            with warnings.catch_warnings():  # "copying ... to a meta parameter is a no-op"
+                warnings.simplefilter("ignore")
+                result = model.load_state_dict(fake, strict=False)
+        except Exception:  # the user's load hooks: the caller compares keys instead
+            return None
+        return set(result.missing_keys), set(result.unexpected_keys)
+
+    return ModelState(shapes, frozenset(buffers), aliases, verdict)
 
 
 def build_hf(path: str) -> Any:

@@ -41,6 +41,18 @@ FINDINGS: dict[str, tuple[Severity, str]] = {
     "non-persistent-buffer": (_INFO, "buffers that a state dict of the module will not hold"),
     "pickle-calls": (_WARNING, "the pickle calls globals when loaded by torch.load (listed; "
                                "none is run here)"),
+    # buffer diagnostics (analysis.diagnostics)
+    "stats-at-init": (_WARNING, "running statistics still at init while the affine "
+                                "parameters trained"),
+    "stats-never-tracked": (_INFO, "num_batches_tracked 0 on every norm layer while the "
+                                   "parameters trained"),
+    "ema-buffers-stale": (_WARNING, "an EMA copy's running statistics at init, stale or missing"),
+    "missing-key": (_ERROR, "with --model: keys the model expects are absent (strict loading "
+                            "fails)"),
+    "unexpected-key": (_WARNING, "with --model: keys the model does not have"),
+    "shape-mismatch": (_ERROR, "with --model: tensors whose shape differs from the model's"),
+    "key-prefix": (_WARNING, "with --model: a wrapper prefix (module., _orig_mod.) only one "
+                             "side has"),
 }
 
 _LOW_PRECISION = {"float16", "bfloat16"}
