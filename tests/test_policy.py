@@ -267,6 +267,8 @@ def _opcode_pickle(body: bytes) -> bytes:
     (b"(ccollections\nCounter\nK\x01o", ["collections.Counter"]),
     # NEWOBJ then BUILD: an object built without a call (how nn.Module pickles)
     (b"ccollections\nCounter\n)\x81}U\x01aK\x01sb", []),
+    # protocol 2's NEWOBJ_EX: copyreg.__newobj_ex__(cls, args, kwargs) builds, never calls
+    (b"ccopyreg\n__newobj_ex__\nccollections\nCounter\n)}\x87R", []),
     # a stored partial called later: the call on the instance is recorded too
     (b"cfunctools\npartial\nccollections\nCounter\n\x85R)R",
      ["functools.partial", "functools.partial()"]),

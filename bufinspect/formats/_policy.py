@@ -199,8 +199,8 @@ RULES: tuple[Rule, ...] = (
     Rule("builtins.delattr", "deletes attributes of any object"),
     Rule("operator", _GADGET + " (attrgetter, methodcaller, itemgetter, call)"),
     Rule("_operator", _GADGET + " (how operator pickles)"),
-    Rule("copyreg", "registers reducers for every later pickle (only copyreg._reconstructor "
-                    "and __newobj__ are read, as plain object construction)"),
+    Rule("copyreg", "registers reducers for every later pickle (copyreg._reconstructor, "
+                    "__newobj__ and __newobj_ex__ are read, as plain object construction)"),
     Rule("copy_reg", "Python 2's copyreg"),
     Rule("torch._dynamo.guards.GuardBuilder.get", _GADGET),
     # serialization loaders

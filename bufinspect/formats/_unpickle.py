@@ -1,15 +1,9 @@
 """A pickle reader that never imports or runs anything the file names.
 
-Every global outside a small allowlist becomes an inert stub type; the allowlist holds only
-bufinspect's own stand-ins (tensor placeholders, a dict that keeps `_metadata`, sets, dtypes),
-wrapped so that a pickle cannot mutate them. A call to a stub (REDUCE, INST, OBJ, or calling a
-stub instance) builds another inert stub that records the callee and its arguments, and the log
-counts it: these are the calls a real `torch.load(weights_only=False)` would make. Creating an
-instance without a call (NEWOBJ, `copyreg._reconstructor`, as a pickled nn.Module does) and
-restoring its state (BUILD) only fill the stub. Which names make a reader refuse the file is
-decided by `_policy` (code-execution primitives only), never here. The module is long because
-the stand-ins for torch's rebuild functions live beside the machine that calls them: one file to
-audit for what a pickle can make bufinspect do.
+Every global outside a small allowlist (bufinspect's own frozen stand-ins) becomes an inert stub
+type. A call to a stub (REDUCE, INST, OBJ, or a stub instance called) builds another stub that
+records callee and arguments: the calls `torch.load(weights_only=False)` would make. NEWOBJ and
+BUILD only fill a stub. Which names make a reader refuse the file is `_policy`'s decision.
 """
 
 # Long on purpose (~520 lines): the opcode-level reader, its stand-in types and the allowlist
@@ -385,6 +379,8 @@ class _Unpickler(pickle.Unpickler):
                 _Safe("_rebuild_from_type_v2", _rebuild_from_type_v2),
             ("copyreg", "_reconstructor"): _Safe("copyreg._reconstructor", self._reconstructor),
             ("copyreg", "__newobj__"): _Safe("copyreg.__newobj__", self._newobj),
+            # protocol 2's spelling of NEWOBJ_EX (objects with __getnewargs_ex__)
+            ("copyreg", "__newobj_ex__"): _Safe("copyreg.__newobj_ex__", self._newobj_ex),
             ("torch.storage", "UntypedStorage"): StorageType(None),
             ("torch", "UntypedStorage"): StorageType(None),
         }
@@ -396,6 +392,11 @@ class _Unpickler(pickle.Unpickler):
 
     def _reconstructor(self, cls: Any, base: Any = None, state: Any = None) -> Any:
         return self._newobj(cls)
+
+    def _newobj_ex(self, cls: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if not isinstance(args, tuple) or not isinstance(kwargs, (dict, type(None))):
+            raise pickle.UnpicklingError("bad copyreg.__newobj_ex__ arguments")
+        return self._newobj(cls, *args)
 
     def _newobj(self, cls: Any, *args: Any) -> Any:
         if isinstance(cls, type) and issubclass(cls, Stub):
