@@ -282,10 +282,9 @@ def _plural(n: int, word: str) -> str:
 
 def _gpu_may_exist() -> bool:
     """Cheap test before importing torch (seconds): no NVIDIA/AMD device node means no GPU."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd",
-                                            "/proc/driver/nvidia/gpus"))
+    from bufinspect import _torch
+
+    return _torch.gpu_present()
 
 
 def cuda_available() -> bool:
@@ -305,6 +304,10 @@ def resolve_device(device: str) -> str:
         raise UsageError(f"--device must be auto, cpu or cuda (got {device!r})")
     if device == "cpu":
         return "cpu"
+    if device == "cuda":
+        from bufinspect import _torch
+
+        _torch.require("--device cuda")
     if cuda_available():
         return "cuda:0"
     if device == "cuda":

@@ -71,6 +71,15 @@ def handled(path_hint: str | None = None) -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+def _cpu_note(device: str, command: str) -> None:
+    """Say once on stderr when a GPU goes unused because torch is not installed."""
+    from bufinspect import _torch
+
+    note = _torch.cpu_note(device, command)
+    if note:
+        _stderr(f"bufinspect: note: {note}")
+
+
 def stdout_console(width: int | None = None):
     """Rich console for stdout: colours only on a terminal; wide tables when piped."""
     from rich.console import Console
@@ -327,6 +336,7 @@ def diff(
         else:
             if a is None or b is None:
                 raise UsageError("diff needs two checkpoints A B (or --from-metrics FILE)")
+            _cpu_note(device.value, "diff")
             from bufinspect import load
 
             with handled(a):
@@ -471,6 +481,7 @@ def check(
         policy = checking.make_policy(expect_dtype=expect_dtype, expect_device=expect_device,
                                       ignore=ignore or (), strict=strict, config=config)
         where = device if device is not None else config.get("device", "auto")
+        _cpu_note(where, "check")
     loaded = []
     for p in paths:
         with handled(p):

@@ -307,6 +307,9 @@ class _Engine:
         self.cuda = None
         self.seen = 0
         if device == "cuda":
+            from bufinspect import _torch
+
+            _torch.require("--device cuda")
             self.cuda = _cuda_kernel()
             if self.cuda is None:
                 raise UsageError("--device cuda: no CUDA GPU is available "

@@ -71,6 +71,9 @@ def prints() -> bool:
 def _group() -> Iterator[Any]:
     """torch.distributed with a process group: the one already initialized, or a gloo one from
     the environment (destroyed on exit)."""
+    from bufinspect import _torch
+
+    _torch.require("sharing the work across torch.distributed ranks (torchrun, --distributed)")
     import torch.distributed as dist
 
     own = not dist.is_initialized()
