@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -64,9 +65,10 @@ def pip_install(python: Path, *args: str, cwd: Path | None = None) -> subprocess
 
 def skip_if_offline(python: Path) -> None:
     """Skip when pip cannot fetch a core dependency (no index reachable from here)."""
-    probe = subprocess.run([str(python), "-m", "pip", "download", "--no-deps", "--dest",
-                            str(python.parent.parent / "probe"), "typer>=0.26,<0.29"],
-                           capture_output=True, text=True, env=clean_env(), timeout=300)
+    with tempfile.TemporaryDirectory() as dest:
+        probe = subprocess.run([str(python), "-m", "pip", "download", "--no-deps", "--dest",
+                                dest, "typer>=0.26,<0.29"],
+                               capture_output=True, text=True, env=clean_env(), timeout=300)
     if probe.returncode != 0:
         pytest.skip("no package index reachable to install into a fresh venv: "
                     + (probe.stderr.strip().splitlines() or ["?"])[-1])
