@@ -62,7 +62,7 @@ def test_action_structure():
 
 def test_readme_documents_every_input():
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### GitHub Action"):]
+    section = readme[readme.index("### GitHub Action\n"):]
     section = section[:section.index("\n### ", 4)]
     for name in ACTION["inputs"]:
         assert f"`{name}`" in section, name
@@ -158,7 +158,8 @@ def test_action_runs_check_and_diff(runner, cli, monkeypatch, inputs, argv, code
 @pytest.mark.parametrize("inputs, says", [
     ({"command": "show", "paths": f"{S}bn_before.pt"}, "command must be check or diff"),
     ({"command": "diff", "paths": f"{S}bn_before.pt"}, "diff takes two paths (A B), got 1"),
-    ({"paths": " \n "}, "input paths is empty"),
+    ({"paths": " \n "}, "no checkpoint matches paths"),
+    ({"paths": f"{S}no_such_*.pt {S}*.nothing"}, "no checkpoint matches paths"),
 ])
 def test_action_refuses_bad_inputs(runner, inputs, says):
     r = runner.step("run", **inputs)
@@ -168,9 +169,14 @@ def test_action_refuses_bad_inputs(runner, inputs, says):
 
 
 @pytest.mark.slow
-def test_action_missing_file_fails_the_step(runner):
-    r = runner.step("run", paths=f"{S}no_such_*.pt")
-    assert r.returncode == 2 and "no_such_*.pt" in r.stderr
+def test_action_missing_file_fails_the_step(runner, cli, monkeypatch):
+    """A plain path that is missing fails; a pattern that matches nothing is dropped."""
+    r = runner.step("run", paths=f"{S}no_such.pt")
+    assert r.returncode == 2 and f"{S}no_such.pt" in r.stderr
+    r = runner.step("run", paths=f"{S}bn_before.pt {S}*.nothing")
+    monkeypatch.chdir(ROOT)
+    expected = cli("check", f"{S}bn_before.pt", "--format", "github")
+    assert (r.returncode, r.stdout, r.stderr) == (0, expected.stdout, expected.stderr)
 
 
 # ---- the pre-commit hook ------------------------------------------------------------------
