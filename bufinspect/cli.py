@@ -397,6 +397,7 @@ def trend(
         if format is ShowFormat.MARKDOWN:
             raise UsageError("trend prints table or json")
         scope = "all" if all_ else "parameters" if params else "buffers"
+        _cpu_note(device.value, "trend")
         if plot is not None:
             try:
                 import matplotlib  # noqa: F401
