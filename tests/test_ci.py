@@ -68,6 +68,18 @@ def test_readme_documents_every_input():
         assert f"`{name}`" in section, name
 
 
+def test_ci_runs_the_readme_commands():
+    """.ci/run runs the README's two commands as written, with its Python's pip and pytest."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("```bash\n") + 8:]
+    first, second = block[:block.index("```")].strip().splitlines()
+    assert first.startswith("pip install ") and "bufinspect show sample_checkpoints/" in first
+    assert second == "python -m pytest"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert '"$py" -m ' + first in ci.splitlines()
+    assert any(line.startswith('"$py" -m pytest') for line in ci.splitlines())
+
+
 # ---- running the action's steps -----------------------------------------------------------
 
 class Runner:
