@@ -93,13 +93,12 @@ def test_light_core_gives_the_same_json_as_with_torch(light_venv, cli, monkeypat
 
 _API = """
 import sys, bufinspect
-from bufinspect.check import check
-from bufinspect.diff import diff
 from bufinspect.render import to_json
 ck = bufinspect.load("sample_checkpoints/bn_after_train.pt")
 docs = [bufinspect.show("sample_checkpoints/bn_after_train.pt", stats=True).to_dict(),
-        diff(bufinspect.load("sample_checkpoints/bn_before.pt"), ck).to_dict(),
-        check(["sample_checkpoints/cnn_cuda1.pt"]).to_dict(),
+        bufinspect.diff("sample_checkpoints/bn_before.pt", ck.path).to_dict(),
+        bufinspect.check(["sample_checkpoints/cnn_cuda1.pt"]).to_dict(),
+        bufinspect.trend(["sample_checkpoints/bn_before.pt", ck.path]).to_dict(),
         [[e.key, e.role.value, e.evidence] for e in ck.entries]]
 print(to_json(docs))
 print("torch" in sys.modules)
