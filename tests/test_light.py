@@ -49,6 +49,7 @@ def test_installed_finds_torch_without_importing_it():
 def test_model_options_need_torch(cli, no_torch, samples, tmp_path):
     sd = samples / "cnn_state_dict.pt"
     one_line_naming_the_extra(cli("show", sd, "--model", "sample_modules:SmallCNN"), "--model")
+    one_line_naming_the_extra(cli("check", sd, "--model", "sample_modules:SmallCNN"), "--model")
     copy = tmp_path / "cnn.pt"
     shutil.copy(sd, copy)
     one_line_naming_the_extra(cli("annotate", copy, "--model", "sample_modules:SmallCNN"),
