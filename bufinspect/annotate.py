@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Any, Callable
 
+from bufinspect import _torch
 from bufinspect.errors import UsageError
 from bufinspect.model import Checkpoint, Container, ContainerKind, ModelMatch, ModelState, Role
 
@@ -28,6 +29,7 @@ def build(spec: str) -> Any:
     module, sep, attr = spec.partition(":")
     if not sep or not module or not attr:
         raise UsageError(f"--model wants MODULE:FACTORY, got {spec!r}", spec)
+    torch = _torch.require("--model")  # before the user's module, which needs it too
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -37,7 +39,6 @@ def build(spec: str) -> Any:
     except Exception as exc:  # the user's code: report what it raised, in one line
         raise UsageError(f"cannot import {spec} ({type(exc).__name__}: {str(exc)[:120]})",
                          spec) from None
-    import torch
 
     try:
         with torch.device("meta"):
@@ -130,12 +131,12 @@ def build_hf(path: str) -> Any:
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     if not os.path.isfile(os.path.join(folder, "config.json")):
         raise UsageError("--hf-config: no config.json beside the weights", path)
+    torch = _torch.require("--hf-config")
     try:
         import transformers
     except ImportError:
         raise UsageError("--hf-config needs the transformers package (pip install transformers)",
                          path) from None
-    import torch
 
     try:
         config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False,
@@ -260,7 +261,11 @@ def save(model: Any, path: str, metadata: dict[str, str] | None = None) -> str:
 
     Returns:
         The path of the file holding the roles (the safetensors file, or the sidecar).
+
+    Raises:
+        UsageError: torch is not installed (`pip install 'bufinspect[torch]'`).
     """
+    _torch.require("bufinspect.save")  # state_dict() and the file writers are torch's
     from bufinspect.formats import role_metadata
 
     sd = model.state_dict()

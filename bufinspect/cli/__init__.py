@@ -21,7 +21,9 @@ from bufinspect import __version__  # noqa: E402
 from bufinspect.cli.options import (All, Containers, DeviceOption, Distributed, Jobs,  # noqa: E402
                                     ModelSpec, Params, ReportFormat, Roles, ShowFormat,
                                     TrendFormat)
-from bufinspect.cli.runtime import emit, handled, progress, silent, stderr, work  # noqa: E402
+from bufinspect.cli.runtime import (  # noqa: E402
+    cpu_note, emit, handled, progress, silent, stderr, work,
+)
 from bufinspect.errors import UsageError  # noqa: E402
 from bufinspect.model import Checkpoint, Scope  # noqa: E402
 from bufinspect.render import OutputFormat  # noqa: E402
@@ -193,6 +195,7 @@ def diff(
             raise typer.Exit(1 if report.has_differences else 0)
         if a is None or b is None:
             raise UsageError("diff needs two checkpoints A B (or --from-metrics FILE)")
+        cpu_note(device.value if device else "auto", "diff")
     ck_a, ck_b = _load(a), _load(b)
     with handled(a), work(jobs, distributed) as shared:
         with progress(sum(e.nbytes for e in ck_a.entries)
@@ -239,6 +242,7 @@ def trend(
 
     with handled(paths[0] if paths else None):
         scope = _scope(all_, params)
+        cpu_note(device.value if device else "auto", "trend")
         if plot is not None:
             try:
                 import matplotlib  # noqa: F401
@@ -318,6 +322,7 @@ def check(
         policy = make_policy(expect_dtype=expect_dtype, expect_device=expect_device,
                              ignore=ignore or (), strict=strict, config=settings)
         where = device.value if device is not None else settings.get("device", "auto")
+        cpu_note(where, "check")
         built = None
         if model is not None:
             from bufinspect import annotate

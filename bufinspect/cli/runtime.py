@@ -22,6 +22,15 @@ def stderr(message: str) -> None:
     sys.stderr.write(message + "\n")
 
 
+def cpu_note(device: str, command: str) -> None:
+    """Say once on stderr when a GPU goes unused because torch is not installed."""
+    from bufinspect import _torch
+
+    note = _torch.cpu_note(device, command)
+    if note:
+        stderr(f"bufinspect: note: {note}")
+
+
 def _debug() -> None:
     if os.environ.get("BUFINSPECT_DEBUG"):
         traceback.print_exc()
