@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from bufinspect.errors import UsageError
+from bufinspect.errors import BufinspectError, UsageError
 from bufinspect.model import Checkpoint, Container, ContainerKind, Format, Role
 
 SIDECAR_SUFFIX = ".bufinspect.json"
@@ -191,11 +191,13 @@ def read_annotations(checkpoint: Checkpoint) -> dict[str, dict[str, Role]]:
         docs = _parse(raw)
     elif checkpoint.format in (Format.TORCH_ZIP, Format.TORCH_LEGACY):
         side = checkpoint.path + SIDECAR_SUFFIX
-        if os.path.isfile(side):
+        from bufinspect.formats import _files
+
+        if _files.is_regular(side) and not os.path.islink(side):  # never a FIFO or a link
             try:
-                with open(side, encoding="utf-8") as f:
-                    doc = json.load(f)
-            except (OSError, ValueError):
+                with _files.open_file(side) as f:
+                    doc = json.loads(f.read(64 << 20))
+            except (OSError, ValueError, RecursionError, BufinspectError):
                 return {}
             if (isinstance(doc, dict) and doc.get("schema") == ROLES_SCHEMA
                     and doc.get("fingerprint") == fingerprint(checkpoint.path)):
@@ -243,9 +245,9 @@ def write_annotations(checkpoint: Checkpoint) -> str:
     side = checkpoint.path + SIDECAR_SUFFIX
     doc = {"schema": ROLES_SCHEMA, "file": os.path.basename(checkpoint.path),
            "fingerprint": fingerprint(checkpoint.path), "containers": containers}
-    with open(side, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
+    from bufinspect.formats import write
+
+    write.write_atomic(side, json.dumps(doc, indent=1) + "\n", inputs=[checkpoint.path])
     return side
 
 
@@ -253,8 +255,10 @@ def rewrite_safetensors_metadata(path: str, extra: dict[str, str]) -> None:
     """Add string entries to a safetensors `__metadata__`, streaming the data into a new file."""
     from bufinspect.formats import safetensors_fmt
 
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    from bufinspect.formats import _files, write
+
+    with _files.open_file(path) as f:
+        size = _files.size_of(f)
         safetensors_fmt.parse_header(path, f, size)  # validates the whole header
         f.seek(0)
         (n,) = struct.unpack("<Q", f.read(8))
@@ -265,20 +269,17 @@ def rewrite_safetensors_metadata(path: str, extra: dict[str, str]) -> None:
                                            if k != "__metadata__"}}
         body = json.dumps(header, separators=(",", ":")).encode()
         body += b" " * (-len(body) % 8)
-        tmp = f"{path}.bufinspect-tmp"
-        try:
-            with open(tmp, "wb") as out:
-                out.write(struct.pack("<Q", len(body)) + body)
-                while True:
-                    chunk = f.read(4 << 20)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+
+        def copy(out) -> None:
+            out.write(struct.pack("<Q", len(body)) + body)
+            while True:
+                chunk = f.read(4 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
+
+        # an exclusive temp file beside it, then one rename (never a fixed, plantable name)
+        write.write_atomic(path, copy, inputs=[path], replace_input=path)
 
 
 def save(model: Any, path: str, metadata: dict[str, str] | None = None) -> str:
@@ -313,7 +314,7 @@ def save(model: Any, path: str, metadata: dict[str, str] | None = None) -> str:
     torch.save(sd, path)
     side = path + SIDECAR_SUFFIX
     doc.update({"file": os.path.basename(path), "fingerprint": fingerprint(path)})
-    with open(side, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
+    from bufinspect.formats import write
+
+    write.write_atomic(side, json.dumps(doc, indent=1) + "\n", inputs=[path])
     return side

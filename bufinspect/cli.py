@@ -21,6 +21,7 @@ import typer  # noqa: E402
 
 from bufinspect import __version__
 from bufinspect.errors import BufinspectError, UsageError
+from bufinspect.escape import excerpt, path_excerpt
 from bufinspect.model import Role
 
 app = typer.Typer(
@@ -55,19 +56,24 @@ def handled(path_hint: str | None = None) -> Iterator[None]:
     except BufinspectError as exc:
         if os.environ.get("BUFINSPECT_DEBUG"):
             traceback.print_exc()
-        _stderr(f"bufinspect: error: {exc}")
+        _stderr(f"bufinspect: error: {exc}")  # str(exc) is escaped and bounded (errors.py)
         raise typer.Exit(2) from None
     except OSError as exc:
         if os.environ.get("BUFINSPECT_DEBUG"):
             traceback.print_exc()
         where = exc.filename or path_hint or "input"
-        _stderr(f"bufinspect: error: {where}: {exc.strerror or exc}")
+        _stderr(f"bufinspect: error: {path_excerpt(where)}: {excerpt(exc.strerror or exc)}")
+        raise typer.Exit(2) from None
+    except MemoryError:  # building a longer message could fail again: a fixed one
+        _stderr(f"bufinspect: error: {path_excerpt(path_hint or 'input')}: needs more memory "
+                "than a checkpoint should; refusing it")
         raise typer.Exit(2) from None
     except Exception as exc:  # a file we could not make sense of must never show a traceback
         if os.environ.get("BUFINSPECT_DEBUG"):
             traceback.print_exc()
-        _stderr(f"bufinspect: error: {path_hint or 'input'}: unreadable "
-                f"({type(exc).__name__}: {str(exc)[:160]}); BUFINSPECT_DEBUG=1 shows details")
+        _stderr(f"bufinspect: error: {path_excerpt(path_hint or 'input')}: unreadable "
+                f"({type(exc).__name__}: {excerpt(exc, 160)}); BUFINSPECT_DEBUG=1 shows "
+                "details")
         raise typer.Exit(2) from None
 
 
@@ -218,11 +224,12 @@ _TOL_HELP = ("Per-key tolerance override GLOB=RTOL[,ATOL] (repeatable; the last 
              "global --atol applies.")
 
 
-def _write_metrics(report, path: str) -> None:
+def _write_metrics(report, path: str, inputs=()) -> None:
     from bufinspect import render
+    from bufinspect.formats import write
 
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(render.to_json(report.to_dict(envelope=True)) + "\n")
+    write.write_atomic(path, render.to_json(report.to_dict(envelope=True)) + "\n",
+                       inputs=write.files_of(inputs))
 
 
 def _emit_diff(report, format, show_equal: bool) -> None:
@@ -333,6 +340,10 @@ def diff(
                 ck_a = load(a)
             with handled(b):
                 ck_b = load(b)
+            if save_metrics is not None:  # refused before the data pass, not after it
+                from bufinspect.formats import write
+
+                write.check_output(save_metrics, write.files_of((ck_a, ck_b)))
             bar, progress = progress_for(sum(e.nbytes for e in ck_a.entries)
                                          + sum(e.nbytes for e in ck_b.entries))
             kwargs = dict(scope=scope.value, rtol=1e-5 if rtol is None else rtol,
@@ -350,7 +361,7 @@ def diff(
             else:
                 report = diff_mod.diff(ck_a, ck_b, **kwargs)
             if save_metrics is not None and (dist.prints() or not shared):
-                _write_metrics(report, save_metrics)
+                _write_metrics(report, save_metrics, (ck_a, ck_b))
     if shared and not dist.prints():
         raise typer.Exit(0)  # see distributed.prints: the verdict is rank 0's exit code
     _emit_diff(report, fmt, show_equal)
@@ -388,6 +399,9 @@ def trend(
             raise UsageError("trend prints table or json")
         scope = "all" if all_ else "parameters" if params else "buffers"
         if plot is not None:
+            from bufinspect.formats import write
+
+            write.check_output(plot, paths)  # before any checkpoint is read
             try:
                 import matplotlib  # noqa: F401
             except ImportError:
@@ -398,7 +412,7 @@ def trend(
                                  device=device.value)
         if plot is not None:
             trend_mod.plot(report, plot)
-            _stderr(f"bufinspect: wrote {plot}")
+            _stderr(f"bufinspect: wrote {path_excerpt(plot)}")
     if format is ShowFormat.JSON:
         sys.stdout.write(render.to_json(report.to_dict()) + "\n")
     else:
@@ -467,7 +481,7 @@ def check(
         workers = _workers(jobs, shared)
         config, config_path, note = ({}, None, None) if no_config else checking.load_config()
         if note:
-            _stderr(f"bufinspect: note: {config_path}: {note}")
+            _stderr(f"bufinspect: note: {path_excerpt(config_path)}: {excerpt(note)}")
         policy = checking.make_policy(expect_dtype=expect_dtype, expect_device=expect_device,
                                       ignore=ignore or (), strict=strict, config=config)
         where = device if device is not None else config.get("device", "auto")
@@ -518,14 +532,17 @@ def _apply_model(ck, spec: str | None, hf_config: bool = False):
     else:
         ck, matches = annotate.apply_model(ck, spec)
     for m in matches:
-        where = f" (container {m.container!r})" if m.container else ""
+        where = f" (container {excerpt(repr(m.container), 80)})" if m.container else ""
         if m.missing:
-            shown = ", ".join(m.missing[:5]) + (" ..." if len(m.missing) > 5 else "")
-            _stderr(f"bufinspect: warning: {ck.path}{where}: the model has state the file lacks: "
-                    f"{shown}")
+            shown = ", ".join(excerpt(k, 120) for k in m.missing[:5]) \
+                + (" ..." if len(m.missing) > 5 else "")
+            _stderr(f"bufinspect: warning: {path_excerpt(ck.path)}{where}: the model has state "
+                    f"the file lacks: {shown}")
         if m.file_only:
-            shown = ", ".join(m.file_only[:5]) + (" ..." if len(m.file_only) > 5 else "")
-            _stderr(f"bufinspect: note: {ck.path}{where}: keys the model lacks: {shown}")
+            shown = ", ".join(excerpt(k, 120) for k in m.file_only[:5]) \
+                + (" ..." if len(m.file_only) > 5 else "")
+            _stderr(f"bufinspect: note: {path_excerpt(ck.path)}{where}: keys the model lacks: "
+                    f"{shown}")
     return ck, matches
 
 
@@ -553,7 +570,8 @@ def annotate(
 
             raise UsageError(f"the model {model} matches no key of the file", path)
         written = ann.write_annotations(ck)
-    _stderr(f"bufinspect: wrote roles of {sum(m.matched for m in matches)} tensors to {written}")
+    _stderr(f"bufinspect: wrote roles of {sum(m.matched for m in matches)} tensors to "
+            f"{path_excerpt(written)}")
 
 
 def main() -> None:

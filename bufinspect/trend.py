@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -100,13 +102,24 @@ def plot(report: TrendReport, out: str, *, top: int = 12) -> None:
     steps = list(range(len(report.paths)))
     for row in report.rows[:top]:
         ys = [math.nan if v is None or math.isinf(v) else v for v in row.values]
-        ax.plot(steps, ys, marker="o", label=row.key)
+        # a key is literal text: "$\\foo$" would be parsed as mathtext (and fail)
+        ax.plot(steps, ys, marker="o", label=row.key.replace("$", r"\$"))
     ax.set_xlabel("checkpoint")
     ax.set_xticks(steps)
     ax.set_ylabel(f"{report.metric} against checkpoint 0")
     ax.set_title(f"bufinspect trend ({report.scope})")
     if report.rows:
         ax.legend(fontsize="small", loc="upper left")
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    from bufinspect.formats import write
+
+    fmt = os.path.splitext(out)[1][1:].lower() or "png"
+    buf = io.BytesIO()
+    try:
+        fig.tight_layout()
+        fig.savefig(buf, format=fmt)
+    except ValueError as exc:  # an unknown extension, or text matplotlib cannot lay out
+        raise UsageError(f"cannot draw the plot ({str(exc).splitlines()[0][:120]})",
+                         out) from None
+    finally:
+        plt.close(fig)
+    write.write_atomic(out, buf.getvalue(), inputs=report.paths)
