@@ -229,7 +229,7 @@ def _write_metrics(report, path: str, inputs=()) -> None:
     from bufinspect.formats import write
 
     write.write_atomic(path, render.to_json(report.to_dict(envelope=True)) + "\n",
-                       inputs=write.files_of(inputs))
+                       inputs=[*report.paths, *write.files_of(inputs)])
 
 
 def _emit_diff(report, format, show_equal: bool) -> None:
@@ -343,7 +343,7 @@ def diff(
             if save_metrics is not None:  # refused before the data pass, not after it
                 from bufinspect.formats import write
 
-                write.check_output(save_metrics, write.files_of((ck_a, ck_b)))
+                write.check_output(save_metrics, [a, b, *write.files_of((ck_a, ck_b))])
             bar, progress = progress_for(sum(e.nbytes for e in ck_a.entries)
                                          + sum(e.nbytes for e in ck_b.entries))
             kwargs = dict(scope=scope.value, rtol=1e-5 if rtol is None else rtol,
@@ -361,7 +361,7 @@ def diff(
             else:
                 report = diff_mod.diff(ck_a, ck_b, **kwargs)
             if save_metrics is not None and (dist.prints() or not shared):
-                _write_metrics(report, save_metrics, (ck_a, ck_b))
+                _write_metrics(report, save_metrics, (ck_a, ck_b))  # never over an input
     if shared and not dist.prints():
         raise typer.Exit(0)  # see distributed.prints: the verdict is rank 0's exit code
     _emit_diff(report, fmt, show_equal)

@@ -643,13 +643,18 @@ def load_metrics(path: str) -> dict[str, Any]:
     """Read a document written by `--save-metrics` (a diff document with envelopes)."""
     import json
 
+    from bufinspect.formats import _files
+
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+        with _files.open_file(path) as f:  # a regular file only (a FIFO would block)
+            doc = json.loads(f.read().decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(f"not a bufinspect metrics file ({exc.msg})", path) from None
     except UnicodeDecodeError:
         raise InputError("not a bufinspect metrics file (not UTF-8 text)", path) from None
+    except RecursionError:  # JSON nested 100,000 deep
+        raise InputError("not a bufinspect metrics file (JSON nested too deeply)", path) \
+            from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or doc.get("command") != "diff" \
             or not isinstance(doc.get("entries"), list):
         raise InputError("not a bufinspect metrics file (expected a bufinspect/1 diff document "

@@ -11,9 +11,10 @@ not resolve outside that folder: a symlink planted there would otherwise make bu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from bufinspect.errors import InputError
 
@@ -75,3 +76,18 @@ def is_regular(path: str) -> bool:
 
 def size_of(f: BinaryIO) -> int:
     return os.fstat(f.fileno()).st_size
+
+
+@contextlib.contextmanager
+def reported_as(folder: str) -> Iterator[None]:
+    """Errors about files inside `folder` name `folder` (the path the user gave), with the
+    inner file's relative name leading the message."""
+    try:
+        yield
+    except InputError as exc:
+        if exc.path is None or exc.path == folder:
+            raise
+        inner = exc.path
+        if inner.startswith(folder.rstrip(os.sep) + os.sep):
+            inner = inner[len(folder.rstrip(os.sep)) + 1:]
+        raise type(exc)(f"{inner}: {exc.message}", folder) from None

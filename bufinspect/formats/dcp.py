@@ -289,11 +289,13 @@ def _dtype_of(props: Any) -> str | None:
 
 def read(folder: str) -> Checkpoint:
     """Read a DCP folder's metadata and item headers as one checkpoint (no tensor data)."""
+    with _files.reported_as(folder):  # the user named the folder: report it, the file in the text
+        return _read(folder)
+
+
+def _read(folder: str) -> Checkpoint:
     md_path = os.path.join(folder, METADATA)
-    try:
-        md = read_metadata(md_path)
-    except InputError as exc:  # the user named the folder: report it, with the file in the text
-        raise type(exc)(f"{METADATA}: {exc.message}", folder) from None
+    md = read_metadata(md_path)
     storage: dict[tuple[str, tuple[int, ...]], Any] = {}
     items = md.get("storage_data")
     for idx, info in (items.items() if isinstance(items, dict) else ()):

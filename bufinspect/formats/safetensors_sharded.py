@@ -92,9 +92,12 @@ def read(path: str) -> Checkpoint:
     `path` is the folder, or one `*.safetensors.index.json` inside it.
     """
     if not os.path.isdir(path) and path.endswith(INDEX_SUFFIX):
-        folder, index = os.path.dirname(path) or ".", path
-    else:
-        folder, index = path, index_of(path)
+        return _read(path, os.path.dirname(path) or ".", path)
+    with _files.reported_as(path):  # the user named the folder: report it
+        return _read(path, path, index_of(path))
+
+
+def _read(path: str, folder: str, index: str | None) -> Checkpoint:
     metadata: dict[str, str] = {}
     if index is not None:
         weight_map, index_meta = _read_index(index, folder)
