@@ -1038,16 +1038,18 @@ def _class3_outputs(out: Path, sentinel_dir: Path) -> list[Case]:
     links aim at the sentinel folder). Readable; tests/test_hostile_round2.py runs annotate,
     --save-metrics and --plot against them."""
     import torch
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(SAMPLES))
+    from sample_modules import SmallCNN
 
     folder = out / "r2_c3_planted_links"
     folder.mkdir()
-    torch.save({"bn.running_mean": torch.zeros(2), "bn.weight": torch.ones(2)},
-               folder / "victim.pt")
+    torch.manual_seed(0)
+    sd = SmallCNN().state_dict()
+    torch.save(sd, folder / "victim.pt")
     os.symlink(sentinel_dir / "r2_c3_sidecar", folder / "victim.pt.bufinspect.json")
-    from safetensors.torch import save_file
-
-    save_file({"bn.running_mean": torch.zeros(2), "bn.weight": torch.ones(2)},
-              str(folder / "victim.safetensors"))
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "victim.safetensors"))
     os.symlink(sentinel_dir / "r2_c3_tmp", folder / "victim.safetensors.bufinspect-tmp")
     return [Case("r2_c3_planted_sidecar_link", folder / "victim.pt", "zip",
                  "a checkpoint whose sidecar name is a planted symlink", klass=3,
