@@ -30,7 +30,27 @@ from hypothesis import strategies as st
 
 from bufinspect.escape import _UNSAFE
 from hostile import make_corpus
-from test_hostile import _limited, corpus  # noqa: F401  (the session fixture)
+
+MEMORY_LIMIT = 2 << 30  # RLIMIT_AS, as for the corpus bombs (test_hostile.py)
+TIME_LIMIT = 20
+_LIMITED = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, ({mem}, {mem}))
+from bufinspect.cli import app
+app(sys.argv[1:], prog_name="bufinspect")
+"""
+
+
+def _limited(args: list[str], timeout: int = TIME_LIMIT) -> tuple[int, str, str]:
+    """The CLI in a subprocess under RLIMIT_AS and a wall-clock timeout."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    try:
+        r = subprocess.run([sys.executable, "-c", _LIMITED.format(mem=MEMORY_LIMIT), *args],
+                           capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{args}: still running after {timeout} s")
+    return r.returncode, r.stdout, r.stderr
+
 
 READABLE = ["r2_c3_planted_sidecar_link", "r2_c3_planted_tmp_link", "r2_c5_surrogate_key",
             "r2_c5_huge_key", "r2_c6_dcp_many_items"]
@@ -58,7 +78,7 @@ def _clean_output(text: str) -> None:
                                   ["check", "{}"], ["diff", "{}", "{}", "--all"]],
                          ids=lambda a: "-".join(x for x in a if x != "{}"))
 @pytest.mark.parametrize("name", READABLE)
-def test_readable_hostile_files_print_safely(corpus, cli, name, args):  # noqa: F811
+def test_readable_hostile_files_print_safely(corpus, cli, name, args):
     out, cases = corpus
     case = cases[name]
     assert case.expect == "readable"
@@ -77,7 +97,7 @@ def test_readable_hostile_files_print_safely(corpus, cli, name, args):  # noqa: 
     assert _sentinels(out) == []
 
 
-def test_huge_key_is_cut_in_tables_but_exact_in_json(corpus, cli):  # noqa: F811
+def test_huge_key_is_cut_in_tables_but_exact_in_json(corpus, cli):
     _, cases = corpus
     path = str(cases["r2_c5_huge_key"].path)
     table = cli("show", path).stdout
@@ -158,7 +178,7 @@ def test_save_metrics_refuses_a_file_inside_an_input_folder(tmp_path, cli, sampl
     assert sorted(p.name for p in folder.iterdir()) == ["model-00001.safetensors"]
 
 
-def test_annotate_never_writes_through_planted_links(corpus, cli, tmp_path):  # noqa: F811
+def test_annotate_never_writes_through_planted_links(corpus, cli, tmp_path):
     out, cases = corpus
     victim = cases["r2_c3_planted_sidecar_link"].path
     r = cli("annotate", str(victim), "--model", "sample_modules:SmallCNN")

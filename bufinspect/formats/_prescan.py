@@ -1,5 +1,7 @@
 """An opcode walk over a pickle BEFORE the restricted unpickler builds anything from it.
 
+(A long module: one flat dispatch over every pickle opcode, kept in one function for speed.)
+
 The C unpickler hashes dict keys and set items itself, and nothing of bufinspect runs while it
 does: a tuple nested 300,000 deep used as a key overflows the C stack (a segfault), an 831-byte
 tower of shared tuples costs 2**30 hash steps per use, and 80,000 integers that all hash alike
