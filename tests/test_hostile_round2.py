@@ -362,6 +362,7 @@ def _child_load(path: str) -> int:
     return 0
 
 
+@pytest.mark.slow  # 40 forked examples: 20-70 s on the shared 2-core machine
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @settings(max_examples=40, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
