@@ -385,3 +385,49 @@ def test_generated_pickles_stay_within_budget(tmp_path, p, how):
         sig = signal.Signals(os.WTERMSIG(status)).name
         pytest.fail(f"{p[0]} as {how}: killed by {sig} (SIGALRM: over {BUDGET_S} s)")
     assert os.WEXITSTATUS(status) == 0, (p[0], how, os.WEXITSTATUS(status))
+
+
+# ---- the pre-scan itself: it must walk every valid pickle to its end -------------------------
+
+plain = st.recursive(
+    st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70) | st.floats(allow_nan=False)
+    | st.text(max_size=20) | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.tuples(inner, inner)
+    | st.dictionaries(st.text(max_size=5) | st.integers(), inner, max_size=5)
+    | st.frozensets(st.integers(), max_size=5) | st.sets(st.text(max_size=3), max_size=5),
+    max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(obj=plain, protocol=st.integers(0, 5), shared=st.booleans())
+def test_prescan_walks_every_valid_pickle_to_its_end(obj, protocol, shared):
+    """A walk that stopped early ("malformed") would leave the rest to the unpickler unscanned:
+    every pickle the standard pickler writes is walked to its STOP."""
+    import pickle
+
+    from bufinspect.formats import _prescan
+
+    value = [obj, obj, (obj, [obj])] if shared else obj  # memo references
+    raw = pickle.dumps(value, protocol=protocol)
+    assert _prescan.scan(raw) == len(raw)
+
+
+@pytest.mark.parametrize("what", ["deep key", "tuple tower key", "colliding keys",
+                                  "colliding set items", "huge int", "memo slot"])
+def test_prescan_refuses_each_kind_of_bomb(what):
+    from bufinspect.formats import _prescan
+
+    bombs = {
+        "deep key": _P.PROTO2 + _P.EMPTY_DICT + _P._deep_tuple(5000) + _P.NONE + _P.SETITEM,
+        "tuple tower key": _P.PROTO2 + _P.EMPTY_DICT + _P._tuple_tower(40) + _P.NONE
+        + _P.SETITEM,
+        "colliding keys": _P.PROTO2 + _P.EMPTY_DICT + _P.MARK + b"".join(
+            _P._colliding_int(k) + _P.NONE for k in range(1, 300)) + _P.SETITEMS,
+        "colliding set items": _P.PROTO2 + _P.call(_P.glob("builtins", "set"), _P.lst(*(
+            _P._colliding_int(k) for k in range(1, 300)))),
+        "huge int": _P.PROTO2 + b"\x8a\xff" + b"\x01" * 255 + _P.POP + b"\x8b"
+        + struct.pack("<i", 4096) + b"\x01" * 4096,
+        "memo slot": _P.PROTO2 + _P.NONE + b"r" + struct.pack("<I", 1 << 30),
+    }
+    with pytest.raises(_prescan.Refused):
+        _prescan.scan(bombs[what] + _P.STOP)

@@ -38,6 +38,7 @@ MAX_COLLISIONS = 256  # keys of one dict (or items of one set) with the same has
 MAX_INT_BITS = 2048  # no checkpoint stores a larger integer (seeds and counters are 64-bit)
 MAX_LINE = 1000  # text-encoded ints, floats, memo indices (protocol 0)
 MAX_ITEMS = 1 << 26  # items in one container
+MAX_PICKLE = 1 << 30  # bytes of one pickle read from a file (as for a zip's data.pkl)
 _SAT = 1 << 62  # counts saturate here
 
 
@@ -79,24 +80,45 @@ class _Malformed(Exception):
     pass
 
 
-def scan(data: Any, start: int = 0) -> int:
-    """Walk one pickle in `data` (bytes-like) from `start`; return its end offset (-1: unsure).
+class _Truncated(Exception):
+    """The bytes so far end inside the pickle (a file is read in pieces: read on)."""
 
-    Raises `Refused` for a pickle built to exhaust time, memory or the C stack. Returns -1
-    without judging a pickle that is malformed or cut short (the unpickler reports it).
+
+def scan(data: Any, start: int = 0) -> int:
+    """Walk one pickle in `data` (bytes-like) from `start`; return its end offset.
+
+    Raises `Refused` for a pickle built to exhaust time, memory or the C stack. Returns -1 when
+    `data` ends inside the pickle, -2 when the pickle is malformed: not judged (the unpickler
+    stops at the same opcode with its own error; where the two could differ, the walk is the
+    more permissive one, so it never stops short of what the unpickler will build).
     """
     if not isinstance(data, bytes):
         data = bytes(data)
     try:
         return _scan(data, start)
-    except Refused:
-        raise
-    except (_Malformed, IndexError, KeyError, TypeError, struct.error, ValueError,
-            OverflowError):
+    except _Truncated:
         return -1
+    except _Malformed:
+        return -2
 
 
-def _scan(data: bytes, pos: int) -> int:  # noqa: C901 - one dispatch loop, kept flat for speed
+def _scan(data: bytes, pos: int) -> int:
+    """`_walk`, with every failure sorted: cut short (near the end of `data`), or malformed."""
+    reached = [pos]
+    try:
+        return _walk(data, reached)
+    except (Refused, _Truncated, _Malformed):
+        raise
+    # (what malformed bytes raise; anything else is a bug here, and propagates: the caller then
+    # refuses the file rather than unpickling it unscanned)
+    except (IndexError, KeyError, struct.error, ValueError, OverflowError):
+        if reached[0] + 16 >= len(data):  # an opcode or its argument runs past the bytes read
+            raise _Truncated from None
+        raise _Malformed from None
+
+
+def _walk(data: bytes, reached: list[int]) -> int:  # noqa: C901 - one flat loop (speed)
+    pos = reached[0]
     n = len(data)
     limit = max_expansion(n)
     stack: list[list] = []
@@ -117,7 +139,7 @@ def _scan(data: bytes, pos: int) -> int:  # noqa: C901 - one dispatch loop, kept
         nonlocal pos
         end = data.find(b"\n", pos)
         if end < 0:
-            raise _Malformed
+            raise _Truncated
         if end - pos > MAX_LINE:
             raise Refused(f"a text-encoded number or name of {end - pos} bytes")
         text = data[pos:end]
@@ -165,8 +187,8 @@ def _scan(data: bytes, pos: int) -> int:  # noqa: C901 - one dispatch loop, kept
 
     def grow(box: list, items: list[list], keys: list[list] | None) -> None:
         """Items added to a mutable container (APPEND(S), SETITEM(S), ADDITEMS, BUILD)."""
-        if box[0] != 3:
-            raise _Malformed  # the unpickler fails on this too
+        if box[0] != 3:  # the unpickler fails on this; scan on all the same (never stricter)
+            box = [3, box[1], box[2], 1, None, None]
         extra = box[5]
         if extra is None:
             extra = box[5] = {}
@@ -235,6 +257,7 @@ def _scan(data: bytes, pos: int) -> int:  # noqa: C901 - one dispatch loop, kept
         hashed({}, [[1, 0, 1, 0, sig, None] for sig in first[5].get("sigs", ())])
 
     while True:
+        reached[0] = pos  # where a failure happened (cut short, or malformed)
         op = data[pos]  # IndexError past the end: cut short
         pos += 1
         # the frequent opcodes of a torch.save pickle first (30 per tensor: LONG_BINPUT,
@@ -372,15 +395,17 @@ def _scan(data: bytes, pos: int) -> int:  # noqa: C901 - one dispatch loop, kept
             k = data[pos]
             pos += 1 + k
             if pos > n:
-                raise _Malformed
+                raise _Truncated
             push(_number(int.from_bytes(data[pos - k:pos], "little", signed=True)))
         elif op == 0x8B:  # LONG4
             k = i32(data, pos)[0]
             if k * 8 > MAX_INT_BITS:
                 raise Refused(f"an integer of {k * 8} bits (more than any checkpoint holds)")
             pos += 4 + k
-            if k < 0 or pos > n:
+            if k < 0:
                 raise _Malformed
+            if pos > n:
+                raise _Truncated
             push(_number(int.from_bytes(data[pos - k:pos], "little", signed=True)))
         elif op == 0x54 or op == 0x42:  # T BINSTRING, B BINBYTES
             pos += 4 + u32(data, pos)[0]
@@ -397,7 +422,7 @@ def _scan(data: bytes, pos: int) -> int:  # noqa: C901 - one dispatch loop, kept
         elif op == 0x53 or op == 0x56:  # S STRING, V UNICODE (text lines of any length)
             end = data.find(b"\n", pos)
             if end < 0:
-                raise _Malformed
+                raise _Truncated
             pos = end + 1
             push(atom)
         elif op == 0x6C:  # l LIST
@@ -469,9 +494,12 @@ def scan_file(file: Any) -> None:
     try:
         data = file.read(1 << 20)
         while True:
-            if scan(data) >= 0:
+            end = scan(data)
+            if end != -1:  # scanned, or malformed (the unpickler stops at the same opcode)
                 return
-            more = file.read(max(len(data), 1 << 20))
+            if len(data) >= MAX_PICKLE:
+                raise Refused(f"a pickle of more than {MAX_PICKLE} bytes")
+            more = file.read(min(max(len(data), 1 << 20), MAX_PICKLE - len(data)))
             if not more:
                 return  # cut short: the unpickler says so
             data += more
