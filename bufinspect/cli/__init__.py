@@ -297,6 +297,11 @@ def check(
                                    "in the nearest pyproject.toml."),
     jobs: Jobs = None,
     distributed: Distributed = None,
+    model: Optional[str] = typer.Option(
+        None, "--model", metavar="MODULE:FACTORY", help="Also check that each file loads "
+        "strictly into your model (missing-key, unexpected-key, shape-mismatch, key-prefix) and "
+        "take roles from it: imports MODULE and calls FACTORY (or CLASS) with no arguments on "
+        "the meta device. This RUNS YOUR CODE (never the checkpoint's)."),
 ) -> None:
     """Check devices, dtypes and values of checkpoints, for CI.
 
@@ -319,12 +324,24 @@ def check(
         policy = make_policy(expect_dtype=expect_dtype, expect_device=expect_device,
                              ignore=ignore or (), strict=strict, config=settings)
         where = device.value if device is not None else settings.get("device", "auto")
+        built = None
+        if model is not None:
+            from bufinspect import annotate
+
+            built = annotate.build(model)
     checkpoints = [_load(p) for p in paths]
+    expected = None
+    if built is not None:  # exact roles, and what strict loading expects
+        with handled(model):
+            checkpoints = [annotate.apply_module(ck, built, "model:factory")[0]
+                           for ck in checkpoints]
+            expected = annotate.expected_state(built)
     with handled(paths[0]), work(jobs, distributed) as shared:
         total = sum(e.nbytes for ck in checkpoints for e in ck.entries if scannable(e))
         with progress(total) as tick:
             report = run(checkpoints, policy, device=where, containers=container or (),
-                         progress=tick, work=shared)
+                         progress=tick, work=shared, model=expected,
+                         model_spec=model or "the model")
     if silent(shared):
         raise typer.Exit(0)
     emit(report, OutputFormat(format.value))
@@ -339,7 +356,11 @@ def _apply_model(ck: Checkpoint, spec: str | None, hf_config: bool = False):
     from bufinspect import annotate
 
     if hf_config:
-        ck, matches = annotate.apply_module(ck, annotate.build_hf(ck.path), "model:hf-config")
+        from bufinspect.annotate import hf_key_renamer as key_renamer
+
+        hf_model = annotate.build_hf(ck.path)
+        ck, matches = annotate.apply_module(ck, hf_model, "model:hf-config",
+                                            rename=key_renamer(hf_model))
     else:
         ck, matches = annotate.apply_model(ck, spec)
     for m in matches:

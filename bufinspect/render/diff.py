@@ -46,7 +46,8 @@ def _detail(e: DiffEntry) -> str:
     return "; ".join(parts)
 
 
-def diff_rows(report: DiffReport, *, show_equal: bool = False) -> tuple[list[str], list[list[str]]]:
+def diff_rows(report: DiffReport, *, show_equal: bool = False
+              ) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the diff table (names cleaned), sorted by how much each entry moved."""
     header = ["status", "key", "max_abs", "max_rel", "mean_abs", "rel_l2", "cosine",
               "mismatched", "detail"]
@@ -92,6 +93,11 @@ def diff_alignment(report: DiffReport) -> list[str]:
     return out
 
 
+def diff_notes(report: DiffReport) -> list[str]:
+    """`note (id): ...` lines on running statistics (analysis.diagnostics), for the summary."""
+    return [f"note ({n.id}): {clean(n.message)}" for n in report.notes]
+
+
 def _equal_line(report: DiffReport, show_equal: bool) -> str | None:
     n = report.summary[Status.EQUAL.value]
     if n and not show_equal:
@@ -121,6 +127,8 @@ def render_diff_table(report: DiffReport, console: Any, *, show_equal: bool = Fa
     line = _equal_line(report, show_equal)
     if line:
         console.print(line, style="dim")
+    for note in diff_notes(report):
+        console.print(escape(note), style="yellow")
     verdict = diff_verdict(report)
     console.print(escape(verdict), style="bold red" if report.has_differences else "bold green")
 
@@ -131,6 +139,7 @@ def render_diff_markdown(report: DiffReport, *, show_equal: bool = False) -> str
              f"`{md_cell(clean(report.paths[1]))}`", ""]
     parts += [f"- {md_cell(line)}" for line in diff_alignment(report)]
     parts.append(f"- **{md_cell(diff_verdict(report))}**")
+    parts += [f"- {md_cell(note)}" for note in diff_notes(report)]
     header, rows = diff_rows(report, show_equal=show_equal)
     if rows:
         parts += ["", markdown_table(header, rows)]
@@ -166,6 +175,8 @@ def render_diff_github(report: DiffReport) -> str:
             msg += f" [{clean(detail)}]"
         path = report.paths[1] if st is not Status.REMOVED else report.paths[0]
         out.append(f"::error file={_gh(clean(path), True)},title=bufinspect diff::{_gh(msg)}")
+    for n in report.notes:
+        out.append(f"::notice title=bufinspect diff {_gh(n.id, True)}::{_gh(clean(n.message))}")
     kind = "error" if report.has_differences else "notice"
     out.append(f"::{kind} title=bufinspect diff::{_gh(diff_verdict(report))}")
     return "\n".join(out) + "\n"

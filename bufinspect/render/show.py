@@ -5,7 +5,7 @@ markdown."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from bufinspect.model import Entry, Role, ShowReport, TensorStats, summarize
 from bufinspect.render.common import (NUMERIC, PLAIN_ROWS, clean, fmt_float, fmt_shape, human_bytes,
@@ -112,7 +112,15 @@ def show_header(report: ShowReport) -> list[tuple[str, str]]:
         lines.append(("metadata", clean(", ".join(f"{k}={v}" for k, v in ck.metadata.items()))[:200]))
     if ck.foreign_globals:
         lines.append(("classes", clean(", ".join(ck.foreign_globals))[:300]))
+    if ck.calls:
+        lines.append(("calls", clean(calls_line(ck.calls))[:300]))
     return lines
+
+
+def calls_line(calls: Sequence[tuple[str, int]]) -> str:
+    """`when loaded by torch.load, not run here: functools.partial \u00d712, ...` (header)."""
+    return "when loaded by torch.load, not run here: " + ", ".join(
+        f"{name} \u00d7{count}" for name, count in calls)
 
 
 def render_show_table(report: ShowReport, console: Any, *, depth: int | None = None,
