@@ -54,10 +54,12 @@ def _inside(folder: str, name: Any, index: str) -> str:
     return path
 
 
-def _read_index(index: str, folder: str) -> tuple[dict[str, str], dict[str, Any]]:
-    """(key -> shard path, index metadata) from a validated index file."""
+def _read_index(index: str, folder: str, found: bool
+                ) -> tuple[dict[str, str], dict[str, Any]]:
+    """(key -> shard path, index metadata) from a validated index file (`found`: named by the
+    folder's listing, not by the user: then it must resolve inside the folder too)."""
     try:
-        with _files.open_file(index) as f:
+        with _files.open_file(index, within=folder if found else None) as f:
             if _files.size_of(f) > _MAX_INDEX:
                 raise InputError("index file is too large", index)
             doc = json.loads(f.read().decode("utf-8"))
@@ -92,15 +94,15 @@ def read(path: str) -> Checkpoint:
     `path` is the folder, or one `*.safetensors.index.json` inside it.
     """
     if not os.path.isdir(path) and path.endswith(INDEX_SUFFIX):
-        return _read(path, os.path.dirname(path) or ".", path)
+        return _read(path, os.path.dirname(path) or ".", path, False)
     with _files.reported_as(path):  # the user named the folder: report it
-        return _read(path, path, index_of(path))
+        return _read(path, path, index_of(path), True)
 
 
-def _read(path: str, folder: str, index: str | None) -> Checkpoint:
+def _read(path: str, folder: str, index: str | None, found: bool) -> Checkpoint:
     metadata: dict[str, str] = {}
     if index is not None:
-        weight_map, index_meta = _read_index(index, folder)
+        weight_map, index_meta = _read_index(index, folder, found)
         if not weight_map:
             raise InputError("index weight_map is empty", index)
         shards = list(dict.fromkeys(weight_map.values()))  # first-mention order

@@ -872,6 +872,14 @@ def _class9_symlinks(out: Path) -> list[Case]:
                folder / "b.safetensors")
     cases.append(Case(folder.name, folder, "safetensors", "unindexed shard folder with "
                       "b.safetensors -> a file outside the folder", klass=9))
+    folder = out / "r2_c9_sharded_symlink_index"
+    folder.mkdir()
+    (folder / "a.safetensors").write_bytes(_st({"a": secret["secret"]}, b"\0" * 4))
+    (outside / "index.json").write_text(json.dumps({"weight_map": {"a": "a.safetensors"}}))
+    os.symlink(os.path.relpath(outside / "index.json", folder),
+               folder / "model.safetensors.index.json")
+    cases.append(Case(folder.name, folder, "safetensors", "a shard folder whose index is a "
+                      "symlink to a file outside", klass=9))
     offset, length = _genuine_dcp(outside / "dcp_src")
     md = dcp_metadata(item_offset=offset, item_length=length)
     folder = out / "r2_c9_dcp_symlink_distcp"
