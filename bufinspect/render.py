@@ -13,6 +13,8 @@ from collections import defaultdict
 from enum import Enum
 from typing import Any, Iterable, NoReturn
 
+from bufinspect import layout
+from bufinspect.layout import KEY, LABEL, NUM, PATH, TEXT, Column, fmt_num
 from bufinspect.model import Entry, Role, ShowReport, TensorStats, json_number, summarize
 
 
@@ -58,9 +60,8 @@ def fmt_shape(shape: Iterable[int]) -> str:
 
 
 def fmt_float(v: float | None) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4g}"
+    """A measured float in four significant digits, never wider than 10 cells (layout.fmt_num)."""
+    return fmt_num(v)
 
 
 def to_json(doc: dict[str, Any]) -> str:
@@ -184,51 +185,87 @@ def show_header(report: ShowReport) -> list[tuple[str, str]]:
     return lines
 
 
+def print_lines(console: Any, lines: Iterable[str], style: str | None = None) -> None:
+    """Plain lines on the console (inert: no markup, no highlighting), one style for all."""
+    text = "\n".join(lines)
+    if style and console.color_system is not None:
+        from rich.text import Text
+
+        console.print(Text(text, style=style), soft_wrap=True)
+    else:
+        console.file.write(text + "\n")
+
+
+def print_table(console: Any, columns: list[Column], rows: list[list[str]], *,
+                title: str | None = None, row_styles: list[str | None] | None = None,
+                cell_styles: dict[str, Any] | None = None) -> layout.Plan:
+    """A table laid out for the console's width (see bufinspect.layout), styled on a terminal.
+
+    `row_styles` gives each row a style; `cell_styles` maps a column name to a function of the
+    cell's text returning its style. Past PLAIN_ROWS rows, or without colour, the lines are
+    written as plain text: linear time for 50,000-row sections. A note under the table names the
+    columns a narrow terminal left out.
+    """
+    p = layout.plan(columns, rows, console.width)
+    lines = layout.table_lines(columns, rows, p)
+    styled = console.color_system is not None and len(rows) <= PLAIN_ROWS
+    if title:
+        print_lines(console, layout.wrap(title, console.width), "bold")
+    if not styled:
+        console.file.write("".join(text + "\n" for text, _ in lines))
+    else:
+        from rich.text import Text
+
+        starts = layout.column_starts(p)
+        kept = [columns[i].name for i in p.kept]
+        seen: set[int] = set()
+        out = []
+        for text, r in lines:
+            t = Text(text)
+            if r is None:
+                t.stylize("dim")
+            else:
+                if row_styles and row_styles[r]:
+                    t.stylize(row_styles[r])
+                if cell_styles and not p.compact and r not in seen:
+                    for name, fn in cell_styles.items():
+                        if name in kept:
+                            k = kept.index(name)
+                            style = fn(rows[r][p.kept[k]])
+                            if style:
+                                t.stylize(style, starts[k], starts[k] + p.widths[k])
+                seen.add(r)
+            out.append(t)
+        console.print(Text("\n").join(out), soft_wrap=True)
+    note = layout.dropped_note(p)
+    if note:
+        print_lines(console, layout.wrap(note, console.width), "dim")
+    return p
+
+
+# column kinds and priorities (0: never dropped; larger numbers drop first at narrow widths)
+_SHOW_COLUMNS = {c.name: c for c in (
+    Column("container", LABEL, 0), Column("key", KEY, 0), Column("module", KEY, 0),
+    Column("shape", LABEL, 2), Column("dtype", LABEL, 1), Column("device", LABEL, 4),
+    Column("size", NUM, 3), Column("persistent", LABEL, 5), Column("evidence", TEXT, 1),
+    Column("min", NUM, 1), Column("max", NUM, 1), Column("mean", NUM, 3), Column("std", NUM, 3),
+    Column("nan/inf", NUM, 1), Column("zeros", NUM, 5), Column("tensors", NUM, 1),
+    Column("elements", NUM, 2), Column("dtypes", TEXT, 3), Column("devices", TEXT, 4))}
+
+
 def render_show_table(report: ShowReport, console: Any, *, depth: int | None = None,
                       explain: bool = False) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold")
-    head.add_column()
-    for k, v in show_header(report):
-        head.add_row(k, escape(v))
-    console.print(head)
+    """The human `show`: the header, then one table per section, each fitted to the width."""
+    print_lines(console, layout.pairs_lines(show_header(report), console.width))
     for title, header, rows in show_sections(report, depth=depth, explain=explain):
-        console.print()
-        if len(rows) > PLAIN_ROWS:
-            _plain_table(console, title, header, rows)
-            continue
-        table = Table(title=title, title_justify="left", title_style="bold", show_edge=False,
-                      header_style="dim")
-        for h in header:
-            table.add_column(h, justify="right" if h in _NUMERIC else "left", overflow="fold",
-                             no_wrap=h in ("key", "module", "container", "dtype", "shape"))
-        for row in rows:
-            table.add_row(*(escape(c) for c in row))
-        console.print(table)
+        console.file.write("\n")
+        print_table(console, [_SHOW_COLUMNS[h] for h in header], rows, title=title)
 
 
-# rich lays a table out cell by cell (~1.4 ms a row here); past this many rows a section prints
-# as plain aligned columns, so a 300-buffer ResNet lists in the time a 30-row table takes
+# past this many rows a section prints without per-line styling (a 50,000-row section lists in
+# linear time; styling ~1.4 ms a row through rich was measured)
 PLAIN_ROWS = 100
 _NUMERIC = {"size", "tensors", "elements", "min", "max", "mean", "std", "nan/inf", "zeros"}
-
-
-def _plain_table(console: Any, title: str, header: list[str], rows: list[list[str]]) -> None:
-    """Aligned columns without rich's layout engine: linear time for 50,000-row sections."""
-    columns = list(zip(*rows))  # (rows all have the header's length)
-    widths = [max(len(h), *map(len, col)) if col else len(h)
-              for h, col in zip(header, columns or [()] * len(header))]
-    justify = [str.rjust if h in _NUMERIC else str.ljust for h in header]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join([j(c, w) for j, c, w in zip(justify, cells, widths)]).rstrip()
-
-    console.print(title, style="bold", markup=False, highlight=False)
-    console.print(line(header), style="dim", markup=False, highlight=False)
-    console.file.write("\n".join(line(r) for r in rows) + "\n")
 
 
 def _md_cell(text: str) -> str:
@@ -341,32 +378,30 @@ def _equal_line(report, show_equal: bool) -> str | None:
     return None
 
 
+_DIFF_COLUMNS = {c.name: c for c in (
+    Column("status", LABEL, 0), Column("key", KEY, 0), Column("max_abs", NUM, 1),
+    Column("max_rel", NUM, 3), Column("mean_abs", NUM, 4), Column("rel_l2", NUM, 5),
+    Column("cosine", NUM, 6), Column("mismatched", NUM, 2), Column("detail", TEXT, 1))}
+_STATUS_STYLE = {"changed": "red", "added": "yellow", "removed": "yellow", "shape": "magenta",
+                 "dtype": "magenta", "close": "cyan", "equal": "dim"}
+
+
 def render_diff_table(report, console: Any, *, show_equal: bool = False) -> None:
     """The human diff: alignment, a table sorted by movement, the equal count, the verdict."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    console.print(f"[bold]diff[/bold] {escape(clean(report.paths[0]))} -> "
-                  f"{escape(clean(report.paths[1]))}")
+    width = console.width
+    print_lines(console, layout.wrap(f"diff {clean(report.paths[0])} -> "
+                                     f"{clean(report.paths[1])}", width), "bold")
     for line in diff_alignment(report):
-        console.print(escape(line))
+        print_lines(console, layout.wrap(line, width))
     header, rows = diff_rows(report, show_equal=show_equal)
     if rows:
-        table = Table(show_edge=False, header_style="dim")
-        for h in header:
-            table.add_column(h, justify="left" if h in ("status", "key", "detail") else "right",
-                             no_wrap=h not in ("detail", "key"), overflow="fold",  # numbers never wrap
-                             min_width=6 if h == "detail" else None)
-        styles = {"changed": "red", "added": "yellow", "removed": "yellow", "shape": "magenta",
-                  "dtype": "magenta", "close": "cyan", "equal": "dim"}
-        for row in rows:
-            table.add_row(*(escape(c) for c in row), style=styles.get(row[0]))
-        console.print(table)
+        print_table(console, [_DIFF_COLUMNS[h] for h in header], rows,
+                    row_styles=[_STATUS_STYLE.get(r[0]) for r in rows])
     line = _equal_line(report, show_equal)
     if line:
-        console.print(line, style="dim")
-    verdict = diff_verdict(report)
-    console.print(escape(verdict), style="bold red" if report.has_differences else "bold green")
+        print_lines(console, layout.wrap(line, width), "dim")
+    print_lines(console, layout.wrap(diff_verdict(report), width),
+                "bold red" if report.has_differences else "bold green")
 
 
 def render_diff_markdown(report, *, show_equal: bool = False) -> str:
@@ -434,22 +469,31 @@ def sparkline(values: list[float | None]) -> str:
     return "".join(out)
 
 
-def render_trend_table(report, console: Any) -> None:
-    """One line per entry: sparkline of its change against the first checkpoint, by total drift."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    console.print(f"[bold]trend[/bold] of {len(report.paths)} checkpoints against "
-                  f"{escape(clean(report.paths[0]))} ({report.metric})")
-    table = Table(show_edge=False, header_style="dim")
-    for h in ("key", "trend", "last", "max", "status"):
-        table.add_column(h, justify="right" if h in ("last", "max") else "left", no_wrap=True)
+def trend_rows(report) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the trend table; the status column only when some row has one."""
+    with_status = any(row.note for row in report.rows)
+    header = ["key", "trend", "last", "max"] + (["status"] if with_status else [])
+    rows = []
     for row in report.rows:
         finite = [v for v in row.values if v is not None]
-        table.add_row(escape(clean(row.key)), sparkline(row.values),
-                      fmt_float(row.values[-1]), fmt_float(max(finite, default=None)),
-                      escape(row.note))
-    console.print(table)
+        cells = [clean(row.key), sparkline(row.values), fmt_float(row.values[-1]),
+                 fmt_float(max(finite, default=None))]
+        rows.append(cells + ([clean(row.note)] if with_status else []))
+    return header, rows
+
+
+_TREND_COLUMNS = {c.name: c for c in (
+    Column("key", KEY, 0), Column("trend", LABEL, 1), Column("last", NUM, 2),
+    Column("max", NUM, 1), Column("status", TEXT, 3))}
+
+
+def render_trend_table(report, console: Any) -> None:
+    """One line per entry: sparkline of its change against the first checkpoint, by total drift."""
+    print_lines(console, layout.wrap(f"trend of {len(report.paths)} checkpoints against "
+                                     f"{clean(report.paths[0])} ({report.metric})",
+                                     console.width), "bold")
+    header, rows = trend_rows(report)
+    print_table(console, [_TREND_COLUMNS[h] for h in header], rows)
 
 
 # ---- check ---------------------------------------------------------------------------------
@@ -478,22 +522,64 @@ def check_rows(report: Any) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def render_check_table(report: Any, console: Any) -> None:
-    from rich.markup import escape
-    from rich.table import Table
+_CHECK_COLUMNS = {c.name: c for c in (
+    Column("severity", LABEL, 0), Column("id", LABEL, 0), Column("file", PATH, 0),
+    Column("message", TEXT, 0))}
 
-    header, rows = check_rows(report)
-    if rows:
-        table = Table(show_edge=False, header_style="dim")
-        for h in header:
-            table.add_column(h, overflow="fold", no_wrap=h in ("severity", "id"))
-        for row in rows:
-            style = _SEVERITY_STYLE.get(row[0], "")
-            table.add_row(f"[{style}]{row[0]}[/]", *(escape(c) for c in row[1:]))
-        console.print(table)
-        console.print()
-    style = "bold green" if report.ok else "bold red"
-    console.print(f"[{style}]{escape(check_verdict(report))}[/]")
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def check_file_results(report: Any) -> list[tuple[str, str, str]]:
+    """One (verdict, file, counts) per file, pytest style: `PASS`, `FAIL` or `ERROR` (unreadable)."""
+    failing = ("error", "warning") if report.strict else ("error",)
+    errors = {e.path: e.message for e in getattr(report, "errors", ())}
+    out = []
+    for path in report.paths:
+        if path in errors:
+            out.append(("ERROR", clean(path), clean(errors[path])))
+            continue
+        mine = [f for f in report.findings if f.path == path]
+        counts = ", ".join(_plural(sum(f.severity == s for f in mine), s)
+                           for s in ("error", "warning", "info")
+                           if any(f.severity == s for f in mine))
+        verdict = "FAIL" if any(f.severity in failing for f in mine) else "PASS"
+        out.append((verdict, clean(path), counts or "no findings"))
+    return out
+
+
+_RESULT_STYLE = {"FAIL": "bold red", "ERROR": "bold red", "PASS": "green"}
+
+
+def finding_message(f: Any, verbose: bool = False) -> str:
+    """A finding's message; `verbose` adds every key it concerns (messages cut long lists)."""
+    msg = clean(f.message)
+    if verbose and f.keys and ("more" in f.message or len(f.keys) > 1):
+        msg += " [keys: " + ", ".join(clean(k) for k in f.keys) + "]"
+    return msg
+
+
+def render_check_table(report: Any, console: Any, *, verbose: bool = False) -> None:
+    """Findings grouped by file, then one result line per file, then the verdict."""
+    columns = [_CHECK_COLUMNS[h] for h in ("severity", "id", "message")]
+    many = len(report.paths) > 1
+    for path in report.paths:
+        mine = [f for f in report.findings if f.path == path]
+        if not mine:
+            continue
+        rows = [[f.severity, f.id, finding_message(f, verbose)] for f in mine]
+        print_table(console, columns, rows, title=clean(path) if many else None,
+                    cell_styles={"severity": _SEVERITY_STYLE.get})
+        console.file.write("\n")
+    if many or getattr(report, "errors", ()):
+        results = check_file_results(report)
+        print_table(console, [Column("result", LABEL, 0), Column("file", PATH, 0),
+                              Column("findings", TEXT, 0)],
+                    [list(r) for r in results], cell_styles={"result": _RESULT_STYLE.get})
+        console.file.write("\n")
+    print_lines(console, layout.wrap(check_verdict(report), console.width),
+                "bold green" if report.ok else "bold red")
 
 
 def render_check_markdown(report: Any) -> str:

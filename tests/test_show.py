@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import json
 import math
 import subprocess
@@ -204,8 +205,10 @@ def test_human_output_exact(samples):
     report = dataclasses.replace(report, checkpoint=ck)
     out = io.StringIO()
     render.render_show_table(report, Console(width=100, file=out, color_system=None))
-    golden = (ROOT / "tests" / "golden" / "show_buffer_zoo.txt").read_text()
-    assert out.getvalue() == golden
+    golden = ROOT / "tests" / "golden" / "show_buffer_zoo.txt"
+    if os.environ.get("BUFINSPECT_REGEN_GOLDEN"):
+        golden.write_text(out.getvalue())
+    assert out.getvalue() == golden.read_text()
 
 
 def test_markdown_output(cli):
