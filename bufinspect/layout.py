@@ -56,6 +56,7 @@ class Plan:
     dropped: list[str] = field(default_factory=list)  # names of the columns left out
     compact: bool = False
     needed: int = 0  # the width at which every column shows at its natural width
+    heads: dict[int, float] = field(default_factory=dict)  # key column -> shortening scheme
 
 
 def cell_len(text: str) -> int:
@@ -86,18 +87,27 @@ def _cut(text: str, cells: int, *, tail: bool = False) -> str:
     return "".join(reversed(out)) if tail else "".join(out)
 
 
-def middle(text: str, width: int) -> str:
-    """`text` in at most `width` cells: its middle replaced by `…` (a third head, the rest tail)."""
+# how a key gives way: the share of the kept cells taken from its head (the rest from its
+# tail), or ABBREV (module names cut to their first letter, left to right, numbers kept:
+# `e.t.0.attention.1.running_mean`); a column tries these in order and keeps the first that
+# leaves its keys distinct
+ABBREV = -1.0
+HEADS = (1 / 3, ABBREV, 0.0, 2 / 3)
+
+
+def middle(text: str, width: int, head: float = HEADS[0]) -> str:
+    """`text` in at most `width` cells: its middle replaced by `…` (`head` of the kept cells
+    from the start, the rest from the end)."""
     if cell_len(text) <= width:
         return text
     if width <= 1:
         return ELLIPSIS[:width]
     keep = width - 1
-    head = keep // 3
-    return _cut(text, head) + ELLIPSIS + _cut(text, keep - head, tail=True)
+    first = int(keep * max(head, 0.0))
+    return _cut(text, first) + ELLIPSIS + _cut(text, keep - first, tail=True)
 
 
-def shorten_key(key: str, width: int) -> str:
+def shorten_key(key: str, width: int, head: float = HEADS[0]) -> str:
     """`key` in at most `width` cells, the leaf name whole: `encoder.lay…11.attn.q.weight`.
 
     Only the module path is shortened; a leaf longer than the room (a key with no dots, a
@@ -108,13 +118,27 @@ def shorten_key(key: str, width: int) -> str:
     module, dot, leaf = key.rpartition(".")
     room = width - cell_len(leaf) - 1  # cells left for the module path and its `…`
     if not dot or room < 1:
-        return middle(key, width)
-    return _elide_module(module, room) + "." + leaf
+        return middle(key, width, head)
+    return _elide_module(module, room, head) + "." + leaf
 
 
-def _elide_module(module: str, room: int) -> str:
+def _abbreviate(module: str, room: int) -> str | None:
+    """Module names cut to their first letter from the left until the path fits (None: never)."""
+    parts = module.split(".")
+    for i, part in enumerate(parts):
+        if cell_len(".".join(parts)) <= room:
+            break
+        if not part.isdigit():
+            parts[i] = _cut(part, 1)
+    text = ".".join(parts)
+    return text if cell_len(text) <= room else None
+
+
+def _elide_module(module: str, room: int, head: float) -> str:
     """A module path in `room` cells: whole components around a `…` where that wastes at most
     a few cells (`layer1.….bn1`), else the characters of its middle (`lay…0.bn1`)."""
+    if head == ABBREV:
+        return _abbreviate(module, room) or middle(module, room, 0.0)
     parts = module.split(".")
     best = ""
     for tail in range(len(parts) - 1, -1, -1):  # components nearest the leaf matter most
@@ -122,20 +146,20 @@ def _elide_module(module: str, room: int) -> str:
             text = ".".join(parts[:head] + [ELLIPSIS] + (parts[-tail:] if tail else []))
             if cell_len(text) <= room and cell_len(text) > cell_len(best):
                 best = text
-    if best and cell_len(best) >= room - 4:
+    if best and cell_len(best) >= room - 4 and head == HEADS[0]:
         return best
-    return middle(module, room)
+    return middle(module, room, head)
 
 
-def shorten_path(path: str, width: int) -> str:
+def shorten_path(path: str, width: int, head: float = HEADS[0]) -> str:
     """A file path in at most `width` cells, the file name whole where it fits."""
     if cell_len(path) <= width:
         return path
     folder, slash, name = path.rpartition("/")
     room = width - cell_len(name) - 1
     if not slash or room < 1:
-        return middle(path, width)
-    return middle(folder, room) + "/" + name
+        return middle(path, width, head)
+    return middle(folder, room, head) + "/" + name
 
 
 def _leaf_room(cell: str, kind: str) -> int:
@@ -145,15 +169,23 @@ def _leaf_room(cell: str, kind: str) -> int:
     return min(cell_len(cell), cell_len(leaf) + 2 if dot else cell_len(cell))
 
 
-def _distinct_at(cells: Sequence[str], width: int, kind: str = KEY) -> bool:
+def shorten(kind: str, text: str, width: int, head: float = HEADS[0]) -> str:
+    return (shorten_path if kind == PATH else shorten_key)(text, width, head)
+
+
+def distinct_head(cells: Sequence[str], width: int, kind: str = KEY) -> float | None:
+    """The first of HEADS under which `cells` shortened to `width` stay distinct (None: none)."""
     long = [c for c in cells if cell_len(c) > width]
     if not long:
-        return True
-    shorten = shorten_path if kind == PATH else shorten_key
-    short = {shorten(c, width) for c in long}
-    # a shortened key must differ from every other shortened key and every key shown whole
+        return HEADS[0]
     whole = {c for c in cells if cell_len(c) <= width}
-    return len(short) == len(set(long)) and not (short & whole)
+    n = len(set(long))
+    for head in HEADS:
+        short = {shorten(kind, c, width, head) for c in long}
+        # a shortened key must differ from every other shortened key and every key shown whole
+        if len(short) == n and not (short & whole):
+            return head
+    return None
 
 
 def key_minimum(cells: Sequence[str], header: str, kind: str = KEY) -> int:
@@ -161,12 +193,12 @@ def key_minimum(cells: Sequence[str], header: str, kind: str = KEY) -> int:
     natural = max([cell_len(header)] + [cell_len(c) for c in cells])
     low = max([cell_len(header), 4] + [_leaf_room(c, kind) for c in cells])
     low = min(low, natural)
-    if _distinct_at(cells, low, kind):
+    if distinct_head(cells, low, kind) is not None:
         return low
     hi = natural  # distinct at the natural width; find the narrowest distinct width
     while low + 1 < hi:
         mid = (low + hi) // 2
-        if _distinct_at(cells, mid, kind):
+        if distinct_head(cells, mid, kind) is not None:
             hi = mid
         else:
             low = mid
@@ -225,7 +257,10 @@ def plan(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int) -
             widths = fitted(kept, keys)
             if widths is not None:
                 dropped = [c.name for i, c in enumerate(columns) if i not in kept]
-                return Plan(width, kept, widths, dropped, False, needed)
+                heads = {i: distinct_head(cols[i], w, columns[i].kind) or HEADS[0]
+                         for i, w in zip(kept, widths)
+                         if columns[i].kind in (KEY, PATH) and w < natural[i]}
+                return Plan(width, kept, widths, dropped, False, needed, heads)
             droppable = [i for i in kept if columns[i].priority >= floor]
             if not droppable:
                 break
@@ -233,14 +268,12 @@ def plan(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int) -
     return Plan(width, list(range(len(columns))), natural, [], True, needed)
 
 
-def fit_cell(col: Column, text: str, width: int) -> list[str]:
+def fit_cell(col: Column, text: str, width: int, head: float = HEADS[0]) -> list[str]:
     """A cell's lines at `width`: keys shortened, prose wrapped, anything else as is."""
     if cell_len(text) <= width:
         return [text]
-    if col.kind == KEY:
-        return [shorten_key(text, width)]
-    if col.kind == PATH:
-        return [shorten_path(text, width)]
+    if col.kind in (KEY, PATH):
+        return [shorten(col.kind, text, width, head)]
     if col.kind == TEXT:
         return wrap(text, width)
     return [text]  # numbers and labels are never cut: plan() gave them their natural width
@@ -293,7 +326,8 @@ def table_lines(columns: Sequence[Column], rows: Sequence[Sequence[str]], p: Pla
     out.append((sep.join(_pad(c.name, w, c.right) for c, w in zip(cols, p.widths)).rstrip(), None))
     out.append((sep.join("─" * w for w in p.widths), None))
     for r, row in enumerate(rows):
-        cells = [fit_cell(c, row[i], w) for c, i, w in zip(cols, p.kept, p.widths)]
+        cells = [fit_cell(c, row[i], w, p.heads.get(i, HEADS[0]))
+                 for c, i, w in zip(cols, p.kept, p.widths)]
         height = max(len(c) for c in cells)
         for k in range(height):
             line = sep.join(_pad(cell[k] if k < len(cell) else "", w, c.right)
@@ -309,9 +343,21 @@ def compact_lines(columns: Sequence[Column], rows: Sequence[Sequence[str]], widt
     out: list[tuple[str, int | None]] = []
     indent = "  "
     for r, row in enumerate(rows):
-        head = [row[i] for i, c in enumerate(columns)
-                if c.priority == 0 and c.kind in (KEY, PATH, LABEL) and row[i]]
-        first = "  ".join(head)
+        labels = [row[i] for i, c in enumerate(columns)
+                  if c.priority == 0 and c.kind == LABEL and row[i]]
+        names = [(c.kind, row[i]) for i, c in enumerate(columns)
+                 if c.priority == 0 and c.kind in (KEY, PATH) and row[i]]
+        first = "  ".join(labels)
+        for kind, name in names:
+            room = width - cell_len(first) - (2 if first else 0)
+            if cell_len(name) > room and room >= _leaf_room(name, kind):
+                name = shorten(kind, name, room, HEADS[1])  # the tail tells tensors apart
+            elif cell_len(name) > room:  # on a line of its own, shortened if it must be
+                out.append((first, r))
+                first = ""
+                if cell_len(name) > width and width >= _leaf_room(name, kind):
+                    name = shorten(kind, name, width, HEADS[1])
+            first = f"{first}  {name}" if first else name
         for piece in _fold(first, width):
             out.append((piece, r))
         line = indent

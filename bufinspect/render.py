@@ -301,7 +301,7 @@ def _diff_sorted(report) -> list:
     return sorted(report.entries, key=lambda e: (rank[e.status.value], -e.moved))
 
 
-def _detail(e) -> str:
+def _detail(e, alignment: dict | None = None) -> str:
     st = e.status.value
     if st == "shape":
         return f"shape {fmt_shape(e.shape)} -> {fmt_shape(e.shape_b)}"
@@ -320,9 +320,32 @@ def _detail(e) -> str:
         parts.append(e.note)
     if e.approximate:
         parts.append("near the tolerance: re-run on the files")
-    if e.key_b and e.key_b != e.key:
-        parts.append(f"B: {e.key_b}")
+    if e.key_b and e.key_b != e.key and e.key_b != aligned_key_b(alignment, e.key):
+        parts.append(f"B: {e.key_b}")  # a rename the header's mapping does not explain
     return "; ".join(parts)
+
+
+def aligned_key_b(alignment: dict | None, key: str) -> str | None:
+    """B's key for A's `key` under the recorded alignment (None when it cannot be replayed)."""
+    if not alignment:
+        return None
+    common = key
+    for op in alignment.get("a", ()):
+        verb, _, arg = op.partition(" ")
+        if verb == "strip" and common.startswith(arg):
+            common = common[len(arg):]
+        elif verb == "add":
+            common = arg + common
+        elif verb == "rename":
+            old, _, new = arg.partition("=")
+            if common == old or (old.endswith(".") and common.startswith(old)):
+                common = new + common[len(old):]
+    for op in reversed(alignment.get("b", ())):
+        verb, _, arg = op.partition(" ")
+        if verb != "strip":
+            return None
+        common = arg + common
+    return common
 
 
 def diff_rows(report, *, show_equal: bool = False) -> tuple[list[str], list[list[str]]]:
@@ -336,7 +359,7 @@ def diff_rows(report, *, show_equal: bool = False) -> tuple[list[str], list[list
         mism = "-" if e.mismatched is None else f"{e.mismatched}/{e.numel}"
         rows.append([e.status.value, clean(e.key), fmt_float(e.max_abs), fmt_float(e.max_rel),
                      fmt_float(e.mean_abs), fmt_float(e.rel_l2), fmt_float(e.cosine), mism,
-                     clean(_detail(e))])
+                     clean(_detail(e, report.alignment))])
     return header, rows
 
 
@@ -360,8 +383,14 @@ def diff_verdict(report) -> str:
 
 
 def diff_alignment(report) -> list[str]:
-    """Lines saying how keys were aligned (empty when nothing was changed)."""
+    """Lines saying how keys were aligned (empty when nothing was changed), with the mapping
+    once (`B: module.<key>`) instead of B's key in every row."""
     out = []
+    if report.alignment.get("b") and not report.alignment.get("a"):
+        template = aligned_key_b(report.alignment, "<key>")
+        if template:
+            how = " (automatic)" if report.alignment.get("auto") else ""
+            return [f"keys aligned{how}: A <key> = B {clean(template)}"]
     for side, name in (("a", "A"), ("b", "B")):
         ops = report.alignment.get(side)
         if ops:
