@@ -125,6 +125,7 @@ class DiffEntry:
     note: str | None = None
     envelope: tuple[tuple[float, float, float], ...] | None = field(default=None, repr=False)
     approximate: bool = False  # re-judged from saved metrics and too close to call exactly
+    cast: dict[str, int] | None = None  # status dtype: overflow/underflow (see castloss)
 
     @property
     def moved(self) -> float:
@@ -155,6 +156,11 @@ class DiffEntry:
                 d[k] = getattr(self, k)
             if self.old is not None:
                 d["old"], d["new"] = self.old, self.new
+        if self.status is Status.DTYPE and self.max_abs is not None:  # what the cast lost
+            d.update(rtol=self.rtol, atol=self.atol, cast=self.cast)
+            for k in ("max_abs", "max_rel", "mean_abs", "mismatched", "numel", "nonfinite",
+                      "rel_l2", "cosine"):
+                d[k] = getattr(self, k)
         if self.note:
             d["note"] = self.note
         if self.approximate:
@@ -570,7 +576,7 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
     Returns:
         A `DiffReport`: entries in A's key order (added keys last), with statuses and metrics.
     """
-    from bufinspect import load
+    from bufinspect import castloss, load
 
     ck_a = a if isinstance(a, Checkpoint) else load(str(a))
     ck_b = b if isinstance(b, Checkpoint) else load(str(b))
@@ -619,6 +625,8 @@ def diff(a: Checkpoint | str, b: Checkpoint | str, *, scope: Scope | str = Scope
                           dtype_b=eb.dtype if eb.dtype != ea.dtype else None)
         elif ea.dtype != eb.dtype:
             fields.update(status=Status.DTYPE, dtype_b=eb.dtype)
+            if castloss.measurable(ea, eb):
+                fields.update(castloss.measure(ea, eb, r, t))
         else:
             slots.append((len(results), r, t))
             pairs.append((ea, eb))

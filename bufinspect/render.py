@@ -274,6 +274,17 @@ def _md_cell(text: str) -> str:
         .replace("[", "\\[").replace("]", "\\]")
 
 
+def md_code(text: str) -> str:
+    """`text` as an inline code span: never backslash-escaped (GitHub shows backslashes in code
+    literally); a fence one backtick longer than the longest run of backticks inside, padded
+    with spaces when the text starts or ends with one (CommonMark 6.1)."""
+    text = text.replace("\n", " ")
+    longest = max((len(m) for m in re.findall("`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
@@ -282,7 +293,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def render_show_markdown(report: ShowReport, *, depth: int | None = None,
                          explain: bool = False) -> str:
-    parts = [f"## bufinspect show `{_md_cell(clean(report.checkpoint.path))}`", ""]
+    parts = [f"## bufinspect show {md_code(clean(report.checkpoint.path))}", ""]
     parts += [f"- **{k}**: {_md_cell(v)}" for k, v in show_header(report)]
     for title, header, rows in show_sections(report, depth=depth, explain=explain):
         parts += ["", f"### {title}", "", markdown_table(header, rows)]
@@ -306,7 +317,9 @@ def _detail(e, alignment: dict | None = None) -> str:
     if st == "shape":
         return f"shape {fmt_shape(e.shape)} -> {fmt_shape(e.shape_b)}"
     if st == "dtype":
-        return f"dtype {e.dtype} -> {e.dtype_b}"
+        from bufinspect import castloss
+
+        return castloss.summary(e)
     if st == "added":
         return f"only in B: {fmt_shape(e.shape)} {e.dtype}"
     if st == "removed":
@@ -435,8 +448,8 @@ def render_diff_table(report, console: Any, *, show_equal: bool = False) -> None
 
 def render_diff_markdown(report, *, show_equal: bool = False) -> str:
     """The diff as GitHub-flavoured markdown (for job summaries)."""
-    parts = [f"## bufinspect diff `{_md_cell(clean(report.paths[0]))}` -> "
-             f"`{_md_cell(clean(report.paths[1]))}`", ""]
+    parts = [f"## bufinspect diff {md_code(clean(report.paths[0]))} -> "
+             f"{md_code(clean(report.paths[1]))}", ""]
     parts += [f"- {_md_cell(line)}" for line in diff_alignment(report)]
     parts.append(f"- **{_md_cell(diff_verdict(report))}**")
     header, rows = diff_rows(report, show_equal=show_equal)
@@ -614,7 +627,7 @@ def render_check_table(report: Any, console: Any, *, verbose: bool = False) -> N
 def render_check_markdown(report: Any) -> str:
     """Markdown for a GitHub job summary (`>> $GITHUB_STEP_SUMMARY`)."""
     icon = ":white_check_mark:" if report.ok else ":x:"
-    files = ", ".join(_md_cell(clean(p)) for p in report.paths)
+    files = ", ".join(md_code(clean(p)) for p in report.paths)
     parts = ["## bufinspect check", "", f"{icon} **{_md_cell(check_verdict(report))}**", "",
              f"Files: {files}"]
     header, rows = check_rows(report)
