@@ -178,6 +178,8 @@ class Checkpoint:
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
     # globals the pickle named that bufinspect did not allow (shown, never imported)
     foreign_globals: tuple[str, ...] = ()
+    # non-tensor values of a training dict: (path joined with "/", value), e.g. ("epoch", 3)
+    values: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
 
     @property
     def entries(self) -> list[Entry]:
@@ -252,6 +254,8 @@ class ShowReport:
             doc["metadata"] = dict(ck.metadata)
         if ck.foreign_globals:
             doc["foreign_globals"] = list(ck.foreign_globals)
+        if ck.values:
+            doc["values"] = dict(ck.values)
         return doc
 
 

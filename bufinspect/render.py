@@ -163,6 +163,44 @@ def show_sections(report: ShowReport, *, depth: int | None = None, explain: bool
     return sections
 
 
+def _count(n: int) -> str:
+    """`11,689,512 (11.7M)`: exact, with the short form when it helps."""
+    return f"{n:,}" + (f" ({human_count(n)})" if n >= 10_000 else "")
+
+
+def metadata_summary(metadata: dict[str, str]) -> str:
+    """File metadata for the header: role metadata bufinspect wrote summarised, the rest cut."""
+    import json
+
+    parts = []
+    for k, v in metadata.items():
+        if k == "bufinspect.roles":
+            try:
+                doc = json.loads(v)
+                roles: dict[str, int] = {}
+                for c in (doc.get("containers") or {}).values():
+                    for r in (c.get("roles") or {}).values():
+                        roles[str(r)] = roles.get(str(r), 0) + 1
+                n = sum(roles.values())
+                detail = ", ".join(f"{r} {roles[r]}" for r in sorted(roles))
+                parts.append(f"roles of {n} tensors written by bufinspect annotate ({detail})")
+            except (ValueError, AttributeError, TypeError):
+                parts.append("bufinspect.roles (unreadable)")
+        else:
+            text = f"{k}={v}"
+            parts.append(text if len(text) <= 80 else text[:77] + "...")
+    return clean(", ".join(parts))[:400]
+
+
+def value_text(v: Any) -> str:
+    """A training value as Python writes it (`0.01`, `[0.9, 0.999]`, `'adam'`)."""
+    return clean(repr(v) if not isinstance(v, str) else v)
+
+
+def values_rows(report: ShowReport) -> list[list[str]]:
+    return [[clean(k), value_text(v)] for k, v in report.checkpoint.values]
+
+
 def show_header(report: ShowReport) -> list[tuple[str, str]]:
     ck = report.checkpoint
     s = summarize(report.entries)
@@ -178,8 +216,11 @@ def show_header(report: ShowReport) -> list[tuple[str, str]]:
         ("devices", clean(", ".join(f"{k} {v}" for k, v in sorted(s["devices"].items())))),
         ("evidence", ", ".join(f"{k} {v}" for k, v in sorted(s["evidence"].items()))),
     ]
+    counts = [(r.value, s[r.value]["numel"]) for r in _ROLE_ORDER if s[r.value]["count"]]
+    if counts:
+        lines.insert(4, ("elements", ", ".join(f"{role} {_count(n)}" for role, n in counts)))
     if ck.metadata:
-        lines.append(("metadata", clean(", ".join(f"{k}={v}" for k, v in ck.metadata.items()))[:200]))
+        lines.append(("metadata", metadata_summary(ck.metadata)))
     if ck.foreign_globals:
         lines.append(("classes", clean(", ".join(ck.foreign_globals))[:300]))
     return lines
@@ -257,6 +298,11 @@ def render_show_table(report: ShowReport, console: Any, *, depth: int | None = N
                       explain: bool = False) -> None:
     """The human `show`: the header, then one table per section, each fitted to the width."""
     print_lines(console, layout.pairs_lines(show_header(report), console.width))
+    values = values_rows(report)
+    if values:
+        console.file.write("\n")
+        print_table(console, [Column("name", PATH, 0), Column("value", TEXT, 0)], values,
+                    title=f"Values ({len(values)})")
     for title, header, rows in show_sections(report, depth=depth, explain=explain):
         console.file.write("\n")
         print_table(console, [_SHOW_COLUMNS[h] for h in header], rows, title=title)
@@ -295,6 +341,9 @@ def render_show_markdown(report: ShowReport, *, depth: int | None = None,
                          explain: bool = False) -> str:
     parts = [f"## bufinspect show {md_code(clean(report.checkpoint.path))}", ""]
     parts += [f"- **{k}**: {_md_cell(v)}" for k, v in show_header(report)]
+    values = values_rows(report)
+    if values:
+        parts += ["", f"### Values ({len(values)})", "", markdown_table(["name", "value"], values)]
     for title, header, rows in show_sections(report, depth=depth, explain=explain):
         parts += ["", f"### {title}", "", markdown_table(header, rows)]
     return "\n".join(parts) + "\n"

@@ -87,8 +87,44 @@ def trend(paths: Sequence[str], *, metric: str = "max_abs", scope: str = "buffer
     return TrendReport(tuple(str(p) for p in paths), metric, scope, tuple(rows))
 
 
-def plot(report: TrendReport, out: str, *, top: int = 12) -> None:
-    """Write a line chart of the `top` most drifting keys to `out` (needs matplotlib)."""
+SCALES = ("normalized", "log", "linear")
+# colours x line styles x markers: 10 x 4 lines before a style repeats
+_COLORS = 10
+_LINES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def line_style(i: int) -> dict[str, Any]:
+    """Matplotlib style of the i-th line: no two of the first 40 lines look the same."""
+    return {"color": f"C{i % _COLORS}", "linestyle": _LINES[(i // _COLORS) % len(_LINES)],
+            "marker": _MARKERS[i % len(_MARKERS)]}
+
+
+def plot_series(report: TrendReport, *, top: int | None = 12, scale: str = "normalized"
+                ) -> list[tuple[str, list[float]]]:
+    """The (key, y values) the chart draws: the `top` most drifting keys (None: all), each
+    divided by its own largest value with `normalized` (so a counter that grows to 1000 does
+    not flatten a running_var that moves by 0.01), as measured otherwise. NaN: no value."""
+    if scale not in SCALES:
+        raise UsageError(f"--scale {scale!r}: expected one of {', '.join(SCALES)}")
+    rows = report.rows if top is None else report.rows[:top]
+    out = []
+    for row in rows:
+        ys = [math.nan if v is None or math.isinf(v) else float(v) for v in row.values]
+        if scale == "normalized":
+            peak = max((abs(y) for y in ys if y == y), default=0.0)
+            ys = [y / peak if peak else y for y in ys]
+        out.append((row.key, ys))
+    return out
+
+
+def plot(report: TrendReport, out: str, *, top: int | None = 12,
+         scale: str = "normalized") -> int:
+    """Write a line chart of the `top` most drifting keys to `out` (needs matplotlib).
+
+    The x axis names the checkpoint files; `scale` is `normalized` (each key over its own
+    peak), `log` (symmetric log, zeros allowed) or `linear`. Returns the number of lines drawn.
+    """
     try:
         import matplotlib
 
@@ -96,17 +132,28 @@ def plot(report: TrendReport, out: str, *, top: int = 12) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'bufinspect[plot]'") from None
-    fig, ax = plt.subplots(figsize=(9, 5))
+    import os
+
+    series = plot_series(report, top=top, scale=scale)
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     steps = list(range(len(report.paths)))
-    for row in report.rows[:top]:
-        ys = [math.nan if v is None or math.isinf(v) else v for v in row.values]
-        ax.plot(steps, ys, marker="o", label=row.key)
-    ax.set_xlabel("checkpoint")
+    for i, (key, ys) in enumerate(series):
+        ax.plot(steps, ys, label=key, markersize=4, **line_style(i))
     ax.set_xticks(steps)
-    ax.set_ylabel(f"{report.metric} against checkpoint 0")
-    ax.set_title(f"bufinspect trend ({report.scope})")
-    if report.rows:
-        ax.legend(fontsize="small", loc="upper left")
+    names = [os.path.basename(os.path.normpath(p)) or p for p in report.paths]
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize="small")
+    ax.set_xlabel("checkpoint")
+    what = f"{report.metric} against {names[0]}"
+    if scale == "log":
+        ax.set_yscale("symlog", linthresh=1e-8)
+    ax.set_ylabel(what + (" / its peak" if scale == "normalized" else ""))
+    shown = f"top {len(series)} of {len(report.rows)}" if len(series) < len(report.rows) \
+        else f"{len(series)} keys"
+    ax.set_title(f"bufinspect trend ({report.scope}, {shown}, {scale})")
+    if series:
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  ncol=1 if len(series) <= 25 else 2)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+    return len(series)

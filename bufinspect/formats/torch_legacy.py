@@ -11,6 +11,7 @@ from bufinspect import dtypes
 from bufinspect.errors import InputError
 from bufinspect.formats import _torch_common
 from bufinspect.formats._unpickle import StorageRef, StorageType, Stub, brief
+from bufinspect.formats._values import values_of
 from bufinspect.formats._walk import containers_of
 from bufinspect.model import Checkpoint, Format
 
@@ -83,7 +84,8 @@ def read(path: str) -> Checkpoint:
     locate = _torch_common.make_locator(path, path, spans.get)
     containers = containers_of(obj, path, locate)
     return Checkpoint(path=path, format=Format.TORCH_LEGACY, size=size, containers=containers,
-                      foreign_globals=tuple(sorted(set(log.globals))))
+                      foreign_globals=tuple(sorted(set(log.globals))),
+                          values=values_of(obj))
 
 
 def _header(path: str, f: Any) -> Any:
