@@ -86,6 +86,17 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class FileError:
+    """A file `check` could not read; the other files are still checked (exit 2 at the end)."""
+
+    path: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "message": self.message}
+
+
+@dataclass(frozen=True)
 class ScanStats:
     """What the numeric pass measured for one tensor: exact on CPU and GPU alike."""
 
@@ -120,6 +131,7 @@ class CheckReport:
     strict: bool = False
     stats: dict[tuple[str, str, str], ScanStats] = field(default_factory=dict, compare=False,
                                                          repr=False)
+    errors: tuple[FileError, ...] = ()  # files that could not be read (the others were checked)
 
     def count(self, severity: str) -> int:
         return sum(1 for f in self.findings if f.severity == severity)
@@ -127,12 +139,15 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         failing = ("error", "warning") if self.strict else ("error",)
-        return not any(f.severity in failing for f in self.findings)
+        return not self.errors and not any(f.severity in failing for f in self.findings)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "command": "check", "paths": list(self.paths),
-                "device": self.device, "ok": self.ok,
-                "findings": [f.to_dict() for f in self.findings]}
+        doc = {"schema": SCHEMA, "command": "check", "paths": list(self.paths),
+               "device": self.device, "ok": self.ok,
+               "findings": [f.to_dict() for f in self.findings]}
+        if self.errors:
+            doc["errors"] = [e.to_dict() for e in self.errors]
+        return doc
 
 
 # ---- policy ---------------------------------------------------------------------------------

@@ -22,14 +22,34 @@ import typer  # noqa: E402
 from bufinspect import __version__
 from bufinspect.errors import BufinspectError, UsageError
 from bufinspect.model import Role
+from bufinspect.render import OutputFormat
+
+from typer.core import TyperCommand  # noqa: E402
+
+
+class _Command(TyperCommand):
+    """Usage lines with arguments as users write them: `diff [OPTIONS] A B`, `check PATH...`
+    (Typer wraps required arguments in braces)."""
+
+    def collect_usage_pieces(self, ctx):  # type: ignore[override]
+        pieces = []
+        for piece in super().collect_usage_pieces(ctx):
+            if piece.startswith("{") and piece.endswith("}"):
+                piece = piece[1:-1]
+            elif piece.startswith("[") and piece.endswith("]") and piece != "[OPTIONS]":
+                piece = piece[1:-1]
+            pieces.append(piece)
+        return pieces
+
 
 app = typer.Typer(
     name="bufinspect",
     help="Open PyTorch checkpoints: which tensors are parameters and which are buffers, "
          "what changed between two checkpoints, and whether devices and dtypes are consistent. "
          "Nothing in a checkpoint is ever run.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -45,6 +65,18 @@ def _stderr(message: str) -> None:
     sys.stderr.write(message + "\n")
 
 
+def error_message(exc: BaseException, path_hint: str | None = None) -> str:
+    """The one line an error becomes (without the `bufinspect: error: ` prefix)."""
+    if isinstance(exc, BufinspectError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = exc.filename or path_hint or "input"
+        return f"{where}: {exc.strerror or exc}"
+    # a file we could not make sense of must never show a traceback
+    return (f"{path_hint or 'input'}: unreadable ({type(exc).__name__}: {str(exc)[:160]}); "
+            "BUFINSPECT_DEBUG=1 shows details")
+
+
 @contextmanager
 def handled(path_hint: str | None = None) -> Iterator[None]:
     """The one place errors become a line on stderr and exit code 2."""
@@ -52,34 +84,54 @@ def handled(path_hint: str | None = None) -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except BufinspectError as exc:
+    except Exception as exc:
         if os.environ.get("BUFINSPECT_DEBUG"):
             traceback.print_exc()
-        _stderr(f"bufinspect: error: {exc}")
-        raise typer.Exit(2) from None
-    except OSError as exc:
-        if os.environ.get("BUFINSPECT_DEBUG"):
-            traceback.print_exc()
-        where = exc.filename or path_hint or "input"
-        _stderr(f"bufinspect: error: {where}: {exc.strerror or exc}")
-        raise typer.Exit(2) from None
-    except Exception as exc:  # a file we could not make sense of must never show a traceback
-        if os.environ.get("BUFINSPECT_DEBUG"):
-            traceback.print_exc()
-        _stderr(f"bufinspect: error: {path_hint or 'input'}: unreadable "
-                f"({type(exc).__name__}: {str(exc)[:160]}); BUFINSPECT_DEBUG=1 shows details")
+        _stderr(f"bufinspect: error: {error_message(exc, path_hint)}")
         raise typer.Exit(2) from None
 
 
-def stdout_console(width: int | None = None):
-    """Rich console for stdout: colours only on a terminal; wide tables when piped."""
+class Color(str, Enum):
+    AUTO = "auto"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+_COLOR_HELP = ("Styling of tables: auto (on a terminal, unless the NO_COLOR environment variable "
+               "is set), always, or never.")
+
+
+def styled(color: "Color | str" = Color.AUTO) -> bool | None:
+    """Whether to style output: True (always), False (never, or NO_COLOR), None (a terminal)."""
+    color = Color(color)
+    if color is Color.ALWAYS:
+        return True
+    if color is Color.NEVER or os.environ.get("NO_COLOR"):  # no-color.org: any non-empty value
+        return False
+    return None
+
+
+def stdout_console(width: int | None = None, color: "Color | str" = Color.AUTO):
+    """Rich console for stdout: styles per `color` and NO_COLOR; wide tables when piped.
+
+    Without styling the console has no colour system at all, so bold and dim go too (rich's
+    own NO_COLOR handling keeps them).
+    """
     from rich.console import Console
 
+    style = styled(color)
     if width is None and not sys.stdout.isatty() and not os.environ.get("COLUMNS"):
         width = 160
+    options: dict = {}
+    if style is False:
+        options["color_system"] = None
+    elif style is True:
+        options["force_terminal"] = True
+        if not sys.stdout.isatty():
+            options["color_system"] = "standard"
     # emoji=False: a key such as 'blocks:fire:' prints as written, and rich skips loading its
     # emoji table (~10 ms)
-    return Console(width=width, soft_wrap=False, highlight=False, emoji=False)
+    return Console(width=width, soft_wrap=False, highlight=False, emoji=False, **options)
 
 
 def _workers(jobs: int | None, shared: bool) -> int:
@@ -116,9 +168,10 @@ def _main(
     """bufinspect: parameters vs buffers in PyTorch checkpoints."""
 
 
-@app.command()
+@app.command(cls=_Command, short_help="List every tensor: buffers, parameters by module, values.")
 def show(
-    path: str = typer.Argument(..., help="Checkpoint file (.pt .pth .bin .ckpt .safetensors)."),
+    path: str = typer.Argument(..., metavar="PATH", help="Checkpoint file (.pt .pth .bin .ckpt "
+                               ".safetensors) or sharded/DCP folder."),
     format: ShowFormat = typer.Option(ShowFormat.TABLE, "--format", "-f", help="Output format."),
     stats: bool = typer.Option(False, "--stats", help="Stream tensor data for min/max/mean/std, "
                                "NaN, Inf and zero counts."),
@@ -148,6 +201,7 @@ def show(
                                                help="Share --stats across torch.distributed "
                                                "ranks; rank 0 prints the report (default: on "
                                                "when launched by torchrun)."),
+    color: Color = typer.Option(Color.AUTO, "--color", help=_COLOR_HELP),
 ) -> None:
     """List every tensor of a checkpoint: buffers first, then parameters by module.
 
@@ -183,6 +237,9 @@ def show(
                                           jobs=workers)
             else:
                 report = listing.show(ck, **select, stats=stats, jobs=workers)
+    if filter and not report.entries:
+        _stderr(f"bufinspect: note: {path}: no key matches --filter "
+                + " ".join(repr(g) for g in filter))
     if format is ShowFormat.JSON:
         doc = report.to_dict()
         if model is not None or hf_config:
@@ -192,12 +249,26 @@ def show(
     elif format is ShowFormat.MARKDOWN:
         sys.stdout.write(render.render_show_markdown(report, depth=depth, explain=explain))
     elif format is ShowFormat.TABLE:
-        render.render_show_table(report, stdout_console(), depth=depth, explain=explain)
+        render.render_show_table(report, stdout_console(color=color), depth=depth,
+                                 explain=explain)
     else:
         render.assert_never(format)
 
 
 # ---- diff (issue: diff) ------------------------------------------------------------------
+
+
+class TrendMetric(str, Enum):
+    MAX_ABS = "max_abs"
+    REL_L2 = "rel_l2"
+    MEAN_ABS = "mean_abs"
+    MAX_REL = "max_rel"
+
+
+class PlotScale(str, Enum):
+    NORMALIZED = "normalized"
+    LOG = "log"
+    LINEAR = "linear"
 
 
 class DiffScope(str, Enum):
@@ -225,25 +296,33 @@ def _write_metrics(report, path: str) -> None:
         f.write(render.to_json(report.to_dict(envelope=True)) + "\n")
 
 
-def _emit_diff(report, format, show_equal: bool) -> None:
+def _emit_diff(report, format, show_equal: bool, *, stat: bool = False,
+               limit: int | None = None, color: "Color" = Color.AUTO) -> None:
     from bufinspect import render
 
     if format is render.OutputFormat.JSON:
-        sys.stdout.write(render.to_json(report.to_dict()) + "\n")
+        doc = report.to_dict()
+        if stat:
+            from bufinspect.diffstat import module_stats
+
+            doc["modules"] = [m.to_dict() for m in module_stats(report.entries)]
+        sys.stdout.write(render.to_json(doc) + "\n")
     elif format is render.OutputFormat.MARKDOWN:
-        sys.stdout.write(render.render_diff_markdown(report, show_equal=show_equal))
+        sys.stdout.write(render.render_diff_markdown(report, show_equal=show_equal, stat=stat,
+                                                     limit=limit))
     elif format is render.OutputFormat.GITHUB:
         sys.stdout.write(render.render_diff_github(report))
     elif format is render.OutputFormat.TABLE:
-        render.render_diff_table(report, stdout_console(), show_equal=show_equal)
+        render.render_diff_table(report, stdout_console(color=color), show_equal=show_equal,
+                                 stat=stat, limit=limit)
     else:
         render.assert_never(format)
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Compare the buffers (or all tensors) of two checkpoints.")
 def diff(
-    a: Optional[str] = typer.Argument(None, help="The checkpoint before (A)."),
-    b: Optional[str] = typer.Argument(None, help="The checkpoint after (B)."),
+    a: Optional[str] = typer.Argument(None, metavar="A", help="The checkpoint before."),
+    b: Optional[str] = typer.Argument(None, metavar="B", help="The checkpoint after."),
     all_: bool = typer.Option(False, "--all", help="Compare every module-state tensor."),
     params: bool = typer.Option(False, "--params", help="Compare parameters (and entries whose "
                                 "role is unknown) instead of buffers."),
@@ -253,10 +332,25 @@ def diff(
                                          "[default: 1e-08]. An element is close when "
                                          "|a-b| <= atol + rtol*|b| (float64)."),
     tol: Optional[List[str]] = typer.Option(None, "--tol", help=_TOL_HELP),
-    format: str = typer.Option("table", "--format", "-f",
-                               help="Output format: table, json, markdown or github (workflow "
-                                    "annotations, one ::error per differing entry)."),
+    format: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", "-f",
+                                        help="Output format: github gives workflow "
+                                             "annotations, one ::error per differing entry."),
     show_equal: bool = typer.Option(False, "--show-equal", help="List equal entries too."),
+    filter: Optional[List[str]] = typer.Option(None, "--filter", metavar="GLOB",
+                                               help="Only keys (A's or B's) matching this glob, "
+                                               "e.g. 'layer1.*' (repeatable)."),
+    role: Optional[List[Role]] = typer.Option(None, "--role", help="Only entries of this role "
+                                              "(repeatable); without --all/--params it widens "
+                                              "the scope to every role first."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing; the exit code says "
+                               "whether anything differs (like cmp -s / diff -q)."),
+    stat: bool = typer.Option(False, "--stat", help="A per-module summary instead of the table: "
+                              "changed/total tensors and the largest change (like git diff "
+                              "--stat)."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, metavar="N",
+                                        help="List at most N entries in the table, the largest "
+                                        "changes first (JSON keeps every entry)."),
+    color: Color = typer.Option(Color.AUTO, "--color", help=_COLOR_HELP),
     container: Optional[List[str]] = typer.Option(None, "--container", help="The state dict to "
                                                   "compare, e.g. 'model' (give it twice for A and "
                                                   "B). Default: the one module state dict."),
@@ -305,14 +399,12 @@ def diff(
 
     with handled(from_metrics or a or b):
         shared = dist.wanted(distributed)
-        try:
-            fmt = render.OutputFormat(format)
-        except ValueError:
-            raise UsageError(f"--format {format!r}: expected table, json, markdown or github") \
-                from None
+        fmt = format
         if all_ and params:
             raise UsageError("--all and --params exclude each other")
         scope = DiffScope.ALL if all_ else DiffScope.PARAMETERS if params else DiffScope.BUFFERS
+        if role and not (all_ or params):
+            scope = DiffScope.ALL  # --role picks from every role
         if from_metrics is not None:
             if a is not None or b is not None:
                 raise UsageError("--from-metrics takes no checkpoints")
@@ -353,24 +445,41 @@ def diff(
                 _write_metrics(report, save_metrics)
     if shared and not dist.prints():
         raise typer.Exit(0)  # see distributed.prints: the verdict is rank 0's exit code
-    _emit_diff(report, fmt, show_equal)
+    if filter or role:
+        from bufinspect.views import select_diff
+
+        report = select_diff(report, filters=filter or (), roles=role or ())
+        if filter and not report.entries:
+            _stderr(f"bufinspect: note: no key matches --filter "
+                    + " ".join(repr(g) for g in filter))
+    if not quiet:
+        _emit_diff(report, fmt, show_equal, stat=stat, limit=limit, color=color)
     raise typer.Exit(1 if report.has_differences else 0)
 
 
-@app.command()
+@app.command(cls=_Command, short_help="How each buffer drifts across a series of checkpoints.")
 def trend(
-    paths: List[str] = typer.Argument(..., help="Two or more checkpoints, in order."),
-    metric: str = typer.Option("max_abs", "--metric", help="Change measure per step: max_abs, "
-                               "rel_l2 (||a-b|| / ||b||; always 1 for a buffer that started at "
-                               "zero), mean_abs or max_rel."),
+    paths: List[str] = typer.Argument(..., metavar="PATH...",
+                                      help="Two or more checkpoints, in order."),
+    metric: TrendMetric = typer.Option(TrendMetric.MAX_ABS, "--metric", help="Change measure "
+                                       "per step: rel_l2 is ||a-b|| / ||b|| (always 1 for a "
+                                       "buffer that started at zero)."),
     all_: bool = typer.Option(False, "--all", help="Every module-state tensor."),
     params: bool = typer.Option(False, "--params", help="Parameters (and unknown entries)."),
-    plot: Optional[str] = typer.Option(None, "--plot", help="Also write a line chart (PNG, SVG, "
-                                       "PDF by extension); needs bufinspect[plot] (matplotlib)."),
-    format: ShowFormat = typer.Option(ShowFormat.TABLE, "--format", "-f", help="table or json."),
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="FILE",
+                                       help="Also write a line chart (PNG, SVG, PDF by "
+                                       "extension); needs bufinspect[plot] (matplotlib)."),
+    top: int = typer.Option(12, "--top", min=0, metavar="N", help="Lines in the --plot chart: "
+                            "the N keys that drift most (0: all)."),
+    scale: PlotScale = typer.Option(PlotScale.NORMALIZED, "--scale", help="Y axis of the "
+                                    "--plot chart: each key over its own peak, symmetric log, "
+                                    "or as measured."),
+    format: ShowFormat = typer.Option(ShowFormat.TABLE, "--format", "-f", help="Output format."),
     container: Optional[List[str]] = typer.Option(None, "--container", help="The state dict to "
                                                   "use in every checkpoint."),
-    device: Device = typer.Option(Device.AUTO, "--device", help="cpu, cuda or auto (as for diff)."),
+    device: Device = typer.Option(Device.AUTO, "--device", help="Where numeric work runs "
+                                  "(as for diff)."),
+    color: Color = typer.Option(Color.AUTO, "--color", help=_COLOR_HELP),
 ) -> None:
     """Show how each buffer drifts across a series of checkpoints (e.g. one per epoch).
 
@@ -384,8 +493,6 @@ def trend(
     with handled(paths[0] if paths else None):
         if all_ and params:
             raise UsageError("--all and --params exclude each other")
-        if format is ShowFormat.MARKDOWN:
-            raise UsageError("trend prints table or json")
         scope = "all" if all_ else "parameters" if params else "buffers"
         if plot is not None:
             try:
@@ -393,34 +500,47 @@ def trend(
             except ImportError:
                 raise UsageError("--plot needs matplotlib: pip install 'bufinspect[plot]'") \
                     from None
-        report = trend_mod.trend(paths, metric=metric, scope=scope,
+        report = trend_mod.trend(paths, metric=metric.value, scope=scope,
                                  containers=container[:1] if container else (),
                                  device=device.value)
         if plot is not None:
-            trend_mod.plot(report, plot)
-            _stderr(f"bufinspect: wrote {plot}")
+            drawn = trend_mod.plot(report, plot, top=top or None, scale=scale.value)
+            _stderr(f"bufinspect: wrote {plot} ({drawn} of {len(report.rows)} keys"
+                    + (f"; --top {top}" if drawn < len(report.rows) else "") + ")")
     if format is ShowFormat.JSON:
         sys.stdout.write(render.to_json(report.to_dict()) + "\n")
+    elif format is ShowFormat.MARKDOWN:
+        sys.stdout.write(render.render_trend_markdown(report))
+    elif format is ShowFormat.TABLE:
+        render.render_trend_table(report, stdout_console(color=color))
     else:
-        render.render_trend_table(report, stdout_console())
+        render.assert_never(format)
 
 
 # ---- check (issue: check) ----------------------------------------------------------------
 
-from bufinspect.render import OutputFormat  # noqa: E402  (kept under this anchor for merges)
 
 
-def _check_epilog() -> str:
+def _check_epilog(width: int = 77) -> str:  # click indents the epilog by 2
+    """The finding-id table for `check --help`, wrapped to fit 80 columns."""
+    import textwrap
+
     from bufinspect.check import FINDINGS
 
-    width = max(len(k) for k in FINDINGS)
-    rows = [f"  {k:<{width}}  {sev:<7}  {what}" for k, (sev, what) in FINDINGS.items()]
+    key = max(len(k) for k in FINDINGS)
+    indent = " " * (2 + key + 2 + 7 + 2)
+    rows = []
+    for k, (sev, what) in FINDINGS.items():
+        first = f"  {k:<{key}}  {sev:<7}  "
+        rows += textwrap.wrap(what, width, initial_indent=first, subsequent_indent=indent)
     return "Finding ids:\n\n\b\n" + "\n".join(rows)  # \b: click keeps the lines as they are
 
 
-@app.command(epilog=_check_epilog())
+@app.command(cls=_Command, epilog=_check_epilog(), short_help="Check devices, dtypes and values of checkpoints, for CI.")
 def check(
-    paths: List[str] = typer.Argument(..., help="Checkpoint files; several give one report."),
+    paths: List[str] = typer.Argument(..., metavar="PATH...", help="Checkpoint files or "
+                                      "folders; several give one report. A folder stands for "
+                                      "the checkpoints in it (a sharded or DCP folder is one)."),
     expect_dtype: Optional[str] = typer.Option(
         None, "--expect-dtype", help="Expected floating dtype of module tensors: one dtype "
         "(bfloat16) or per role (parameter=bfloat16,buffer=float32; roles parameter, buffer, "
@@ -428,7 +548,7 @@ def check(
     expect_device: Optional[str] = typer.Option(
         None, "--expect-device", help="Device every tensor must have been saved from: cpu, "
         "cuda (any index) or cuda:N."),
-    device: Optional[str] = typer.Option(
+    device: Optional[Device] = typer.Option(
         None, "--device", help="Where numeric checks run: auto (a CUDA GPU when torch sees "
         "one, else the CPU; default), cpu, or cuda (exit 2 without a GPU)."),
     strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="Warnings fail "
@@ -449,6 +569,9 @@ def check(
                                                "torch.distributed ranks; rank 0 prints the "
                                                "report (default: on when launched by "
                                                "torchrun)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="List every key a finding "
+                                 "concerns (messages cut long lists to '... and N more')."),
+    color: Color = typer.Option(Color.AUTO, "--color", help=_COLOR_HELP),
 ) -> None:
     """Check devices, dtypes and values of checkpoints, for CI.
 
@@ -470,39 +593,57 @@ def check(
             _stderr(f"bufinspect: note: {config_path}: {note}")
         policy = checking.make_policy(expect_dtype=expect_dtype, expect_device=expect_device,
                                       ignore=ignore or (), strict=strict, config=config)
-        where = device if device is not None else config.get("device", "auto")
-    loaded = []
+        where = device.value if device is not None else config.get("device", "auto")
+    from bufinspect.formats.folders import expand
+
+    with handled(paths[0] if paths else None):
+        paths = expand(list(paths))
+    # an unreadable file is that file's error: the others are still checked, exit 2 at the end
+    loaded, readable, errors = [], [], []
     for p in paths:
-        with handled(p):
+        try:
             loaded.append(load(p))
+            readable.append(p)
+        except Exception as exc:
+            if os.environ.get("BUFINSPECT_DEBUG"):
+                traceback.print_exc()
+            message = error_message(exc, p)
+            _stderr(f"bufinspect: error: {message}")
+            errors.append(checking.FileError(p, message.removeprefix(f"{p}: ")))
+    if not loaded:  # nothing could be checked: bad input, nothing on stdout
+        raise typer.Exit(2)
     with handled(paths[0]):
         total = sum(e.nbytes for ck in loaded for e in ck.entries if checking.scannable(e))
         bar, progress = progress_for(total)
         if shared:  # every rank builds the report; rank 0 prints it
-            report = dist.check(paths, policy=policy, device=where, containers=container or (),
-                                loaded=loaded, jobs=workers)
+            report = dist.check(readable, policy=policy, device=where,
+                                containers=container or (), loaded=loaded, jobs=workers)
         elif bar is not None:
             with bar:
-                report = checking.check(paths, policy=policy, device=where,
+                report = checking.check(readable, policy=policy, device=where,
                                         containers=container or (), progress=progress,
                                         loaded=loaded, jobs=workers)
         else:
-            report = checking.check(paths, policy=policy, device=where,
+            report = checking.check(readable, policy=policy, device=where,
                                     containers=container or (), loaded=loaded, jobs=workers)
+    if errors:
+        import dataclasses
+
+        report = dataclasses.replace(report, paths=tuple(paths), errors=tuple(errors))
     if shared and not dist.prints():
         raise typer.Exit(0)  # see distributed.prints: the verdict is rank 0's exit code
     if format is OutputFormat.JSON:
         sys.stdout.write(render.to_json(report.to_dict()) + "\n")
     elif format is OutputFormat.MARKDOWN:
-        sys.stdout.write(render.render_check_markdown(report))
+        sys.stdout.write(render.render_check_markdown(report, verbose=verbose))
     elif format is OutputFormat.GITHUB:
-        sys.stdout.write(render.render_check_github(report))
+        sys.stdout.write(render.render_check_github(report, verbose=verbose))
         _stderr(render.check_verdict(report))
     elif format is OutputFormat.TABLE:
-        render.render_check_table(report, stdout_console())
+        render.render_check_table(report, stdout_console(color=color), verbose=verbose)
     else:
         render.assert_never(format)
-    raise typer.Exit(0 if report.ok else 1)
+    raise typer.Exit(2 if errors else 0 if report.ok else 1)
 
 
 
@@ -529,29 +670,40 @@ def _apply_model(ck, spec: str | None, hf_config: bool = False):
     return ck, matches
 
 
-@app.command()
+@app.command(cls=_Command, short_help="Record every tensor's role from your model.")
 def annotate(
     path: str = typer.Argument(..., help="Checkpoint to annotate (.pt .pth .bin .ckpt "
                                ".safetensors)."),
     model: str = typer.Option(..., "--model", metavar="MODULE:FACTORY",
                               help="Your model: imports MODULE and calls FACTORY (or CLASS) with "
                               "no arguments on the meta device. This RUNS YOUR CODE."),
+    partial: bool = typer.Option(False, "--partial", help="Write the roles of the keys that "
+                                 "match even when the model and the file differ."),
 ) -> None:
     """Record every tensor's role from your model, so later reads need no model.
 
     A .safetensors file gets the roles in its header metadata (`bufinspect.roles`, rewritten by
     streaming); any other file gets a sidecar `<file>.bufinspect.json` that carries a fingerprint
-    of the file, so a stale sidecar is ignored. Exit 2 when the model does not fit the file.
+    of the file, so a stale sidecar is ignored. Exit 2, writing nothing, when the model does not
+    fit the file: it matches no key, or some key is only in the model or only in the file
+    (--partial writes the roles of the keys that match anyway).
     """
     from bufinspect import annotate as ann
     from bufinspect import load
 
     with handled(path):
         ck, matches = _apply_model(load(path), model)
-        if not matches or any(m.matched == 0 for m in matches):
-            from bufinspect.errors import UsageError
+        from bufinspect.errors import UsageError
 
+        if not matches or any(m.matched == 0 for m in matches):
             raise UsageError(f"the model {model} matches no key of the file", path)
+        missing = sum(len(m.missing) for m in matches)
+        extra = sum(len(m.file_only) for m in matches)
+        if (missing or extra) and not partial:
+            raise UsageError(f"the model {model} does not fit the file ({missing} of its keys "
+                             f"missing from the file, {extra} keys of the file not in the "
+                             "model); nothing written (--partial writes the roles of the "
+                             "keys that match)", path)
         written = ann.write_annotations(ck)
     _stderr(f"bufinspect: wrote roles of {sum(m.matched for m in matches)} tensors to {written}")
 

@@ -448,17 +448,15 @@ def diff_alignment(report) -> list[str]:
     """Lines saying how keys were aligned (empty when nothing was changed), with the mapping
     once (`B: module.<key>`) instead of B's key in every row."""
     out = []
-    if report.alignment.get("b") and not report.alignment.get("a"):
-        template = aligned_key_b(report.alignment, "<key>")
-        if template:
-            how = " (automatic)" if report.alignment.get("auto") else ""
-            return [f"keys aligned{how}: A <key> = B {clean(template)}"]
+    template = aligned_key_b(report.alignment, "<key>")
     for side, name in (("a", "A"), ("b", "B")):
         ops = report.alignment.get(side)
         if ops:
             how = " (automatic)" if report.alignment.get("auto") else ""
             out.append(f"keys of {name} ({clean(report.paths[0 if side == 'a' else 1])}): "
                        + ", ".join(clean(o) for o in ops) + how)
+    if out and template and template != "<key>" and not report.alignment.get("a"):
+        out[-1] += f"; B: {clean(template)}"
     return out
 
 
@@ -477,36 +475,86 @@ _STATUS_STYLE = {"changed": "red", "added": "yellow", "removed": "yellow", "shap
                  "dtype": "magenta", "close": "cyan", "equal": "dim"}
 
 
-def render_diff_table(report, console: Any, *, show_equal: bool = False) -> None:
-    """The human diff: alignment, a table sorted by movement, the equal count, the verdict."""
+def diff_stat_rows(report) -> tuple[list[str], list[list[str]], str]:
+    """`--stat`: header, one row per module with a change, and the summary line."""
+    from bufinspect import diffstat
+
+    stats = diffstat.module_stats(report.entries)
+    moved = [m for m in stats if m.changed]
+    rows = [[clean(m.module) or "(root)", f"{m.changed}/{m.total}",
+             diffstat.bar(m.changed, m.total),
+             clean(f"{m.largest} ({m.largest_key.rpartition('.')[2]})")] for m in moved]
+    changed = sum(m.changed for m in stats)
+    total = sum(m.total for m in stats)
+    line = (f"{len(moved)} of {len(stats)} module{'s' if len(stats) != 1 else ''} changed, "
+            f"{changed} of {total} tensor{'s' if total != 1 else ''}")
+    return ["module", "changed", "share", "largest change"], rows, line
+
+
+_STAT_COLUMNS = {c.name: c for c in (
+    Column("module", KEY, 0), Column("changed", NUM, 0), Column("share", LABEL, 2),
+    Column("largest change", TEXT, 1))}
+
+
+def _limit_line(shown: int, total: int) -> str | None:
+    if shown >= total:
+        return None
+    return (f"... and {total - shown} more entr{'y' if total - shown == 1 else 'ies'} "
+            f"(--limit {shown}; --format json lists every entry)")
+
+
+def render_diff_table(report, console: Any, *, show_equal: bool = False, stat: bool = False,
+                      limit: int | None = None) -> None:
+    """The human diff: alignment, a table sorted by movement (or per module with `stat`), the
+    equal count, the verdict."""
     width = console.width
     print_lines(console, layout.wrap(f"diff {clean(report.paths[0])} -> "
                                      f"{clean(report.paths[1])}", width), "bold")
     for line in diff_alignment(report):
         print_lines(console, layout.wrap(line, width))
-    header, rows = diff_rows(report, show_equal=show_equal)
-    if rows:
-        print_table(console, [_DIFF_COLUMNS[h] for h in header], rows,
-                    row_styles=[_STATUS_STYLE.get(r[0]) for r in rows])
-    line = _equal_line(report, show_equal)
-    if line:
-        print_lines(console, layout.wrap(line, width), "dim")
+    if stat:
+        header, rows, summary = diff_stat_rows(report)
+        if rows:
+            print_table(console, [_STAT_COLUMNS[h] for h in header], rows)
+        print_lines(console, layout.wrap(summary, width))
+    else:
+        header, rows = diff_rows(report, show_equal=show_equal)
+        total = len(rows)
+        rows = rows[:limit] if limit else rows
+        if rows:
+            print_table(console, [_DIFF_COLUMNS[h] for h in header], rows,
+                        row_styles=[_STATUS_STYLE.get(r[0]) for r in rows])
+        more = _limit_line(len(rows), total)
+        if more:
+            print_lines(console, layout.wrap(more, width), "dim")
+        line = _equal_line(report, show_equal)
+        if line:
+            print_lines(console, layout.wrap(line, width), "dim")
     print_lines(console, layout.wrap(diff_verdict(report), width),
                 "bold red" if report.has_differences else "bold green")
 
 
-def render_diff_markdown(report, *, show_equal: bool = False) -> str:
+def render_diff_markdown(report, *, show_equal: bool = False, stat: bool = False,
+                         limit: int | None = None) -> str:
     """The diff as GitHub-flavoured markdown (for job summaries)."""
     parts = [f"## bufinspect diff {md_code(clean(report.paths[0]))} -> "
              f"{md_code(clean(report.paths[1]))}", ""]
     parts += [f"- {_md_cell(line)}" for line in diff_alignment(report)]
     parts.append(f"- **{_md_cell(diff_verdict(report))}**")
+    if stat:
+        header, rows, summary = diff_stat_rows(report)
+        if rows:
+            parts += ["", markdown_table(header, rows)]
+        parts += ["", _md_cell(summary)]
+        return "\n".join(parts) + "\n"
     header, rows = diff_rows(report, show_equal=show_equal)
+    total = len(rows)
+    rows = rows[:limit] if limit else rows
     if rows:
         parts += ["", markdown_table(header, rows)]
-    line = _equal_line(report, show_equal)
-    if line:
-        parts += ["", _md_cell(line)]
+    for line in (_limit_line(len(rows), total), _equal_line(report, show_equal)):
+        if line:
+            parts += ["", _md_cell(line)]
     return "\n".join(parts) + "\n"
 
 
@@ -573,6 +621,18 @@ def trend_rows(report) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def render_trend_markdown(report) -> str:
+    """The trend table as GitHub-flavoured markdown (the sparkline kept as text)."""
+    header, rows = trend_rows(report)
+    parts = [f"## bufinspect trend of {len(report.paths)} checkpoints", "",
+             f"- against {md_code(clean(report.paths[0]))}, metric `{report.metric}`, "
+             f"scope {report.scope}",
+             "- files: " + ", ".join(md_code(clean(p)) for p in report.paths)]
+    if rows:
+        parts += ["", markdown_table(header, rows)]
+    return "\n".join(parts) + "\n"
+
+
 _TREND_COLUMNS = {c.name: c for c in (
     Column("key", KEY, 0), Column("trend", LABEL, 1), Column("last", NUM, 2),
     Column("max", NUM, 1), Column("status", TEXT, 3))}
@@ -599,17 +659,21 @@ def check_verdict(report: Any) -> str:
     files = f"{len(report.paths)} file{'s' if len(report.paths) != 1 else ''}"
     verdict = "OK" if report.ok else "FAIL"
     why = " (--strict: warnings fail)" if report.strict and not report.ok and \
-        not report.count("error") else ""
+        not report.count("error") and not getattr(report, "errors", ()) else ""
+    unreadable = len(getattr(report, "errors", ()))
+    if unreadable:
+        verdict = "ERROR"
+        why = f", {unreadable} unreadable" + why
     return (f"{verdict}: {counts or 'no findings'} in {files}{why} "
             f"(numeric checks on {report.device})")
 
 
-def check_rows(report: Any) -> tuple[list[str], list[list[str]]]:
+def check_rows(report: Any, *, verbose: bool = False) -> tuple[list[str], list[list[str]]]:
     """Findings as (header, rows): severity, id, file (when several), message."""
     many = len(report.paths) > 1
     header = ["severity", "id"] + (["file"] if many else []) + ["message"]
-    rows = [[f.severity, f.id] + ([clean(f.path)] if many else []) + [clean(f.message)]
-            for f in report.findings]
+    rows = [[f.severity, f.id] + ([clean(f.path)] if many else [])
+            + [finding_message(f, verbose)] for f in report.findings]
     return header, rows
 
 
@@ -673,15 +737,18 @@ def render_check_table(report: Any, console: Any, *, verbose: bool = False) -> N
                 "bold green" if report.ok else "bold red")
 
 
-def render_check_markdown(report: Any) -> str:
+def render_check_markdown(report: Any, *, verbose: bool = False) -> str:
     """Markdown for a GitHub job summary (`>> $GITHUB_STEP_SUMMARY`)."""
     icon = ":white_check_mark:" if report.ok else ":x:"
     files = ", ".join(md_code(clean(p)) for p in report.paths)
     parts = ["## bufinspect check", "", f"{icon} **{_md_cell(check_verdict(report))}**", "",
              f"Files: {files}"]
-    header, rows = check_rows(report)
+    header, rows = check_rows(report, verbose=verbose)
     if rows:
         parts += ["", markdown_table(header, rows)]
+    if len(report.paths) > 1 or getattr(report, "errors", ()):
+        parts += ["", markdown_table(["result", "file", "findings"],
+                                     [list(r) for r in check_file_results(report)])]
     return "\n".join(parts) + "\n"
 
 
@@ -693,9 +760,12 @@ def _gh_prop(text: str) -> str:
     return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def render_check_github(report: Any) -> str:
-    """GitHub Actions workflow commands: one `::error`/`::warning`/`::notice` line per finding."""
+def render_check_github(report: Any, *, verbose: bool = False) -> str:
+    """GitHub Actions workflow commands: one `::error`/`::warning`/`::notice` line per finding,
+    and one `::error` per unreadable file."""
     level = {"error": "error", "warning": "warning", "info": "notice"}
-    lines = [f"::{level[f.severity]} file={_gh_prop(clean(f.path))},title={_gh_prop(f.id)}::"
-             f"{_gh_data(clean(f.message))}" for f in report.findings]
+    lines = [f"::error file={_gh_prop(clean(e.path))},title=unreadable::"
+             f"{_gh_data(clean(e.message))}" for e in getattr(report, "errors", ())]
+    lines += [f"::{level[f.severity]} file={_gh_prop(clean(f.path))},title={_gh_prop(f.id)}::"
+              f"{_gh_data(finding_message(f, verbose))}" for f in report.findings]
     return "".join(line + "\n" for line in lines)
