@@ -87,6 +87,7 @@ def read(path: str) -> Checkpoint:
 
     `path` is the folder, or one `*.safetensors.index.json` inside it.
     """
+    given = path  # the Checkpoint's path: what the user named (the loop below reuses `path`)
     if os.path.isfile(path) and path.endswith(INDEX_SUFFIX):
         folder, index = os.path.dirname(path) or ".", path
     else:
@@ -129,6 +130,6 @@ def read(path: str) -> Checkpoint:
             if owner.get(key) != path:
                 raise InputError(f"the index maps {key!r:.80} to {os.path.basename(path)}, "
                                  "which does not hold it", index)
-    return Checkpoint(path=path, format=Format.SAFETENSORS_SHARDED, size=size,
+    return Checkpoint(path=given, format=Format.SAFETENSORS_SHARDED, size=size,
                       containers=(Container("", ContainerKind.STATE_DICT, tuple(entries)),),
                       metadata=metadata)
