@@ -89,6 +89,7 @@ def test_diff_stat_per_module(pair):
     assert r.exit_code == 1
     doc = json.loads(invoke("diff", d / "a.pt", d / "b.pt", "--all", "--stat",
                             "--format", "json").stdout)
+    validate(doc)
     moved = [e for e in doc["entries"] if e["key"].startswith("bn.") and e["status"] == "changed"]
     lines = r.stdout.splitlines()
     row = next(ln for ln in lines if ln.startswith("bn "))
@@ -243,6 +244,7 @@ def test_show_training_values(tmp_path, pair):
                 "scheduler": sched.state_dict(), "epoch": 7, "global_step": 1234,
                 "loss": 0.125, "name": "run-1"}, tmp_path / "train.pt")
     doc = json.loads(invoke("show", tmp_path / "train.pt", "--format", "json").stdout)
+    validate(doc)
     v = doc["values"]
     assert v["epoch"] == 7 and v["global_step"] == 1234 and v["loss"] == 0.125
     assert v["name"] == "run-1"
