@@ -234,3 +234,33 @@ def test_real_terminal_at_80_columns(deep):
     keys, numbers = _keys_and_numbers("diff_deep", deep)
     assert_holds(body, 80, keys, numbers)
     assert "DIFFERENT" in body
+
+
+def _readme_examples() -> list[tuple[int, list[str], str]]:
+    """(width, argv, printed output) of every README block that starts with `$ bufinspect`."""
+    import re
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    out = []
+    for block in re.findall(r"```\n(\$ .*?)```", text, re.S):
+        lines = block.split("\n")
+        command, rest = lines[0], 1
+        while command.endswith("\\"):  # a command continued on the next line
+            command = command[:-1] + " " + lines[rest].strip()
+            rest += 1
+        printed = "\n".join(lines[rest:])
+        m = re.match(r"\$ (?:COLUMNS=(\d+) )?bufinspect (.*)", command)
+        if m:
+            out.append((int(m.group(1) or 100), shlex.split(m.group(2)), printed))
+    return out
+
+
+@pytest.mark.parametrize("width, argv, printed", _readme_examples(),
+                         ids=lambda v: "_".join(v[:2]) if isinstance(v, list) else None)
+def test_readme_examples_are_real_runs(width, argv, printed):
+    """README examples are what the command prints at 100 columns (or the COLUMNS they name)."""
+    if torch.cuda.is_available() and argv[0] == "check":
+        pytest.skip("a GPU adds findings and changes where the numeric checks ran")
+    r = run(argv, width, ROOT)
+    assert r.stdout == printed
