@@ -16,6 +16,7 @@ styled tables and the plain columns of 50,000-row sections.
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 import unicodedata
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ class Plan:
 
 def cell_len(text: str) -> int:
     """Terminal cells `text` takes: wide East Asian characters count 2, combining marks 0."""
-    if text.isascii():
+    if text.isascii() or text.replace(ELLIPSIS, "").isascii():  # the common cases, fast
         return len(text)
     n = 0
     for ch in text:
@@ -122,16 +123,23 @@ def shorten_key(key: str, width: int, head: float = HEADS[0]) -> str:
     return _elide_module(module, room, head) + "." + leaf
 
 
+_INDEX = re.compile(r"[_-]?\d+$")
+
+
 def _abbreviate(module: str, room: int) -> str | None:
-    """Module names cut to their first letter from the left until the path fits (None: never)."""
+    """Module names cut to their first letter from the left until the path fits, numbers kept
+    (`block_12` -> `b_12`, `layer1` -> `l1`, `0` -> `0`); None when even that is too long."""
     parts = module.split(".")
+    total = sum(cell_len(p) for p in parts) + len(parts) - 1
     for i, part in enumerate(parts):
-        if cell_len(".".join(parts)) <= room:
+        if total <= room:
             break
         if not part.isdigit():
-            parts[i] = _cut(part, 1)
-    text = ".".join(parts)
-    return text if cell_len(text) <= room else None
+            index = _INDEX.search(part) if part[-1:].isdigit() else None
+            short = _cut(part, 1) + (index.group() if index and index.start() > 0 else "")
+            total -= cell_len(part) - cell_len(short)
+            parts[i] = short
+    return ".".join(parts) if total <= room else None
 
 
 def _elide_module(module: str, room: int, head: float) -> str:
@@ -140,12 +148,22 @@ def _elide_module(module: str, room: int, head: float) -> str:
     if head == ABBREV:
         return _abbreviate(module, room) or middle(module, room, 0.0)
     parts = module.split(".")
+    lens = [cell_len(p) for p in parts]
+    n = len(parts)
+    head_len = [0] * (n + 1)  # cells of the first k parts, each with the dot after it
+    for k in range(n):
+        head_len[k + 1] = head_len[k] + lens[k] + 1
+    best_len, best_at = 0, None
+    for tail in range(n - 1, -1, -1):  # components nearest the leaf matter most
+        tail_cells = head_len[n] - head_len[n - tail]  # the last `tail` parts and a dot each
+        for first in range(n - tail - 1, -1, -1):
+            total = head_len[first] + 1 + tail_cells  # head parts, "…", tail parts
+            if best_len < total <= room:
+                best_len, best_at = total, (first, tail)
     best = ""
-    for tail in range(len(parts) - 1, -1, -1):  # components nearest the leaf matter most
-        for head in range(len(parts) - tail - 1, -1, -1):
-            text = ".".join(parts[:head] + [ELLIPSIS] + (parts[-tail:] if tail else []))
-            if cell_len(text) <= room and cell_len(text) > cell_len(best):
-                best = text
+    if best_at is not None:
+        first, tail = best_at
+        best = ".".join(parts[:first] + [ELLIPSIS] + (parts[n - tail:] if tail else []))
     if best and cell_len(best) >= room - 4 and head == HEADS[0]:
         return best
     return middle(module, room, head)
@@ -179,11 +197,16 @@ def distinct_head(cells: Sequence[str], width: int, kind: str = KEY) -> float | 
     if not long:
         return HEADS[0]
     whole = {c for c in cells if cell_len(c) <= width}
-    n = len(set(long))
     for head in HEADS:
-        short = {shorten(kind, c, width, head) for c in long}
-        # a shortened key must differ from every other shortened key and every key shown whole
-        if len(short) == n and not (short & whole):
+        # a shortened key must differ from every other shortened key and every key shown
+        # whole; stop at the first clash (a scheme that fails usually fails early)
+        seen = set(whole)
+        for c in dict.fromkeys(long):
+            short = shorten(kind, c, width, head)
+            if short in seen:
+                break
+            seen.add(short)
+        else:
             return head
     return None
 
@@ -221,17 +244,24 @@ def plan(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int) -
     cols = list(zip(*rows)) if rows else [()] * len(columns)
     natural = [_natural(c, cells) for c, cells in zip(columns, cols)]
     needed = sum(natural) + GAP * (len(columns) - 1)
-    minimum: dict[int, int] = {}
+    floor: dict[int, int] = {}
+    heads: dict[tuple[int, int], float | None] = {}
 
     def min_of(i: int, keys: bool) -> int:
         c = columns[i]
         if c.kind == TEXT:
             return min(natural[i], max(cell_len(c.name), _TEXT_MIN))
         if c.kind in (KEY, PATH) and keys:
-            if i not in minimum:
-                minimum[i] = key_minimum(cols[i], c.name, c.kind)
-            return minimum[i]
+            if i not in floor:  # every leaf whole (distinctness is checked at the final width)
+                floor[i] = min(natural[i], max([cell_len(c.name), 4]
+                                               + [_leaf_room(x, c.kind) for x in cols[i]]))
+            return floor[i]
         return natural[i]
+
+    def head_at(i: int, w: int) -> float | None:
+        if (i, w) not in heads:
+            heads[(i, w)] = distinct_head(cols[i], w, columns[i].kind)
+        return heads[(i, w)]
 
     def fitted(kept: list[int], keys: bool) -> list[int] | None:
         avail = width - GAP * (len(kept) - 1)
@@ -247,21 +277,27 @@ def plan(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int) -
                     grow = min(spare, natural[i] - widths[i])
                     widths[i] += grow
                     spare -= grow
+        for i in kept:  # a shortened key column must keep its keys apart
+            if columns[i].kind in (KEY, PATH) and widths[i] < natural[i] \
+                    and head_at(i, widths[i]) is None:
+                return None
         return [widths[i] for i in kept]
 
     kept = list(range(len(columns)))
     if width < COMPACT_BELOW:
         return Plan(width, kept, natural, [], True, needed)
-    for floor, keys in ((2, False), (1, True)):
+    for least, keys in ((2, False), (1, True)):
         while True:
             widths = fitted(kept, keys)
             if widths is not None:
                 dropped = [c.name for i, c in enumerate(columns) if i not in kept]
-                heads = {i: distinct_head(cols[i], w, columns[i].kind) or HEADS[0]
-                         for i, w in zip(kept, widths)
-                         if columns[i].kind in (KEY, PATH) and w < natural[i]}
-                return Plan(width, kept, widths, dropped, False, needed, heads)
-            droppable = [i for i in kept if columns[i].priority >= floor]
+                chosen = {}
+                for i, w in zip(kept, widths):
+                    if columns[i].kind in (KEY, PATH) and w < natural[i]:
+                        head = head_at(i, w)
+                        chosen[i] = HEADS[0] if head is None else head
+                return Plan(width, kept, widths, dropped, False, needed, chosen)
+            droppable = [i for i in kept if columns[i].priority >= least]
             if not droppable:
                 break
             kept.remove(max(droppable, key=lambda i: (columns[i].priority, i)))
