@@ -98,7 +98,8 @@ def test_diff_stat_per_module(pair):
     mods = {x["module"]: x for x in doc["modules"]}
     assert mods["bn"]["changed"] == len(moved) > 0 and mods["bn"]["total"] == 5
     top = max(moved, key=lambda e: e["rel_l2"])
-    assert top["key"] == mods["bn"]["largest_key"]
+    assert top["key"] == mods["bn"]["largest"]["key"]
+    assert mods["bn"]["largest"]["value"] == top["rel_l2"]
     assert mods["head.1"]["total"] == 5 and len(doc["entries"]) == len(m.state_dict())
 
 
@@ -293,14 +294,15 @@ def test_trend_markdown_and_status_column(tmp_path, pair):
 
 def test_trend_plot(tmp_path, pair):
     pytest.importorskip("matplotlib")
-    from bufinspect import trend
+    import bufinspect
+    from bufinspect.render import trend
 
     d, _, _ = pair
     out = tmp_path / "drift.png"
     r = invoke("trend", d / "a.pt", d / "b.pt", d / "b.pt", "--all", "--plot", out, "--top", "3")
     assert r.exit_code == 0 and out.stat().st_size > 1000
     assert "3 of 16 keys; --top 3" in r.stderr
-    report = trend.trend([str(d / "a.pt"), str(d / "b.pt")], scope="all")
+    report = bufinspect.trend([str(d / "a.pt"), str(d / "b.pt")], scope="all")
     series = trend.plot_series(report, top=None, scale="normalized")
     assert all(max(ys) == pytest.approx(1.0) for _, ys in series if max(ys) > 0)
     raw = dict(trend.plot_series(report, top=None, scale="linear"))
@@ -337,7 +339,7 @@ def test_color_flag_and_no_color():
     assert "\x1b[" in invoke(*args, "--color", "always").stdout
     assert "\x1b[" not in invoke(*args, "--color", "never").stdout
     assert "\x1b[" not in invoke(*args, "--color", "auto").stdout  # not a terminal
-    from bufinspect.cli import stdout_console
+    from bufinspect.cli.runtime import stdout_console
 
     os.environ["NO_COLOR"] = "1"
     try:

@@ -9,7 +9,6 @@ import json
 import math
 import subprocess
 import sys
-from importlib import resources
 
 import jsonschema
 import pytest
@@ -19,14 +18,10 @@ from safetensors.torch import save_file
 import bufinspect
 from bufinspect import Role
 from conftest import ROOT, SAMPLES, torch_listing
+from helpers import schema  # noqa: F401
 
 TORCH_SAMPLES = ["cnn_state_dict.pt", "cnn_state_dict_legacy.pt", "buffer_zoo_state_dict.pt",
                  "train_adam.pt", "cnn_cuda1.pt", "bn_before.pt", "bn_after_train.pt"]
-
-
-def schema():
-    text = resources.files("bufinspect").joinpath("schema/bufinspect-1.json").read_text()
-    return json.loads(text)
 
 
 def flat(doc) -> dict[str, tuple[tuple[int, ...], str, str | None]]:
@@ -257,16 +252,20 @@ def test_keep_vars_state_dict_marks_parameters(tmp_path):
 
 
 def test_long_sections_render_as_plain_columns(samples, monkeypatch):
-    """Past PLAIN_ROWS rows a section skips rich's layout (linear time) and stays aligned."""
+    """Past PLAIN_ROWS rows a section is written as plain lines, unstyled even on a colour
+    terminal (linear time), laid out like any other table."""
     from rich.console import Console
 
     from bufinspect import render
+    from bufinspect.render import tables
 
-    monkeypatch.setattr(render, "PLAIN_ROWS", 2)
+    monkeypatch.setattr(tables, "PLAIN_ROWS", 2)
     out = io.StringIO()
     render.render_show_table(bufinspect.show(samples / "cnn_state_dict.pt"),
-                             Console(width=100, file=out, color_system=None))
+                             Console(width=100, file=out, color_system="standard",
+                                     force_terminal=True))
     text = out.getvalue()
-    assert "┃" not in text.split("Buffers (6)")[1].split("\n\n")[0]
+    section = text.split("Buffers (6)")[1].split("\n\n")[0]
+    assert "\x1b" not in section.split("\n", 1)[1]  # the rows are plain
     lines = [ln for ln in text.splitlines() if ln.startswith(("bn1.running_var", "norm2.running_var"))]
     assert len(lines) == 2 and lines[0].index("[8]") == lines[1].index("[8]")

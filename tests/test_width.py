@@ -23,7 +23,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from bufinspect.cli import app
-from bufinspect.layout import ELLIPSIS, cell_len, fmt_num
+from bufinspect.render.layout import ELLIPSIS, cell_len, fmt_num
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"

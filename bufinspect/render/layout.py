@@ -9,8 +9,10 @@ The rules every human table follows (issue #14):
   first (`Plan.dropped`, for a one-line note) before a key loses width;
 - below the width where the essential columns fit, rows switch to a compact per-entry layout.
 
-Pure text in, lines out: no rich here (render.py adds the styles), so the same plan serves the
-styled tables and the plain columns of 50,000-row sections.
+Pure text in, lines out: no rich here (`render.tables` adds the styles), so the same plan serves
+the styled tables and the plain columns of 50,000-row sections. A long module on purpose: the
+plan, key shortening, wrapping and the compact layout depend on each other's widths, and one
+file keeps the rules they share (cell widths, the shortening schemes) in one place.
 """
 
 from __future__ import annotations

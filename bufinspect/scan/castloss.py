@@ -143,25 +143,3 @@ def measure(a: Entry, b: Entry, rtol: float, atol: float) -> dict[str, Any]:
             "mismatched": mismatched, "nonfinite": nonfinite,
             "cast": ({"max_abs": cast_abs, "max_rel": cast_rel, "overflow": overflow,
                       "underflow": underflow, "exact": exact} if modelled else None)}
-
-
-def summary(e: Any) -> str:
-    """The table's detail for a dtype change: what the cast alone loses, and whether B is
-    exactly A cast (then the metric columns are the cast's loss)."""
-    text = f"dtype {e.dtype} -> {e.dtype_b}"
-    cast = e.cast
-    if e.max_abs is None or cast is None:
-        return text
-    from bufinspect.layout import fmt_num
-
-    counts = "".join(f", {cast[k]} {what}" for k, what in (("overflow", "overflow to inf"),
-                                                           ("underflow", "underflow to 0"))
-                     if cast[k])
-    if cast["exact"]:
-        if cast["max_abs"] == 0 and not counts:
-            return f"{text}; lossless cast, B is exactly A cast"
-        return f"{text}; B is exactly A cast (the columns are its loss){counts}"
-    if cast["max_abs"] == 0 and not counts:
-        return f"{text}; the cast alone is lossless, the values moved"
-    return (f"{text}; the cast alone loses max_abs {fmt_num(cast['max_abs'])}, "
-            f"max_rel {fmt_num(cast['max_rel'])}{counts}; the values also moved")
