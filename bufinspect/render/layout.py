@@ -1,4 +1,6 @@
 """Width-aware tables for people: which columns fit, how wide each is, how a cell gives way.
+(A long module on purpose: the plan, key shortening, wrapping and the compact layout depend on
+each other's widths, and one file keeps the rules they share in one place.)
 
 The rules every human table follows (issue #14):
 
@@ -10,9 +12,7 @@ The rules every human table follows (issue #14):
 - below the width where the essential columns fit, rows switch to a compact per-entry layout.
 
 Pure text in, lines out: no rich here (`render.tables` adds the styles), so the same plan serves
-the styled tables and the plain columns of 50,000-row sections. A long module on purpose: the
-plan, key shortening, wrapping and the compact layout depend on each other's widths, and one
-file keeps the rules they share (cell widths, the shortening schemes) in one place.
+the styled tables and the plain columns of 50,000-row sections.
 """
 
 from __future__ import annotations
