@@ -259,6 +259,22 @@ def test_show_training_values(tmp_path, pair):
     assert "Values (" in table and "global_step" in table and "1234" in table
 
 
+def test_lightning_values_skip_loop_bookkeeping(tmp_path, pair):
+    _, m, opt = pair
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+    ckpt = {"epoch": 4, "global_step": 400, "pytorch-lightning_version": "2.5.0",
+            "state_dict": m.state_dict(), "optimizer_states": [opt.state_dict()],
+            "lr_schedulers": [sched.state_dict()],
+            "loops": {"fit_loop": {"epoch_progress": {"total": {"ready": 4, "completed": 4}}}},
+            "callbacks": {"ModelCheckpoint": {"best_model_score": 0.5}}}
+    torch.save(ckpt, tmp_path / "l.ckpt")
+    v = json.loads(invoke("show", tmp_path / "l.ckpt", "--format", "json").stdout)["values"]
+    assert v["epoch"] == 4 and v["global_step"] == 400
+    assert v["optimizer_states/0/param_groups/0/lr"] == opt.param_groups[0]["lr"]
+    assert v["lr_schedulers/0/step_size"] == 1
+    assert not any(k.startswith(("loops", "callbacks")) for k in v)
+
+
 def test_show_filter_matching_nothing_says_so(pair):
     d, _, _ = pair
     r = invoke("show", d / "a.pt", "--filter", "decoder.*")

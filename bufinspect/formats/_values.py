@@ -18,6 +18,9 @@ MAX_DEPTH = 4
 MAX_LIST = 8  # lists of up to this many scalars are shown (base_lrs, betas)
 MAX_TEXT = 120
 _SCALARS = (bool, int, float, str, type(None))
+# bookkeeping subtrees that would drown the section (Lightning's loop progress counters and
+# callback states): listed in JSON by no one, looked at by no one first
+_SKIP = frozenset({"loops", "callbacks"})
 # optimizer param-group fields worth showing (params and flags like foreach are not)
 _GROUP_FIELDS = ("lr", "initial_lr", "momentum", "betas", "weight_decay", "eps", "dampening",
                  "nesterov", "alpha", "rho", "lr_decay", "max_lr", "min_lr")
@@ -63,7 +66,7 @@ def values_of(root: Any) -> tuple[tuple[str, Any], ...]:
                             add("/".join(path + ["param_groups", str(i), k]), v)
             return
         for k, v in obj.items():
-            if not isinstance(k, (str, int)) or isinstance(v, TensorRef):
+            if not isinstance(k, (str, int)) or isinstance(v, TensorRef) or k in _SKIP:
                 continue
             here = path + [str(k)]
             if _scalar(v) and not (isinstance(k, str) and k.startswith("_metadata")):
