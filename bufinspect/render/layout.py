@@ -319,13 +319,26 @@ def fit_cell(col: Column, text: str, width: int, head: float = HEADS[0]) -> list
     return [text]  # numbers and labels are never cut: plan() gave them their natural width
 
 
+class _Wrapper(textwrap.TextWrapper):
+    """Also breaks after `|`, `,`, `/` and `:` inside a word (`layer:BatchNorm|InstanceNorm`,
+    paths), so a long token wraps at a boundary instead of mid-name."""
+
+    _soft = re.compile(r"(?<=[|,/:])(?=[^|,/:\s])")
+
+    def _split(self, text: str) -> list[str]:  # type: ignore[override]
+        out = []
+        for chunk in super()._split(text):
+            out += self._soft.split(chunk) if len(chunk) > 1 and not chunk.isspace() else [chunk]
+        return out
+
+
 def wrap(text: str, width: int, indent: str = "") -> list[str]:
     """Prose wrapped at word boundaries (a word longer than the line is folded)."""
     if width <= 0:
         return [text]
     if text.isascii():
-        return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent,
-                             break_on_hyphens=False) or [indent]
+        return _Wrapper(width, initial_indent=indent, subsequent_indent=indent,
+                        break_on_hyphens=False).wrap(text) or [indent]
     lines, line = [], indent
     for word in text.split(" "):
         while cell_len(indent + word) > width:  # fold a word wider than the line
