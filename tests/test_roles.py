@@ -163,8 +163,10 @@ def test_optimizer_param_names(tmp_path):
     assert got["also"].role is Role.UNKNOWN
 
 
-def test_ambiguous_alignment_stays_unknown(tmp_path):
-    """Two same-shaped float tensors, one optimizer parameter: either could be it."""
+def test_ambiguous_alignment_decides_only_what_every_alignment_agrees_on(tmp_path):
+    """Two same-shaped float tensors, one optimizer parameter: either could be it, but `p` is a
+    parameter in both alignments (if the entry is `b`, `p` precedes a parameter of its module);
+    `b` is a parameter in one alignment only and stays unknown."""
     m = nn.Module()
     m.p = nn.Parameter(torch.ones(3))
     m.register_buffer("b", torch.ones(3))
@@ -173,6 +175,11 @@ def test_ambiguous_alignment_stays_unknown(tmp_path):
     opt.step()
     torch.save({"model": m.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "t.pt")
     got = {e.key: e for e in bufinspect.load(tmp_path / "t.pt").entries if e.container == "model"}
+    assert got["p"].role is Role.PARAMETER and got["p"].evidence == "optimizer:state-shapes"
+    assert got["b"].role is Role.UNKNOWN
+    # without the state dict's order (a copied dict loses `_metadata`) nothing is decided
+    torch.save({"model": dict(m.state_dict()), "optimizer": opt.state_dict()}, tmp_path / "c.pt")
+    got = {e.key: e for e in bufinspect.load(tmp_path / "c.pt").entries if e.container == "model"}
     assert got["p"].role is Role.UNKNOWN and got["b"].role is Role.UNKNOWN
 
 

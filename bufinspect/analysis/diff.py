@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from bufinspect.analysis.align import align, module_state
 from bufinspect.errors import InputError, UsageError
-from bufinspect.model import (SCOPE_ROLES, Checkpoint, DiffEntry, DiffReport, Entry, Role, Scope,
-                              Status, Tolerance, tolerances_for)
+from bufinspect.model import (SCOPE_ROLES, Checkpoint, DiffEntry, DiffNote, DiffReport, Entry,
+                              Role, Scope, Status, Tolerance, tolerances_for)
 from bufinspect.parallel import Work
 from bufinspect.scan import Engine, castloss, compare_pairs
 
@@ -26,7 +26,7 @@ def diff(ck_a: Checkpoint, ck_b: Checkpoint, *, scope: Scope | str = Scope.BUFFE
          add_prefix: Sequence[str] = (), rename: Sequence[tuple[str, str] | str] = (),
          auto_align: bool = True, device: str = "cpu", save_envelope: bool = False,
          progress: Callable[[int], None] | None = None, jobs: int = 1,
-         work: Work | None = None) -> DiffReport:
+         work: Work | None = None, notes: bool = True) -> DiffReport:
     """Compare the module state of two checkpoints.
 
     Args:
@@ -48,6 +48,9 @@ def diff(ck_a: Checkpoint, ck_b: Checkpoint, *, scope: Scope | str = Scope.BUFFE
         jobs: CPU threads for the data sweep (the report does not depend on it).
         work: how the data pass is shared (`parallel.Work(jobs)` by default;
             `bufinspect.distributed.RankWork` shares it across torch.distributed ranks).
+        notes: add the running-statistics notes (`analysis.diffnotes.notes_for_diff`; with
+            the default buffers scope this may byte-compare parameters, stopping at the first
+            difference).
 
     Returns:
         A `DiffReport`: entries in A's key order (added keys last), with statuses and metrics.
@@ -112,8 +115,13 @@ def diff(ck_a: Checkpoint, ck_b: Checkpoint, *, scope: Scope | str = Scope.BUFFE
     for (pos, _, _), f in zip(slots, measured):
         results[pos].update(f)
     entries = tuple(DiffEntry(**f) for f in results)
+    remarks: tuple[Any, ...] = ()
+    if notes:
+        from bufinspect.analysis.diffnotes import notes_for_diff
+
+        remarks = notes_for_diff(entries, scope, ents_a, by_b, ma)
     return DiffReport((ck_a.path, ck_b.path), scope, rtol, atol, entries, tols,
-                      (path_a, path_b), applied, engine.name)
+                      (path_a, path_b), applied, engine.name, notes=remarks)
 
 
 # ---- saved metrics (read by `formats.metrics`) -------------------------------------------
@@ -177,9 +185,12 @@ def rejudge_report(doc: dict[str, Any], *, rtol: float | None = None, atol: floa
                             approximate=approx,
                             envelope=tuple(tuple(p) for p in env) if env else None)
             entries.append(e)
+        notes = tuple(DiffNote(n["id"], n["message"], tuple(n.get("keys", ())))
+                      for n in doc.get("notes") or ())
         return DiffReport(tuple(doc["paths"]), Scope(doc["scope"]), rtol, atol, tuple(entries),
                           tols, tuple(doc.get("containers") or (None, None)),
-                          doc.get("alignment") or {}, doc.get("device", "cpu"), from_metrics=True)
+                          doc.get("alignment") or {}, doc.get("device", "cpu"), from_metrics=True,
+                          notes=notes)
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"not a bufinspect metrics file ({type(exc).__name__}: {exc})",
                          source) from None

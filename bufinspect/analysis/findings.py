@@ -39,6 +39,20 @@ FINDINGS: dict[str, tuple[Severity, str]] = {
                                               "(info: old format)"),
     "shared-storage": (_INFO, "keys that share one storage (tied weights)"),
     "non-persistent-buffer": (_INFO, "buffers that a state dict of the module will not hold"),
+    "pickle-calls": (_WARNING, "the pickle calls globals when loaded by torch.load (listed; "
+                               "none is run here)"),
+    # buffer diagnostics (analysis.diagnostics)
+    "stats-at-init": (_WARNING, "running statistics still at init while the affine "
+                                "parameters trained"),
+    "stats-never-tracked": (_INFO, "num_batches_tracked 0 on every norm layer while the "
+                                   "parameters trained"),
+    "ema-buffers-stale": (_WARNING, "an EMA copy's running statistics at init, stale or missing"),
+    "missing-key": (_ERROR, "with --model: keys the model expects are absent (strict loading "
+                            "fails)"),
+    "unexpected-key": (_WARNING, "with --model: keys the model does not have"),
+    "shape-mismatch": (_ERROR, "with --model: tensors whose shape differs from the model's"),
+    "key-prefix": (_WARNING, "with --model: a wrapper prefix (module., _orig_mod.) only one "
+                             "side has"),
 }
 
 _LOW_PRECISION = {"float16", "bfloat16"}
@@ -276,7 +290,17 @@ def metadata_findings(ck: Checkpoint, entries: list[Entry], gpus: int | None,
     _norm_checks(out, ck, module_entries)
     _storage_checks(out, entries)
     _policy_checks(out, entries, policy)
+    if ck.calls:
+        _pickle_calls(out, ck)
     return out.items
+
+
+def _pickle_calls(out: _Findings, ck: Checkpoint) -> None:
+    shown = ", ".join(f"{name} x{count}" for name, count in ck.calls[:8])
+    more = f" and {len(ck.calls) - 8} more" if len(ck.calls) > 8 else ""
+    out.add("pickle-calls", [name for name, _ in ck.calls],
+            f"torch.load(weights_only=False) would call {shown}{more} (none was run here); "
+            f"load it that way only from a source you trust, or save a state dict instead")
 
 
 def numeric_findings(path: str, entries: list[Entry], stats: dict[int, ScanStats]

@@ -21,8 +21,8 @@ from bufinspect import __version__  # noqa: E402
 from bufinspect.cli.options import (All, ColorOption, Containers, DeviceOption,  # noqa: E402
                                     Distributed, Filters, Jobs, ModelSpec, Params, PlotScale,
                                     ReportFormat, Roles, ShowFormat, TrendFormat, TrendMetric)
-from bufinspect.cli.runtime import (emit, handled, load_each, progress, silent,  # noqa: E402
-                                    stderr, work)
+from bufinspect.cli.runtime import (emit, emit_diff, handled, load_each,  # noqa: E402
+                                    progress, silent, stderr, work)
 from bufinspect.cli.options import Color, Command, finding_ids_epilog  # noqa: E402
 from bufinspect.errors import UsageError  # noqa: E402
 from bufinspect.model import Checkpoint, Role, Scope  # noqa: E402
@@ -212,7 +212,7 @@ def diff(
                 stderr(f"bufinspect: note: {approx} entr{'y is' if approx == 1 else 'ies are'} "
                        "too close to the new tolerance to decide from saved metrics; reported "
                        "changed (diff the checkpoints for an exact verdict)")
-            _emit_diff(report, fmt, quiet, color.value, filter, role, shown)
+            emit_diff(report, fmt, quiet, color.value, filter, role, shown)
         if a is None or b is None:
             raise UsageError("diff needs two checkpoints A B (or --from-metrics FILE)")
     ck_a, ck_b = _load(a), _load(b)
@@ -232,22 +232,7 @@ def diff(
             metrics.write_metrics(render.to_json(report.to_dict(envelope=True)), save_metrics)
     if silent(shared):
         raise typer.Exit(0)
-    _emit_diff(report, fmt, quiet, color.value, filter, role, shown)
-
-
-def _emit_diff(report, fmt: OutputFormat, quiet: bool, color: str, filters, roles,
-               shown: dict) -> None:
-    """--filter/--role narrow the report (the exit code follows), -q prints nothing."""
-    if filters or roles:
-        from bufinspect.analysis.views import select_diff
-
-        report = select_diff(report, filters=filters or (), roles=roles or ())
-        if filters and not report.entries:
-            stderr("bufinspect: note: no key matches --filter "
-                   + " ".join(repr(g) for g in filters))
-    if not quiet:
-        emit(report, fmt, color=color, **shown)
-    raise typer.Exit(1 if report.has_differences else 0)
+    emit_diff(report, fmt, quiet, color.value, filter, role, shown)
 
 
 @app.command(cls=Command, short_help="How each buffer drifts across a series of checkpoints.")
@@ -336,6 +321,11 @@ def check(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="List every key a finding "
                                  "concerns (messages cut long lists to '... and N more')."),
     color: ColorOption = Color.AUTO,
+    model: Optional[str] = typer.Option(
+        None, "--model", metavar="MODULE:FACTORY", help="Also check that each file loads "
+        "strictly into your model (missing-key, unexpected-key, shape-mismatch, key-prefix) and "
+        "take roles from it: imports MODULE and calls FACTORY (or CLASS) with no arguments on "
+        "the meta device. This RUNS YOUR CODE (never the checkpoint's)."),
 ) -> None:
     """Check devices, dtypes and values of checkpoints, for CI.
 
@@ -358,6 +348,11 @@ def check(
         policy = make_policy(expect_dtype=expect_dtype, expect_device=expect_device,
                              ignore=ignore or (), strict=strict, config=settings)
         where = device.value if device is not None else settings.get("device", "auto")
+        built = None
+        if model is not None:
+            from bufinspect import annotate
+
+            built = annotate.build(model)
     from bufinspect.formats.folders import expand
 
     with handled(paths[0] if paths else None):
@@ -366,11 +361,18 @@ def check(
     checkpoints, errors = load_each(paths)
     if not checkpoints:  # nothing could be checked: bad input, nothing on stdout
         raise typer.Exit(2)
+    expected = None
+    if built is not None:  # exact roles, and what strict loading expects
+        with handled(model):
+            checkpoints = [annotate.apply_module(ck, built, "model:factory")[0]
+                           for ck in checkpoints]
+            expected = annotate.expected_state(built)
     with handled(paths[0]), work(jobs, distributed) as shared:
         total = sum(e.nbytes for ck in checkpoints for e in ck.entries if scannable(e))
         with progress(total) as tick:
             report = run(checkpoints, policy, device=where, containers=container or (),
-                         progress=tick, work=shared)
+                         progress=tick, work=shared, model=expected,
+                         model_spec=model or "the model")
     if errors:
         from dataclasses import replace
 
@@ -389,7 +391,11 @@ def _apply_model(ck: Checkpoint, spec: str | None, hf_config: bool = False):
     from bufinspect import annotate
 
     if hf_config:
-        ck, matches = annotate.apply_module(ck, annotate.build_hf(ck.path), "model:hf-config")
+        from bufinspect.annotate import hf_key_renamer as key_renamer
+
+        hf_model = annotate.build_hf(ck.path)
+        ck, matches = annotate.apply_module(ck, hf_model, "model:hf-config",
+                                            rename=key_renamer(hf_model))
     else:
         ck, matches = annotate.apply_model(ck, spec)
     for m in matches:

@@ -131,6 +131,21 @@ def emit(report: Report, fmt: OutputFormat, *, color: str = "auto", **options: A
         render.assert_never(fmt)
 
 
+def emit_diff(report, fmt: OutputFormat, quiet: bool, color: str, filters, roles,
+               shown: dict) -> None:
+    """--filter/--role narrow the report (the exit code follows), -q prints nothing."""
+    if filters or roles:
+        from bufinspect.analysis.views import select_diff
+
+        report = select_diff(report, filters=filters or (), roles=roles or ())
+        if filters and not report.entries:
+            stderr("bufinspect: note: no key matches --filter "
+                   + " ".join(repr(g) for g in filters))
+    if not quiet:
+        emit(report, fmt, color=color, **shown)
+    raise typer.Exit(1 if report.has_differences else 0)
+
+
 @contextmanager
 def progress(total_bytes: int) -> Iterator[Callable[[int], None] | None]:
     """A progress callback on stderr for work over ~1 s, only when stderr is a terminal; None

@@ -70,12 +70,15 @@ def make_locator(path: str, file: str, storages: Callable[[str], tuple[int, int]
 
 
 def refuse_calls(path: str, log: _unpickle.UnpickleLog) -> None:
-    calls = _unpickle.dangerous_calls(log)
-    names = calls or _unpickle.denied_globals(log)
-    if names:
-        shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
-        verb = "asks to call" if calls else "names"
-        raise UnsafeInputError(f"the pickle {verb} {shown}; refusing it (nothing was run)", path)
+    """Refuse a pickle that names or calls a code-execution primitive (`_policy`); any other
+    call is read (as an inert stub) and reported."""
+    refused = _unpickle.refusals(log)
+    if refused:
+        name, rule, called = refused[0]
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        verb = "asks to call" if called else "names"
+        raise UnsafeInputError(f"the pickle {verb} {name}{more}, which {rule.reason}; refusing "
+                               "it (nothing was run)", path)
 
 
 def unpickle(path: str, file: Any, persistent: Callable[[Any], Any]) -> tuple[Any, _unpickle.UnpickleLog]:

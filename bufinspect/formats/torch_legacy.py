@@ -9,7 +9,7 @@ from typing import Any
 
 from bufinspect import dtypes
 from bufinspect.errors import InputError
-from bufinspect.formats import _torch_common
+from bufinspect.formats import _torch_common, _unpickle
 from bufinspect.formats._unpickle import StorageRef, StorageType, Stub, brief
 from bufinspect.formats._values import values_of
 from bufinspect.formats._walk import containers_of
@@ -85,7 +85,8 @@ def read(path: str) -> Checkpoint:
     containers = containers_of(obj, path, locate)
     return Checkpoint(path=path, format=Format.TORCH_LEGACY, size=size, containers=containers,
                       foreign_globals=tuple(sorted(set(log.globals))),
-                          values=values_of(obj))
+                          values=values_of(obj),
+                          calls=_unpickle.call_counts(log))
 
 
 def _header(path: str, f: Any) -> Any:

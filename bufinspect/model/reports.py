@@ -36,6 +36,19 @@ class ModelMatch:
 
 
 @dataclass(frozen=True)
+class ModelState:
+    """What `load_state_dict(strict=True)` of the user's model (`--model`) expects, key by key
+    (`annotate.expected_state` builds it from the module, on meta)."""
+
+    shapes: dict[str, tuple[int, ...] | None]  # key -> shape; None: lazy (uninitialized)
+    buffers: frozenset[str]  # persistent buffers (the other keys are parameters)
+    aliases: dict[str, tuple[str, ...]]  # tied tensors: every name of the same tensor
+    # (tensors: key -> (shape, dtype), versions: `_metadata` versions or None) -> (missing,
+    # unexpected) keys as the model's own load_state_dict(strict=False) reports them, or None
+    verdict: Any = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class ShowReport:
     """What `show` lists: the selected entries, optional statistics, and where roles came from
     a model (`--model`, `--hf-config`): its spec and how it matched each state dict."""
@@ -71,6 +84,8 @@ class ShowReport:
             doc["foreign_globals"] = list(ck.foreign_globals)
         if ck.values:
             doc["values"] = dict(ck.values)
+        if ck.calls:
+            doc["calls"] = [{"name": n, "count": c} for n, c in ck.calls]
         if self.model is not None:
             doc["model"] = {"spec": self.model, "containers": [m.to_dict() for m in self.matches]}
         return doc
@@ -222,6 +237,18 @@ class DiffEntry:
 
 
 @dataclass(frozen=True)
+class DiffNote:
+    """A remark on a diff as a whole (`analysis.diagnostics`); it does not change the verdict."""
+
+    id: str
+    message: str
+    keys: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "message": self.message, "keys": list(self.keys)}
+
+
+@dataclass(frozen=True)
 class DiffReport:
     """The diff of two checkpoints; `to_dict()` is the bufinspect/1 `diff` document."""
 
@@ -235,6 +262,9 @@ class DiffReport:
     alignment: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     from_metrics: bool = False
+    # remarks on running statistics (analysis.diagnostics): statistics that did not move while
+    # parameters trained, statistics that moved without their counter (or the reverse)
+    notes: tuple["DiffNote", ...] = ()
 
     @property
     def summary(self) -> dict[str, int]:
@@ -265,6 +295,8 @@ class DiffReport:
             "summary": self.summary,
             "identical": self.identical,
         }
+        if self.notes:  # only when there is something to say: documents stay as they were
+            doc["notes"] = [n.to_dict() for n in self.notes]
         if self.from_metrics:
             doc["from_metrics"] = True
         return doc

@@ -145,6 +145,11 @@ def diff_alignment(report: DiffReport) -> list[str]:
     return out
 
 
+def diff_notes(report: DiffReport) -> list[str]:
+    """`note (id): ...` lines on running statistics (analysis.diagnostics), for the summary."""
+    return [f"note ({n.id}): {clean(n.message)}" for n in report.notes]
+
+
 def _equal_line(report: DiffReport, show_equal: bool) -> str | None:
     n = report.summary[Status.EQUAL.value]
     if n and not show_equal:
@@ -214,6 +219,8 @@ def render_diff_table(report: DiffReport, console: Any, *, show_equal: bool = Fa
         for line in (_limit_line(len(rows), total), _equal_line(report, show_equal)):
             if line:
                 print_wrapped(console, line, "dim")
+    for note in diff_notes(report):  # remarks on running statistics (analysis.diffnotes)
+        print_wrapped(console, note, "yellow")
     print_wrapped(console, diff_verdict(report),
                   "bold red" if report.has_differences else "bold green")
 
@@ -225,6 +232,7 @@ def render_diff_markdown(report: DiffReport, *, show_equal: bool = False, stat: 
              f"{md_code(clean(report.paths[1]))}", ""]
     parts += [f"- {md_cell(line)}" for line in diff_alignment(report)]
     parts.append(f"- **{md_cell(diff_verdict(report))}**")
+    parts += [f"- {md_cell(note)}" for note in diff_notes(report)]
     if stat:
         header, rows, summary = diff_stat_rows(report)
         if rows:
@@ -268,6 +276,8 @@ def render_diff_github(report: DiffReport) -> str:
             msg += f" [{clean(detail)}]"
         path = report.paths[1] if st is not Status.REMOVED else report.paths[0]
         out.append(f"::error file={_gh(clean(path), True)},title=bufinspect diff::{_gh(msg)}")
+    for n in report.notes:
+        out.append(f"::notice title=bufinspect diff {_gh(n.id, True)}::{_gh(clean(n.message))}")
     kind = "error" if report.has_differences else "notice"
     out.append(f"::{kind} title=bufinspect diff::{_gh(diff_verdict(report))}")
     return "\n".join(out) + "\n"

@@ -5,7 +5,7 @@ entries, parameters grouped by module and other tensors, as tables fitted to the
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from bufinspect.model import Entry, Role, ShowReport, TensorStats, summarize
 from bufinspect.render import layout
@@ -157,6 +157,8 @@ def show_header(report: ShowReport) -> list[tuple[str, str]]:
         lines.append(("metadata", metadata_summary(ck.metadata)))
     if ck.foreign_globals:
         lines.append(("classes", clean(", ".join(ck.foreign_globals))[:300]))
+    if ck.calls:
+        lines.append(("calls", clean(calls_line(ck.calls))[:300]))
     return lines
 
 
@@ -169,6 +171,12 @@ _COLUMNS = {c.name: c for c in (
     Column("nan/inf", NUM, 1), Column("zeros", NUM, 5), Column("tensors", NUM, 1),
     Column("elements", NUM, 2), Column("dtypes", TEXT, 3), Column("devices", TEXT, 4))}
 _VALUE_COLUMNS = [Column("name", PATH, 0), Column("value", TEXT, 0)]
+
+
+def calls_line(calls: Sequence[tuple[str, int]]) -> str:
+    """`when loaded by torch.load, not run here: functools.partial \u00d712, ...` (header)."""
+    return "when loaded by torch.load, not run here: " + ", ".join(
+        f"{name} \u00d7{count}" for name, count in calls)
 
 
 def render_show_table(report: ShowReport, console: Any, *, depth: int | None = None,
