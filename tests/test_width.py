@@ -245,7 +245,8 @@ def test_real_terminal_at_80_columns(deep):
 
 
 def _readme_examples() -> list[tuple[int, list[str], str]]:
-    """(width, argv, printed output) of every README block that starts with `$ bufinspect`."""
+    """(width, argv, printed output) of every README block that runs `$ bufinspect` on the
+    bundled samples (the diagnostics examples come from scripts/readme_diagnostics.py)."""
     import re
     import shlex
 
@@ -259,7 +260,7 @@ def _readme_examples() -> list[tuple[int, list[str], str]]:
             rest += 1
         printed = "\n".join(lines[rest:])
         m = re.match(r"\$ (?:COLUMNS=(\d+) )?bufinspect (.*)", command)
-        if m:
+        if m and "sample_checkpoints/" in command:  # the runs on the bundled samples
             out.append((int(m.group(1) or 100), shlex.split(m.group(2)), printed))
     return out
 
