@@ -60,6 +60,8 @@ class Plan:
     compact: bool = False
     needed: int = 0  # the width at which every column shows at its natural width
     heads: dict[int, float] = field(default_factory=dict)  # key column -> shortening scheme
+    # key column -> {key: its shortened text} (computed once, while checking distinctness)
+    short: dict[int, dict[str, str]] = field(default_factory=dict)
 
 
 def cell_len(text: str) -> int:
@@ -131,15 +133,18 @@ _INDEX = re.compile(r"[_-]?\d+$")
 def _abbreviate(module: str, room: int) -> str | None:
     """Module names cut to their first letter from the left until the path fits, numbers kept
     (`block_12` -> `b_12`, `layer1` -> `l1`, `0` -> `0`); None when even that is too long."""
+    measure = len if module.isascii() else cell_len
+    total = measure(module)
+    if total <= room:
+        return module
     parts = module.split(".")
-    total = sum(cell_len(p) for p in parts) + len(parts) - 1
     for i, part in enumerate(parts):
         if total <= room:
             break
         if not part.isdigit():
             index = _INDEX.search(part) if part[-1:].isdigit() else None
-            short = _cut(part, 1) + (index.group() if index and index.start() > 0 else "")
-            total -= cell_len(part) - cell_len(short)
+            short = part[:1] + (index.group() if index and index.start() > 0 else "")
+            total -= measure(part) - measure(short)
             parts[i] = short
     return ".".join(parts) if total <= room else None
 
@@ -195,21 +200,31 @@ def shorten(kind: str, text: str, width: int, head: float = HEADS[0]) -> str:
 
 def distinct_head(cells: Sequence[str], width: int, kind: str = KEY) -> float | None:
     """The first of HEADS under which `cells` shortened to `width` stay distinct (None: none)."""
+    found = distinct_shortening(cells, width, kind)
+    return None if found is None else found[0]
+
+
+def distinct_shortening(cells: Sequence[str], width: int, kind: str = KEY
+                        ) -> tuple[float, dict[str, str]] | None:
+    """The first of HEADS under which `cells` shortened to `width` stay distinct, with the
+    shortened text of every cell that needs it (None: no scheme keeps them apart)."""
     long = [c for c in cells if cell_len(c) > width]
     if not long:
-        return HEADS[0]
+        return HEADS[0], {}
     whole = {c for c in cells if cell_len(c) <= width}
     for head in HEADS:
         # a shortened key must differ from every other shortened key and every key shown
         # whole; stop at the first clash (a scheme that fails usually fails early)
         seen = set(whole)
+        short: dict[str, str] = {}
         for c in dict.fromkeys(long):
-            short = shorten(kind, c, width, head)
-            if short in seen:
+            text = shorten(kind, c, width, head)
+            if text in seen:
                 break
-            seen.add(short)
+            seen.add(text)
+            short[c] = text
         else:
-            return head
+            return head, short
     return None
 
 
@@ -249,7 +264,7 @@ def plan(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int) -
     natural = [_natural(c, cells) for c, cells in zip(columns, cols)]
     needed = sum(natural) + GAP * (len(columns) - 1)
     floor: dict[int, int] = {}
-    heads: dict[tuple[int, int], float | None] = {}
+    heads: dict[tuple[int, int], tuple[float, dict[str, str]] | None] = {}
 
     def min_of(i: int, keys: bool) -> int:
         c = columns[i]
@@ -262,9 +277,9 @@ def plan(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int) -
             return floor[i]
         return natural[i]
 
-    def head_at(i: int, w: int) -> float | None:
+    def head_at(i: int, w: int) -> tuple[float, dict[str, str]] | None:
         if (i, w) not in heads:
-            heads[(i, w)] = distinct_head(cols[i], w, columns[i].kind)
+            heads[(i, w)] = distinct_shortening(cols[i], w, columns[i].kind)
         return heads[(i, w)]
 
     def fitted(kept: list[int], keys: bool) -> list[int] | None:
@@ -295,12 +310,12 @@ def plan(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int) -
             widths = fitted(kept, keys)
             if widths is not None:
                 dropped = [c.name for i, c in enumerate(columns) if i not in kept]
-                chosen = {}
+                chosen, short = {}, {}
                 for i, w in zip(kept, widths):
                     if columns[i].kind in (KEY, PATH) and w < natural[i]:
-                        head = head_at(i, w)
-                        chosen[i] = HEADS[0] if head is None else head
-                return Plan(width, kept, widths, dropped, False, needed, chosen)
+                        found = head_at(i, w)
+                        chosen[i], short[i] = found if found else (HEADS[0], {})
+                return Plan(width, kept, widths, dropped, False, needed, chosen, short)
             droppable = [i for i in kept if columns[i].priority >= least]
             if not droppable:
                 break
@@ -394,6 +409,7 @@ def table_lines(columns: Sequence[Column], rows: Sequence[Sequence[str]], p: Pla
         return out
     for r, row in enumerate(rows):
         cells = [[row[i]] if f and len(row[i]) <= w else
+                 [p.short[i][row[i]]] if row[i] in p.short.get(i, ()) else
                  fit_cell(c, row[i], w, p.heads.get(i, HEADS[0]))
                  for c, i, w, f in zip(cols, p.kept, p.widths, fast)]
         if all(len(cell) == 1 for cell in cells):
