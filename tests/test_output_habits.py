@@ -350,6 +350,16 @@ def test_help_as_users_write_it():
     assert all(len(line) <= 80 for line in check_help.splitlines())
 
 
+def test_shell_completion():
+    r = invoke("--show-completion", "bash")
+    assert r.exit_code == 0 and "_bufinspect_completion" in r.stdout and "complete" in r.stdout
+    # completion proposes the commands
+    env = {"_BUFINSPECT_COMPLETE": "complete_bash", "COMP_WORDS": "bufinspect di",
+           "COMP_CWORD": "1"}
+    r = CliRunner().invoke(app, [], env=env, prog_name="bufinspect")
+    assert "diff" in r.stdout
+
+
 def test_color_flag_and_no_color():
     args = ("diff", SAMPLES / "bn_before.pt", SAMPLES / "bn_after_train.pt")
     assert "\x1b[" in invoke(*args, "--color", "always").stdout
