@@ -75,6 +75,18 @@ def test_diff_filter_and_role_restrict_keys(pair):
     assert r.exit_code == 0 and "no key matches --filter" in r.stderr
 
 
+def test_alignment_is_stated_once(tmp_path, pair):
+    d, _, _ = pair
+    sd = torch.load(d / "b.pt")
+    torch.save({"module." + k: v for k, v in sd.items()}, tmp_path / "ddp.pt")
+    r = invoke("diff", d / "a.pt", tmp_path / "ddp.pt", "--all", width=200)
+    header = r.stdout.splitlines()[1]
+    assert "strip module. (automatic); B: module.<key>" in header
+    assert r.stdout.count("module.") == header.count("module.")  # not in any row
+    doc = json.loads(invoke("diff", d / "a.pt", tmp_path / "ddp.pt", "--format", "json").stdout)
+    assert all(e["key_b"] == "module." + e["key"] for e in doc["entries"])  # JSON keeps B's key
+
+
 def test_diff_quiet_is_exit_code_only(pair):
     d, _, _ = pair
     r = invoke("diff", d / "a.pt", d / "b.pt", "-q")
@@ -383,9 +395,9 @@ def test_no_color_in_a_real_terminal():
         tmux = ["tmux", "-L", sock, "-f", "/dev/null"]
         cmd = (f"{env_prefix} {sys.executable} -m bufinspect diff {SAMPLES}/bn_before.pt "
                f"{SAMPLES}/bn_after_train.pt; echo __done__; sleep 30")
+        env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TMUX", "COLUMNS")}
         subprocess.run(tmux + ["new-session", "-d", "-x", "100", "-y", "40", cmd], check=True,
-                       env={k: v for k, v in os.environ.items()
-                            if k not in ("NO_COLOR", "TMUX", "COLUMNS")} | {"TERM": "xterm-256color"})
+                       env=env | {"TERM": "xterm-256color"})
         try:
             for _ in range(300):
                 text = subprocess.run(tmux + ["capture-pane", "-e", "-p", "-t", "0"],

@@ -104,7 +104,8 @@ def github(report: Report, **options: Any) -> str:
 
 __all__ = [
     "OutputFormat", "Report", "assert_never", "check_rows", "check_verdict", "clean",
-    "check_file_results", "diff_alignment", "diff_rows", "diff_stat_rows", "diff_verdict", "fmt_float", "fmt_shape", "github",
+    "check_file_results", "diff_alignment", "diff_rows", "diff_stat_rows", "diff_verdict",
+    "fmt_float", "fmt_shape", "github",
     "human_bytes", "human_count", "markdown", "markdown_table", "plot", "render_check_github",
     "render_check_markdown", "render_check_table", "render_diff_github", "render_diff_markdown",
     "render_diff_table", "render_show_markdown", "render_show_table", "render_trend_markdown",

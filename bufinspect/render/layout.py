@@ -22,7 +22,7 @@ import re
 import textwrap
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Sequence
 
 KEY = "key"  # a dotted tensor key (or a file path): shortened in the middle, never wrapped
 NUM = "num"  # a number: right-aligned, never split, never shortened
