@@ -87,6 +87,24 @@ def test_alignment_is_stated_once(tmp_path, pair):
     assert all(e["key_b"] == "module." + e["key"] for e in doc["entries"])  # JSON keeps B's key
 
 
+def test_diff_filter_reads_only_the_selected_tensors(pair, monkeypatch):
+    """--filter narrows the comparison itself: the other tensors are never read."""
+    from bufinspect.analysis import diff as diffing
+
+    compared = []
+    real = diffing.compare_pairs
+
+    def spy(pairs, *args, **kwargs):
+        compared.extend(a.key for a, _ in pairs)
+        return real(pairs, *args, **kwargs)
+
+    monkeypatch.setattr(diffing, "compare_pairs", spy)
+    d, _, _ = pair
+    r = invoke("diff", d / "a.pt", d / "b.pt", "--all", "--filter", "head.2.*", "-q")
+    assert r.exit_code == 1
+    assert sorted(compared) == ["head.2.bias", "head.2.weight"]
+
+
 def test_diff_quiet_is_exit_code_only(pair):
     d, _, _ = pair
     r = invoke("diff", d / "a.pt", d / "b.pt", "-q")

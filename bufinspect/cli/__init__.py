@@ -25,7 +25,7 @@ from bufinspect.cli.runtime import (emit, emit_diff, handled, load_each,  # noqa
                                     progress, silent, stderr, work)
 from bufinspect.cli.options import Color, Command, finding_ids_epilog  # noqa: E402
 from bufinspect.errors import UsageError  # noqa: E402
-from bufinspect.model import Checkpoint, Role, Scope  # noqa: E402
+from bufinspect.model import Checkpoint, Scope  # noqa: E402
 from bufinspect.render import OutputFormat  # noqa: E402
 
 app = typer.Typer(
@@ -150,9 +150,7 @@ def diff(
                                              "entry)."),
     show_equal: bool = typer.Option(False, "--show-equal", help="List equal entries too."),
     filter: Filters = None,
-    role: Optional[List[Role]] = typer.Option(None, "--role", help="Only entries of this role "
-                                              "(repeatable); without --all/--params it widens "
-                                              "the scope to every role first."),
+    role: Roles = None,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing; the exit code says "
                                "whether anything differs (like cmp -s / diff -q)."),
     stat: bool = typer.Option(False, "--stat", help="A per-module summary instead of the table: "
@@ -194,6 +192,7 @@ def diff(
     approximate. Mismatch counts are only kept for unchanged tolerances.
     """
     from bufinspect.analysis import diff as diffing
+    from bufinspect.analysis.views import selector
     from bufinspect.formats import metrics
 
     fmt = OutputFormat(format.value)
@@ -225,7 +224,8 @@ def diff(
                 containers=container or (), strip_prefix=strip_prefix or (),
                 add_prefix=add_prefix or (), rename=rename or (), auto_align=not no_auto_align,
                 device=device.value if device else "auto",
-                save_envelope=save_metrics is not None, progress=tick, work=shared)
+                save_envelope=save_metrics is not None, progress=tick, work=shared,
+                keep=selector(filters=filter or (), roles=role or ()))
         if save_metrics is not None and not silent(shared):
             from bufinspect import render
 

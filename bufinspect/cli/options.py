@@ -64,7 +64,8 @@ DeviceOption = Annotated[Optional[Device], typer.Option(
     "--device", help="Where numeric work runs: cpu (numpy), cuda (a GPU; exit 2 without one), "
     "or auto (a GPU when torch sees one; the default).")]
 Roles = Annotated[Optional[List[Role]], typer.Option(
-    "--role", help="Only entries of this role (repeatable).")]
+    "--role", help="Only entries of this role (repeatable; diff: without --all or --params, "
+    "from every role).")]
 All = Annotated[bool, typer.Option("--all", help="Every module-state tensor.")]
 Params = Annotated[bool, typer.Option(
     "--params", help="Parameters (and entries whose role is unknown) instead of buffers.")]
