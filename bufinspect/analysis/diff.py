@@ -17,7 +17,7 @@ from bufinspect.errors import InputError, UsageError
 from bufinspect.model import (SCOPE_ROLES, Checkpoint, DiffEntry, DiffNote, DiffReport, Entry,
                               Role, Scope, Status, Tolerance, tolerances_for)
 from bufinspect.parallel import Work
-from bufinspect.scan import Engine, compare_pairs
+from bufinspect.scan import Engine, castloss, compare_pairs
 
 
 def diff(ck_a: Checkpoint, ck_b: Checkpoint, *, scope: Scope | str = Scope.BUFFERS,
@@ -26,7 +26,8 @@ def diff(ck_a: Checkpoint, ck_b: Checkpoint, *, scope: Scope | str = Scope.BUFFE
          add_prefix: Sequence[str] = (), rename: Sequence[tuple[str, str] | str] = (),
          auto_align: bool = True, device: str = "cpu", save_envelope: bool = False,
          progress: Callable[[int], None] | None = None, jobs: int = 1,
-         work: Work | None = None, notes: bool = True) -> DiffReport:
+         work: Work | None = None, notes: bool = True,
+         keep: Callable[[str, str | None, Role], bool] | None = None) -> DiffReport:
     """Compare the module state of two checkpoints.
 
     Args:
@@ -51,6 +52,8 @@ def diff(ck_a: Checkpoint, ck_b: Checkpoint, *, scope: Scope | str = Scope.BUFFE
         notes: add the running-statistics notes (`analysis.diffnotes.notes_for_diff`; with
             the default buffers scope this may byte-compare parameters, stopping at the first
             difference).
+        keep: `keep(key, key_b, role)` says which in-scope entries to compare (`diff --filter`
+            / `--role`, see `analysis.views.selector`); the others are not read at all.
 
     Returns:
         A `DiffReport`: entries in A's key order (added keys last), with statuses and metrics.
@@ -89,6 +92,8 @@ def diff(ck_a: Checkpoint, ck_b: Checkpoint, *, scope: Scope | str = Scope.BUFFE
         if ea.role not in roles and (eb is None or eb.role not in roles):
             continue
         role = ea.role if ea.role is not Role.UNKNOWN or eb is None else eb.role
+        if keep is not None and not keep(ea.key, eb.key if eb is not None else None, role):
+            continue
         r, t = tolerances_for(ea.key, rtol, atol, tols)
         fields = {"key": ea.key, "role": role, "status": Status.EQUAL, "shape": ea.shape,
                   "dtype": ea.dtype, "key_b": eb.key if eb is not None else None, "rtol": r,
@@ -100,12 +105,15 @@ def diff(ck_a: Checkpoint, ck_b: Checkpoint, *, scope: Scope | str = Scope.BUFFE
                           dtype_b=eb.dtype if eb.dtype != ea.dtype else None)
         elif ea.dtype != eb.dtype:
             fields.update(status=Status.DTYPE, dtype_b=eb.dtype)
+            if castloss.measurable(ea, eb):  # what the cast lost (scan.castloss)
+                fields.update(castloss.measure(ea, eb, r, t))
         else:
             slots.append((len(results), r, t))
             pairs.append((ea, eb))
         results.append(fields)
     for eb in ents_b:
-        if mb[eb.key] not in seen_b and eb.role in roles:
+        if mb[eb.key] not in seen_b and eb.role in roles and \
+                (keep is None or keep(eb.key, None, eb.role)):
             results.append({"key": eb.key, "role": eb.role, "status": Status.ADDED,
                             "shape": eb.shape, "dtype": eb.dtype, "rtol": rtol, "atol": atol})
     measured = compare_pairs(pairs, [(r, t) for _, r, t in slots], engine, save_envelope,

@@ -100,6 +100,7 @@ def read(path: str) -> Checkpoint:
 
 
 def _read(path: str, folder: str, index: str | None, found: bool) -> Checkpoint:
+    given = path  # the Checkpoint's path: what the user named (the loop below reuses `path`)
     metadata: dict[str, str] = {}
     if index is not None:
         weight_map, index_meta = _read_index(index, folder, found)
@@ -138,6 +139,6 @@ def _read(path: str, folder: str, index: str | None, found: bool) -> Checkpoint:
             if owner.get(key) != path:
                 raise InputError(f"the index maps {key!r:.80} to {os.path.basename(path)}, "
                                  "which does not hold it", index)
-    return Checkpoint(path=path, format=Format.SAFETENSORS_SHARDED, size=size,
+    return Checkpoint(path=given, format=Format.SAFETENSORS_SHARDED, size=size,
                       containers=(Container("", ContainerKind.STATE_DICT, tuple(entries)),),
                       metadata=metadata)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import struct
 from typing import Any
@@ -11,6 +10,7 @@ from bufinspect import dtypes
 from bufinspect.errors import InputError
 from bufinspect.formats import _files, _torch_common, _unpickle
 from bufinspect.formats._unpickle import StorageRef, StorageType, Stub, brief
+from bufinspect.formats._values import values_of
 from bufinspect.formats._walk import containers_of
 from bufinspect.model import Checkpoint, Format
 
@@ -84,6 +84,7 @@ def read(path: str) -> Checkpoint:
     containers = containers_of(obj, path, locate)
     return Checkpoint(path=path, format=Format.TORCH_LEGACY, size=size, containers=containers,
                       foreign_globals=tuple(sorted(set(log.globals))),
+                          values=values_of(obj),
                           calls=_unpickle.call_counts(log))
 
 

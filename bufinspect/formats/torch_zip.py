@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 from bufinspect.errors import InputError
 from bufinspect.formats import _files, _torch_common, _unpickle
 from bufinspect.formats._unpickle import brief, storage_from_pid
+from bufinspect.formats._values import values_of
 from bufinspect.formats._walk import containers_of
 from bufinspect.model import Checkpoint, Format
 
@@ -257,6 +258,7 @@ def read(path: str, arc: ZipArchive | None = None) -> Checkpoint:
         containers = containers_of(obj, path, locate)
         return Checkpoint(path=path, format=Format.TORCH_ZIP, size=arc.size,
                           containers=containers, foreign_globals=tuple(sorted(set(log.globals))),
+                          values=values_of(obj),
                           calls=_unpickle.call_counts(log))
     finally:
         arc.close()

@@ -8,13 +8,13 @@ from bufinspect.model.checkpoint import (SCHEMA, Checkpoint, Container, Containe
                                          Format, Role, TensorData, TensorStats, json_number,
                                          summarize)
 from bufinspect.model.reports import (DIFFERENT, SCOPE_ROLES, CheckReport, DiffEntry, DiffNote,
-                                      DiffReport, Finding, ModelMatch, ModelState, ScanStats,
+                                      DiffReport, FileError, Finding, ModelMatch, ModelState, ScanStats,
                                       Scope, Severity, ShowReport, Status, Tolerance, TrendReport,
                                       TrendRow, tolerances_for)
 
 __all__ = [
     "DIFFERENT", "SCHEMA", "SCOPE_ROLES", "CheckReport", "Checkpoint", "Container",
-    "ContainerKind", "DiffEntry", "DiffNote", "DiffReport", "Entry", "Finding", "Format",
+    "ContainerKind", "DiffEntry", "DiffNote", "DiffReport", "Entry", "FileError", "Finding", "Format",
     "ModelMatch", "ModelState", "Role",
     "ScanStats", "Scope", "Severity", "ShowReport", "Status", "TensorData", "TensorStats",
     "Tolerance", "TrendReport", "TrendRow", "json_number", "summarize", "tolerances_for",

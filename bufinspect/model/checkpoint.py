@@ -179,6 +179,8 @@ class Checkpoint:
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
     # globals the pickle named that bufinspect did not allow (shown, never imported)
     foreign_globals: tuple[str, ...] = ()
+    # non-tensor values of a training dict: (path joined with "/", value), e.g. ("epoch", 3)
+    values: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
     # (callee, times): the calls `torch.load(weights_only=False)` would make (none is run here)
     calls: tuple[tuple[str, int], ...] = ()
 

@@ -82,6 +82,8 @@ class ShowReport:
             doc["metadata"] = dict(ck.metadata)
         if ck.foreign_globals:
             doc["foreign_globals"] = list(ck.foreign_globals)
+        if ck.values:
+            doc["values"] = dict(ck.values)
         if ck.calls:
             doc["calls"] = [{"name": n, "count": c} for n, c in ck.calls]
         if self.model is not None:
@@ -189,6 +191,7 @@ class DiffEntry:
     note: str | None = None
     envelope: tuple[tuple[float, float, float], ...] | None = field(default=None, repr=False)
     approximate: bool = False  # re-judged from saved metrics and too close to call exactly
+    cast: dict[str, Any] | None = None  # status dtype: A against A cast (scan.castloss)
 
     @property
     def moved(self) -> float:
@@ -219,6 +222,11 @@ class DiffEntry:
                 d[k] = getattr(self, k)
             if self.old is not None:
                 d["old"], d["new"] = self.old, self.new
+        if self.status is Status.DTYPE and self.max_abs is not None:  # what the cast lost
+            d.update(rtol=self.rtol, atol=self.atol, cast=self.cast)
+            for k in ("max_abs", "max_rel", "mean_abs", "mismatched", "numel", "nonfinite",
+                      "rel_l2", "cosine"):
+                d[k] = getattr(self, k)
         if self.note:
             d["note"] = self.note
         if self.approximate:
@@ -332,6 +340,17 @@ class ScanStats:
 
 
 @dataclass(frozen=True)
+class FileError:
+    """A file `check` could not read; the other files are still checked (exit 2 at the end)."""
+
+    path: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "message": self.message}
+
+
+@dataclass(frozen=True)
 class CheckReport:
     """The result of `check`: findings sorted by severity, and where the numeric scan ran.
 
@@ -345,6 +364,7 @@ class CheckReport:
     strict: bool = False
     stats: dict[tuple[str, str, str], ScanStats] = field(default_factory=dict, compare=False,
                                                          repr=False)
+    errors: tuple[FileError, ...] = ()  # files that could not be read (the others were checked)
 
     def count(self, severity: Severity) -> int:
         return sum(1 for f in self.findings if f.severity is severity)
@@ -352,12 +372,15 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         failing = (Severity.ERROR, Severity.WARNING) if self.strict else (Severity.ERROR,)
-        return not any(f.severity in failing for f in self.findings)
+        return not self.errors and not any(f.severity in failing for f in self.findings)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "command": "check", "paths": list(self.paths),
-                "device": self.device, "ok": self.ok,
-                "findings": [f.to_dict() for f in self.findings]}
+        doc = {"schema": SCHEMA, "command": "check", "paths": list(self.paths),
+               "device": self.device, "ok": self.ok,
+               "findings": [f.to_dict() for f in self.findings]}
+        if self.errors:
+            doc["errors"] = [e.to_dict() for e in self.errors]
+        return doc
 
 
 # ---- trend ---------------------------------------------------------------------------------

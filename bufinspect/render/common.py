@@ -1,5 +1,5 @@
 """What every renderer shares: output formats, escaping of names from files, number and size
-formats, strict JSON, markdown cells and the plain wide table."""
+formats, strict JSON, markdown cells and code spans."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Any, Iterable, NoReturn
 
 from bufinspect.model import json_number
+from bufinspect.render.layout import fmt_num
 
 
 class OutputFormat(str, Enum):
@@ -51,9 +52,8 @@ def fmt_shape(shape: Iterable[int]) -> str:
 
 
 def fmt_float(v: float | None) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4g}"
+    """A measured float in four significant digits, never wider than 10 cells (layout.fmt_num)."""
+    return fmt_num(v)
 
 
 def to_json(doc: dict[str, Any]) -> str:
@@ -74,31 +74,26 @@ def _finite(obj: Any) -> Any:
     return json_number(obj)
 
 
-# rich lays a table out cell by cell (~1.4 ms a row here); past this many rows a section prints
-# as plain aligned columns, so a 300-buffer ResNet lists in the time a 30-row table takes
+# past this many rows a section prints without per-line styling: a 50,000-row section lists in
+# linear time (rich took ~1.4 ms a row to lay out and style, measured)
 PLAIN_ROWS = 100
-NUMERIC = {"size", "tensors", "elements", "min", "max", "mean", "std", "nan/inf", "zeros"}
-
-
-def plain_table(console: Any, title: str, header: list[str], rows: list[list[str]]) -> None:
-    """Aligned columns without rich's layout engine: linear time for 50,000-row sections."""
-    columns = list(zip(*rows))  # (rows all have the header's length)
-    widths = [max(len(h), *map(len, col)) if col else len(h)
-              for h, col in zip(header, columns or [()] * len(header))]
-    justify = [str.rjust if h in NUMERIC else str.ljust for h in header]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join([j(c, w) for j, c, w in zip(justify, cells, widths)]).rstrip()
-
-    console.print(title, style="bold", markup=False, highlight=False)
-    console.print(line(header), style="dim", markup=False, highlight=False)
-    console.file.write("\n".join(line(r) for r in rows) + "\n")
 
 
 def md_cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`") \
         .replace("<", "&lt;").replace(">", "&gt;").replace("*", "\\*").replace("_", "\\_") \
         .replace("[", "\\[").replace("]", "\\]")
+
+
+def md_code(text: str) -> str:
+    """`text` as an inline code span: never backslash-escaped (GitHub shows backslashes in code
+    literally); a fence one backtick longer than the longest run of backticks inside, padded
+    with spaces when the text starts or ends with one (CommonMark 6.1)."""
+    text = text.replace("\n", " ")
+    longest = max((len(m) for m in re.findall("`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
