@@ -6,6 +6,7 @@ import os
 import re
 
 from bufinspect.errors import InputError
+from bufinspect.formats import _files
 
 # files bufinspect reads, by name (a sidecar `<file>.bufinspect.json` and index files are not)
 EXTENSIONS = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pt2", ".tar")
@@ -40,6 +41,10 @@ def checkpoints_in(folder: str) -> list[str]:
     out = []
     for name in names:
         path = name if folder in (".", "./") else os.path.join(folder, name)
+        if name.endswith(EXTENSIONS) or os.path.isdir(path):
+            # the same containment as every reader: an entry that links outside the folder is
+            # refused, never followed (the folder is named, as for a sharded folder)
+            _files.contain(path, folder)
         if os.path.isdir(path):
             if is_checkpoint_folder(path):
                 out.append(path)
