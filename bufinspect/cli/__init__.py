@@ -21,8 +21,8 @@ from bufinspect import __version__  # noqa: E402
 from bufinspect.cli.options import (All, ColorOption, Containers, DeviceOption,  # noqa: E402
                                     Distributed, Filters, Jobs, ModelSpec, Params, PlotScale,
                                     ReportFormat, Roles, ShowFormat, TrendFormat, TrendMetric)
-from bufinspect.cli.runtime import (cpu_note, emit, emit_diff, handled,  # noqa: E402
-                                    load_each, progress, silent, stderr, work)
+from bufinspect.cli.runtime import (apply_model, cpu_note, emit, emit_diff,  # noqa: E402
+                                    handled, load_each, progress, silent, stderr, work)
 from bufinspect.cli.options import Color, Command, finding_ids_epilog  # noqa: E402
 from bufinspect.errors import UsageError  # noqa: E402
 from bufinspect.escape import excerpt, path_excerpt  # noqa: E402
@@ -107,7 +107,7 @@ def show(
             raise UsageError("give --model or --hf-config, not both")
         matches: tuple = ()
         if model is not None or hf_config:
-            ck, matches = _apply_model(ck, model, hf_config)
+            ck, matches = apply_model(ck, model, hf_config)
         chosen = dict(containers=container or (), roles=role or (), filters=filter or ())
         with work(jobs, distributed if stats else False) as shared:
             total = sum(e.nbytes for e in select(ck, **chosen)) if stats else 0
@@ -395,33 +395,6 @@ def check(
 # ---- roles from a model ---------------------------------------------------------------------
 
 
-def _apply_model(ck: Checkpoint, spec: str | None, hf_config: bool = False):
-    """Roles from the user's model (or the HF config's); missing persistent state is a warning."""
-    from bufinspect import annotate
-
-    if hf_config:
-        from bufinspect.annotate import hf_key_renamer as key_renamer
-
-        hf_model = annotate.build_hf(ck.path)
-        ck, matches = annotate.apply_module(ck, hf_model, "model:hf-config",
-                                            rename=key_renamer(hf_model))
-    else:
-        ck, matches = annotate.apply_model(ck, spec)
-    for m in matches:
-        where = f" (container {excerpt(repr(m.container), 80)})" if m.container else ""
-        if m.missing:
-            shown = ", ".join(excerpt(k, 120) for k in m.missing[:5]) \
-                + (" ..." if len(m.missing) > 5 else "")
-            stderr(f"bufinspect: warning: {path_excerpt(ck.path)}{where}: the model has state "
-                   f"the file lacks: {shown}")
-        if m.file_only:
-            shown = ", ".join(excerpt(k, 120) for k in m.file_only[:5]) \
-                + (" ..." if len(m.file_only) > 5 else "")
-            stderr(f"bufinspect: note: {path_excerpt(ck.path)}{where}: keys the model lacks: "
-                   f"{shown}")
-    return ck, matches
-
-
 @app.command(cls=Command, short_help="Record every tensor's role from your model.")
 def annotate(
     path: str = typer.Argument(..., metavar="PATH", help="Checkpoint to annotate (.pt .pth .bin "
@@ -445,7 +418,7 @@ def annotate(
 
     ck = _load(path)
     with handled(path):
-        ck, matches = _apply_model(ck, model)
+        ck, matches = apply_model(ck, model)
         if not matches or any(m.matched == 0 for m in matches):
             raise UsageError(f"the model {model} matches no key of the file", path)
         missing = sum(len(m.missing) for m in matches)

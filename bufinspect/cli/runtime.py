@@ -198,3 +198,30 @@ def silent(shared: Work) -> bool:
     from bufinspect import distributed as dist
 
     return isinstance(shared, dist.RankWork) and not dist.prints()
+
+
+def apply_model(ck: Any, spec: str | None, hf_config: bool = False) -> tuple[Any, Any]:
+    """Roles from the user's model (or the HF config's); missing persistent state is a warning."""
+    from bufinspect import annotate
+
+    if hf_config:
+        from bufinspect.annotate import hf_key_renamer as key_renamer
+
+        hf_model = annotate.build_hf(ck.path)
+        ck, matches = annotate.apply_module(ck, hf_model, "model:hf-config",
+                                            rename=key_renamer(hf_model))
+    else:
+        ck, matches = annotate.apply_model(ck, spec)
+    for m in matches:
+        where = f" (container {excerpt(repr(m.container), 80)})" if m.container else ""
+        if m.missing:
+            shown = ", ".join(excerpt(k, 120) for k in m.missing[:5]) \
+                + (" ..." if len(m.missing) > 5 else "")
+            stderr(f"bufinspect: warning: {path_excerpt(ck.path)}{where}: the model has state "
+                   f"the file lacks: {shown}")
+        if m.file_only:
+            shown = ", ".join(excerpt(k, 120) for k in m.file_only[:5]) \
+                + (" ..." if len(m.file_only) > 5 else "")
+            stderr(f"bufinspect: note: {path_excerpt(ck.path)}{where}: keys the model lacks: "
+                   f"{shown}")
+    return ck, matches
