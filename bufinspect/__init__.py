@@ -13,6 +13,7 @@ checkpoints, for callers that already hold them.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 from bufinspect.errors import BufinspectError, InputError, UnsafeInputError, UsageError
@@ -102,7 +103,8 @@ def check(paths: str | Sequence[str], *, expect_dtype: str | None = None,
     """Load checkpoints and check devices, dtypes and values (`analysis.check.check`).
 
     Args:
-        paths: one path or several (one report for all).
+        paths: one path or several (one report for all); a plain folder stands for the
+            checkpoints in it, as in `bufinspect check DIR` (a sharded or DCP folder is one).
         expect_dtype, expect_device, ignore, strict: the policy, as the CLI flags take them
             (`[tool.bufinspect.check]` is not read here: pass what you expect).
         model: your model, as `MODULE:FACTORY` (imported and built on meta: this runs your
@@ -118,7 +120,9 @@ def check(paths: str | Sequence[str], *, expect_dtype: str | None = None,
 
     policy = make_policy(expect_dtype=expect_dtype, expect_device=expect_device,
                          ignore=ignore, strict=strict)
-    paths = [paths] if isinstance(paths, str) else list(paths)
+    from bufinspect.formats.folders import expand
+
+    paths = expand([paths] if isinstance(paths, (str, os.PathLike)) else [str(p) for p in paths])
     checkpoints = [load(p) for p in paths]
     if model is not None:
         from bufinspect import annotate

@@ -1,0 +1,25 @@
+"""Where features built separately meet: the API and the CLI agree, formats and commands agree
+(found by a fresh-eyes QA pass over the merged issues #11-#17)."""
+
+from __future__ import annotations
+
+import shutil
+
+import bufinspect
+
+
+def test_api_check_of_a_folder_checks_every_checkpoint_in_it_like_the_cli(tmp_path, samples,
+                                                                           cli_json):
+    # a plain folder of separate checkpoints: `check DIR` checks each one; the API must not read
+    # the folder as one unindexed "sharded" checkpoint made of its lone .safetensors file
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    for name in ("cnn_cuda1.pt", "cnn.safetensors", "bn_after_train.pt"):
+        shutil.copy(samples / name, folder / name)
+    doc = cli_json("check", folder, code=1)
+    report = bufinspect.check(str(folder)).to_dict()
+    assert report["paths"] == doc["paths"] == [str(folder / n) for n in
+                                              ("bn_after_train.pt", "cnn.safetensors",
+                                               "cnn_cuda1.pt")]
+    assert report["findings"] == doc["findings"]
+    assert report["ok"] is doc["ok"] is False
