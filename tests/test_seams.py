@@ -23,3 +23,21 @@ def test_api_check_of_a_folder_checks_every_checkpoint_in_it_like_the_cli(tmp_pa
                                                "cnn_cuda1.pt")]
     assert report["findings"] == doc["findings"]
     assert report["ok"] is doc["ok"] is False
+
+
+def test_show_values_that_are_not_finite_or_are_lists_of_flags_validate(tmp_path, cli_json):
+    # `"loss": "nan"` is both a string and one of the non-finite spellings: a `oneOf` in the
+    # schema's values rejected every training checkpoint whose loss (or best score) was NaN/inf
+    import jsonschema
+    import torch
+    from helpers import schema
+    from torch import nn
+
+    path = tmp_path / "train.pt"
+    torch.save({"model": nn.BatchNorm1d(2).state_dict(), "epoch": 3, "loss": float("nan"),
+                "best": float("inf"), "worst": float("-inf"), "flags": [True, False],
+                "mixed": [1, 0.5, float("nan")], "name": "run"}, path)
+    doc = cli_json("show", path)
+    assert doc["values"] == {"epoch": 3, "loss": "nan", "best": "inf", "worst": "-inf",
+                             "flags": [True, False], "mixed": [1, 0.5, "nan"], "name": "run"}
+    jsonschema.Draft202012Validator(schema()).validate(doc)
