@@ -41,3 +41,23 @@ def test_show_values_that_are_not_finite_or_are_lists_of_flags_validate(tmp_path
     assert doc["values"] == {"epoch": 3, "loss": "nan", "best": "inf", "worst": "-inf",
                              "flags": [True, False], "mixed": [1, 0.5, "nan"], "name": "run"}
     jsonschema.Draft202012Validator(schema()).validate(doc)
+
+
+def test_a_closed_stdout_pipe_is_never_blamed_on_an_input_file(tmp_path, samples, cli):
+    # `bufinspect diff --from-metrics m.json | head -1`: the broken pipe surfaced inside the
+    # error handler as "error: m.json: Broken pipe", exit 2, as if the metrics file were bad
+    import subprocess
+    import sys
+
+    metrics = tmp_path / "m.json"
+    assert cli("diff", samples / "bn_before.pt", samples / "bn_after_train.pt", "--all",
+               "--save-metrics", metrics).exit_code == 1
+    runs = {}
+    for args in (["diff", "--from-metrics", str(metrics)],
+                 ["show", str(samples / "train_adam.pt")]):
+        proc = subprocess.Popen([sys.executable, "-m", "bufinspect", *args, "--color", "never"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.close()  # the reader is gone before the first line is written
+        stderr = proc.stderr.read().decode()
+        runs[args[0]] = (proc.wait(), stderr)
+    assert runs["diff"] == runs["show"] == (1, ""), runs

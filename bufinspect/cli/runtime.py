@@ -61,6 +61,10 @@ def handled(path_hint: str | None = None) -> Iterator[None]:
         yield
     except typer.Exit:
         raise
+    except BrokenPipeError:
+        # the reader of stdout went away (`| head`): no fault of the input file; click ends
+        # the run quietly, as it does for a pipe that breaks outside this block
+        raise
     except Exception as exc:
         _debug()
         stderr(f"bufinspect: {error_message(exc, path_hint)}")
