@@ -61,3 +61,29 @@ def test_a_closed_stdout_pipe_is_never_blamed_on_an_input_file(tmp_path, samples
         stderr = proc.stderr.read().decode()
         runs[args[0]] = (proc.wait(), stderr)
     assert runs["diff"] == runs["show"] == (1, ""), runs
+
+
+def test_annotate_says_why_a_module_file_or_a_folder_cannot_be_annotated(tmp_path, samples,
+                                                                        cli):
+    # a pickled whole module (or TorchScript) holds no state dict: annotate ran the model and
+    # then said it "matches no key of the file"; a sharded folder was said to have exact roles
+    import torch
+    from helpers import save_sharded
+
+    from sample_modules import BufferZoo
+
+    module = tmp_path / "zoo_module.pt"
+    shutil.copy(samples / "buffer_zoo_module.pt", module)
+    scripted = tmp_path / "zoo_script.pt"
+    torch.jit.save(torch.jit.script(BufferZoo()), str(scripted))
+    for path in (module, scripted):
+        result = cli("annotate", path, "--model", "sample_modules:BufferZoo")
+        assert result.exit_code == 2
+        assert "already exact" in result.stderr and "matches no key" not in result.stderr
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    save_sharded(BufferZoo().state_dict(), folder, 64)
+    result = cli("annotate", folder, "--model", "sample_modules:BufferZoo")
+    assert result.exit_code == 2
+    assert "cannot annotate" in result.stderr and "exact" not in result.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*.json")) == ["model.safetensors.index.json"]

@@ -418,6 +418,7 @@ def annotate(
 
     ck = _load(path)
     with handled(path):
+        role_metadata.annotatable(ck)  # before running the model: the reason is the file's
         ck, matches = apply_model(ck, model)
         if not matches or any(m.matched == 0 for m in matches):
             raise UsageError(f"the model {model} matches no key of the file", path)

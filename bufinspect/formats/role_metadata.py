@@ -10,7 +10,7 @@ import struct
 from typing import Any
 
 from bufinspect.errors import BufinspectError, UsageError
-from bufinspect.model import Checkpoint, Format, Role
+from bufinspect.model import Checkpoint, ContainerKind, Format, Role
 
 SIDECAR_SUFFIX = ".bufinspect.json"
 META_KEY = "bufinspect.roles"
@@ -76,6 +76,24 @@ def _parse(raw: str) -> dict[str, Any]:
     return doc.get("containers") or {}
 
 
+def annotatable(checkpoint: Checkpoint) -> None:
+    """UsageError unless `annotate` can record roles for this checkpoint: one torch.save or
+    safetensors file holding a state dict (a module holds its exact roles already; a folder
+    has no one file to hold them)."""
+    fmt = checkpoint.format
+    if fmt in (Format.TORCHSCRIPT, Format.TORCH_EXPORT) or (
+            checkpoint.containers
+            and all(c.kind is ContainerKind.MODULE for c in checkpoint.containers
+                    if c.kind in (ContainerKind.MODULE, ContainerKind.STATE_DICT))
+            and any(c.kind is ContainerKind.MODULE for c in checkpoint.containers)):
+        raise UsageError(f"nothing to annotate: a {fmt.value} file that holds the module "
+                         "itself (its roles are already exact)", checkpoint.path)
+    if fmt not in (Format.SAFETENSORS, Format.TORCH_ZIP, Format.TORCH_LEGACY):
+        raise UsageError(f"cannot annotate a {fmt.value} folder: roles are recorded in one "
+                         "file (a safetensors header or a sidecar); give show or check "
+                         "--model instead", checkpoint.path)
+
+
 def write_annotations(checkpoint: Checkpoint, containers: dict[str, Any]) -> str:
     """Write role documents (container path -> `annotate.roles_doc`): into a safetensors header,
     else a sidecar JSON beside the file. Returns the path written."""
@@ -83,9 +101,7 @@ def write_annotations(checkpoint: Checkpoint, containers: dict[str, Any]) -> str
         doc = {"schema": ROLES_SCHEMA, "containers": containers}
         rewrite_safetensors_metadata(checkpoint.path, {META_KEY: json.dumps(doc)})
         return checkpoint.path
-    if checkpoint.format not in (Format.TORCH_ZIP, Format.TORCH_LEGACY):
-        raise UsageError(f"cannot annotate a {checkpoint.format.value} file (its roles are "
-                         "already exact)", checkpoint.path)
+    annotatable(checkpoint)
     return _write_sidecar(checkpoint.path, {"schema": ROLES_SCHEMA, "containers": containers})
 
 
