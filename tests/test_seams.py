@@ -87,3 +87,33 @@ def test_annotate_says_why_a_module_file_or_a_folder_cannot_be_annotated(tmp_pat
     assert result.exit_code == 2
     assert "cannot annotate" in result.stderr and "exact" not in result.stderr
     assert sorted(p.name for p in tmp_path.rglob("*.json")) == ["model.safetensors.index.json"]
+
+
+def test_lightning_model_checkpoint_scores_are_not_a_second_module_state_dict(tmp_path, cli,
+                                                                               cli_json):
+    # every .ckpt written with a ModelCheckpoint(monitor=...) keeps `best_k_models`, a dict of
+    # file path -> score tensor: read as a module state dict, it made `diff` and `check --model`
+    # refuse the file ("holds several module state dicts") and its scores role `unknown`
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    model(torch.randn(5, 3))
+    plain = tmp_path / "plain.pt"
+    torch.save(model.state_dict(), plain)
+    callback = "ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min'}"
+    ckpt = tmp_path / "epoch=2-step=30.ckpt"
+    torch.save({"epoch": 2, "global_step": 30, "pytorch-lightning_version": "2.4.0",
+                "state_dict": model.state_dict(),
+                "callbacks": {callback: {
+                    "best_model_score": torch.tensor(0.2), "best_model_path": str(ckpt),
+                    "best_k_models": {str(ckpt): torch.tensor(0.2),
+                                      str(tmp_path / "epoch=1-step=20.ckpt"): torch.tensor(0.3)},
+                    "kth_value": torch.tensor(0.3)}}}, ckpt)
+    doc = cli_json("show", ckpt)
+    modules = [c["path"] for c in doc["containers"] if c["kind"] == "state_dict"]
+    assert modules == ["state_dict"]
+    scores = [e for e in doc["entries"] if e["container"].endswith("best_k_models")]
+    assert len(scores) == 2 and {e["role"] for e in scores} == {"other"}
+    diff = cli_json("diff", plain, ckpt, "--all")
+    assert diff["summary"]["equal"] == 7 and diff["identical"] is True

@@ -163,9 +163,23 @@ class Walker:
 _NON_TENSOR_STATE = ("_extra_state", "_packed_params", "weight_qscheme", "weight_dtype")
 
 
+_FILE_KEY = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
+
+
+def _keyed_by_files(obj: dict) -> bool:
+    """Keys that are checkpoint file names, not module keys: Lightning's ModelCheckpoint keeps
+    `best_k_models` ({"/runs/epoch=2-step=30.ckpt": score tensor}) in every .ckpt it writes."""
+    keys = [k for k in obj if isinstance(k, str)]
+    return bool(keys) and all(k.endswith(_FILE_KEY) for k in keys) and any(
+        "/" in k or "\\" in k or "=" in k for k in keys)
+
+
 def _is_state_dict(obj: dict) -> bool:
     """Tensors under string keys; other values only where a module writes them, or anywhere
-    when the dict carries a state dict's `_metadata` (a converted quantized model's None bias)."""
+    when the dict carries a state dict's `_metadata` (a converted quantized model's None bias).
+    Never a dict keyed by checkpoint file names (`_keyed_by_files`)."""
+    if _keyed_by_files(obj):
+        return False
     tensors = 0
     meta = isinstance(obj, PickledDict) and isinstance(getattr(obj, "_metadata", None), dict)
     for k, v in obj.items():
