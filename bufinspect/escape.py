@@ -23,6 +23,9 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-
 CELL_LIMIT = 300  # characters of one name in a table cell or a report line
 MESSAGE_LIMIT = 400  # characters of one error message (after the path)
 PATH_LIMIT = 300  # characters of a path in a message (head and tail kept)
+# characters of a finding's or a diff note's own message: prose that quotes a few names, each
+# unbounded, so it is bounded as a whole, far above what a message with ordinary names needs
+PROSE_LIMIT = 2000
 
 
 def _sub(m: re.Match) -> str:
@@ -54,6 +57,12 @@ def path_excerpt(path: Any, limit: int = PATH_LIMIT) -> str:
         half = limit // 2
         text = text[:half] + "..." + text[-half:]
     return escape(text)
+
+
+def prose(text: str) -> str:
+    """A message bufinspect composed (a finding, a diff note) that quotes names from a file:
+    escaped, at most `PROSE_LIMIT` characters (a name alone is bounded by `clean`)."""
+    return excerpt(text, PROSE_LIMIT)
 
 
 def clean(text: str) -> str:

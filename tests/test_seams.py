@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import bufinspect
@@ -117,3 +118,30 @@ def test_lightning_model_checkpoint_scores_are_not_a_second_module_state_dict(tm
     assert len(scores) == 2 and {e["role"] for e in scores} == {"other"}
     diff = cli_json("diff", plain, ckpt, "--all")
     assert diff["summary"]["equal"] == 7 and diff["identical"] is True
+
+
+def test_a_long_finding_message_is_printed_whole_in_every_human_format(tmp_path, samples):
+    # finding messages were cut like a name from a file (300 characters): the missing-key
+    # message of `check --model` lost its advice ("... (64 more characters)"); a message is
+    # bounded, but far above what ordinary names make
+    import torch
+    from typer.testing import CliRunner
+
+    from bufinspect.cli import app
+    from sample_modules import SmallCNN
+
+    sd = {"model." + k: v for k, v in SmallCNN().state_dict().items()}
+    path = tmp_path / "wrapped.pt"
+    torch.save(sd, path)
+    json_doc = CliRunner().invoke(app, ["check", str(path), "--model", "sample_modules:SmallCNN",
+                                        "--format", "json"])
+    findings = json.loads(json_doc.stdout)["findings"]
+    messages = {f["id"]: f["message"] for f in findings}
+    assert len(messages["missing-key"]) > 300
+    for fmt in ("table", "markdown", "github"):
+        result = CliRunner().invoke(app, ["check", str(path), "--model", "sample_modules:SmallCNN",
+                                          "--format", fmt], env={"COLUMNS": "2000"})
+        assert result.exit_code == 1
+        assert "more characters" not in result.stdout
+        assert messages["missing-key"].endswith("load with strict=False and fill it in)")
+        assert "load with strict=False and fill it in)" in " ".join(result.stdout.split())

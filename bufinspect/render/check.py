@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from bufinspect.model import CheckReport, Finding, Severity
-from bufinspect.render.common import clean, markdown_table, md_cell, md_code
+from bufinspect.render.common import clean, markdown_table, md_cell, md_code, prose
 from bufinspect.render.layout import LABEL, PATH, TEXT, Column
 from bufinspect.render.tables import print_table, print_wrapped
 
@@ -36,7 +36,7 @@ def check_verdict(report: CheckReport) -> str:
 
 def finding_message(f: Finding, verbose: bool = False) -> str:
     """A finding's message; `verbose` adds every key it concerns (messages cut long lists)."""
-    msg = clean(f.message)
+    msg = prose(f.message)
     if verbose and len(f.keys) > 1:
         msg += " [keys: " + ", ".join(clean(k) for k in f.keys) + "]"
     return msg

@@ -25,7 +25,7 @@ def assert_never(value: NoReturn) -> NoReturn:  # pragma: no cover - unreachable
 
 # one escaping for tables, markdown, annotations and error messages: controls, bidi, lone
 # surrogates as visible escapes, and a bound on length (see bufinspect.escape)
-from bufinspect.escape import clean  # noqa: E402,F401
+from bufinspect.escape import clean, prose  # noqa: E402,F401
 
 
 def human_bytes(n: int) -> str:

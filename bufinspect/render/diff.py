@@ -9,7 +9,7 @@ from typing import Any
 from bufinspect.model import DiffEntry, DiffReport, Status
 from bufinspect.model.diffstat import module_stats
 from bufinspect.render.common import (clean, fmt_float, fmt_shape, markdown_table, md_cell,
-                                      md_code)
+                                      md_code, prose)
 from bufinspect.render.layout import KEY, LABEL, NUM, TEXT, Column
 from bufinspect.render.tables import print_table, print_wrapped
 
@@ -147,7 +147,7 @@ def diff_alignment(report: DiffReport) -> list[str]:
 
 def diff_notes(report: DiffReport) -> list[str]:
     """`note (id): ...` lines on running statistics (analysis.diagnostics), for the summary."""
-    return [f"note ({n.id}): {clean(n.message)}" for n in report.notes]
+    return [f"note ({n.id}): {prose(n.message)}" for n in report.notes]
 
 
 def _equal_line(report: DiffReport, show_equal: bool) -> str | None:
@@ -277,7 +277,7 @@ def render_diff_github(report: DiffReport) -> str:
         path = report.paths[1] if st is not Status.REMOVED else report.paths[0]
         out.append(f"::error file={_gh(clean(path), True)},title=bufinspect diff::{_gh(msg)}")
     for n in report.notes:
-        out.append(f"::notice title=bufinspect diff {_gh(n.id, True)}::{_gh(clean(n.message))}")
+        out.append(f"::notice title=bufinspect diff {_gh(n.id, True)}::{_gh(prose(n.message))}")
     kind = "error" if report.has_differences else "notice"
     out.append(f"::{kind} title=bufinspect diff::{_gh(diff_verdict(report))}")
     return "\n".join(out) + "\n"
