@@ -145,3 +145,16 @@ def test_a_long_finding_message_is_printed_whole_in_every_human_format(tmp_path,
         assert "more characters" not in result.stdout
         assert messages["missing-key"].endswith("load with strict=False and fill it in)")
         assert "load with strict=False and fill it in)" in " ".join(result.stdout.split())
+
+
+def test_diff_stat_counts_nan_changes_as_a_count(tmp_path, cli):
+    # the largest change of a module whose tensor gained a NaN read 'nonfinite 1.000'
+    import torch
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save({"bn.running_var": torch.ones(3), "bn.num_batches_tracked": torch.tensor(1)}, a)
+    torch.save({"bn.running_var": torch.tensor([1.0, float("nan"), 1.0]),
+                "bn.num_batches_tracked": torch.tensor(1)}, b)
+    result = cli("diff", a, b, "--all", "--stat")
+    assert result.exit_code == 1
+    assert "1 NaN/inf (running_var)" in result.stdout and "1.000" not in result.stdout

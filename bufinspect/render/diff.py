@@ -178,7 +178,8 @@ def diff_stat_rows(report: DiffReport) -> tuple[list[str], list[list[str]], str]
         if not m.changed:
             continue
         metric, value = m.largest_change
-        how = metric if value is None else f"{metric} {fmt_float(value)}"
+        how = (metric if value is None else f"{int(value)} NaN/inf" if metric == "nonfinite"
+               else f"{metric} {fmt_float(value)}")  # a count, never '1.000'
         leaf = m.largest.key.rpartition(".")[2] if m.largest else ""
         rows.append([clean(m.module) or "(root)", f"{m.changed}/{m.total}",
                      _bar(m.changed, m.total), clean(f"{how} ({leaf})")])
