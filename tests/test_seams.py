@@ -158,3 +158,33 @@ def test_diff_stat_counts_nan_changes_as_a_count(tmp_path, cli):
     result = cli("diff", a, b, "--all", "--stat")
     assert result.exit_code == 1
     assert "1 NaN/inf (running_var)" in result.stdout and "1.000" not in result.stdout
+
+
+def test_diff_notes_follow_the_selection_alike_live_and_from_saved_metrics(tmp_path, cli):
+    # frozen BatchNorm, trained parameters: `--role buffer` (which runs in the `all` scope)
+    # judged "parameters changed" from the selected buffers alone and lost the stats-frozen
+    # note; `--from-metrics` kept the whole diff's notes for any view, even a view without a
+    # single running statistic
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(2, 3, 6, 6))
+    a, b, saved = tmp_path / "pre.pt", tmp_path / "ft.pt", tmp_path / "m.json"
+    torch.save(model.state_dict(), a)
+    with torch.no_grad():
+        model[0].weight.add_(0.1)
+        model[3].weight.mul_(2)
+    torch.save(model.state_dict(), b)
+    assert cli("diff", a, b, "--save-metrics", saved).exit_code == 0
+
+    def notes(*args: str) -> list[str]:
+        result = cli("diff", *args, "--format", "json")
+        return [n["message"] for n in json.loads(result.stdout).get("notes", [])]
+
+    frozen = notes(a, b)
+    assert len(frozen) == 1 and "all 2 running statistics of 1" in frozen[0]
+    for view in (["--role", "buffer"], ["--filter", "1.*"]):
+        assert notes(a, b, *view) == notes("--from-metrics", saved, *view) == frozen, view
+    for view in (["--role", "parameter"], ["--filter", "3.*"]):
+        assert notes(a, b, *view) == notes("--from-metrics", saved, *view) == [], view

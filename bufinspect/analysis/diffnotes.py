@@ -37,7 +37,9 @@ def notes_for_diff(entries: Sequence[Any], scope: Scope, ents_a: list[Entry],
         return ()
 
     def changed_params() -> bool:
-        if scope is Scope.ALL:
+        # from the entries when they hold the parameters; a selection that leaves them out
+        # (`--role buffer` runs in the `all` scope) compares their bytes as the default does
+        if scope is Scope.ALL and any(e.role is Role.PARAMETER for e in entries):
             return any(e.role is Role.PARAMETER and e.status in (Status.CLOSE, Status.CHANGED)
                        for e in entries)
         pairs = []

@@ -37,5 +37,16 @@ def select_diff(report: Any, *, filters: Iterable[str] = (), roles: Iterable[Rol
     keep = selector(filters=filters, roles=roles)
     if keep is None:
         return report
-    return dataclasses.replace(report, entries=tuple(
-        e for e in report.entries if keep(e.key, e.key_b, e.role)))
+    from bufinspect.analysis.diffnotes import diff_notes
+    from bufinspect.model import Status
+
+    entries = tuple(e for e in report.entries if keep(e.key, e.key_b, e.role))
+
+    def changed_params() -> bool:  # known from the whole report: its note, or its entries
+        return any(n.id == "stats-frozen" for n in report.notes) or any(
+            e.role is Role.PARAMETER and e.status in (Status.CLOSE, Status.CHANGED)
+            for e in report.entries)
+
+    # the notes of the entries in view, as a diff with this selection makes them
+    notes = tuple(diff_notes(entries, changed_params))
+    return dataclasses.replace(report, entries=entries, notes=notes)
