@@ -188,3 +188,29 @@ def test_diff_notes_follow_the_selection_alike_live_and_from_saved_metrics(tmp_p
         assert notes(a, b, *view) == notes("--from-metrics", saved, *view) == frozen, view
     for view in (["--role", "parameter"], ["--filter", "3.*"]):
         assert notes(a, b, *view) == notes("--from-metrics", saved, *view) == [], view
+
+
+def test_an_ema_file_of_its_own_pairs_with_the_file_named_like_it_in_check_dir(tmp_path, cli):
+    # `check runs/` with epoch1.pt, epoch2.pt, epoch2_ema.pt: every file lines up equally with
+    # the copy, and it was paired with the first one (epoch1.pt), naming the wrong model
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for epoch in (1, 2):
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randn(4, 3, 6, 6)).square().mean().backward()
+            opt.step()
+        torch.save(model.state_dict(), runs / f"epoch{epoch}.pt")
+    stale = {k: fresh[k] if k.startswith("1.") and "running" in k or "num_batches" in k else v
+             for k, v in model.state_dict().items()}
+    torch.save(stale, runs / "epoch2_ema.pt")
+    result = cli("check", runs, "--format", "json")
+    found = [f for f in json.loads(result.stdout)["findings"] if f["id"] == "ema-buffers-stale"]
+    assert len(found) == 1, found
+    assert "epoch2.pt" in found[0]["message"] and "epoch1.pt" not in found[0]["message"]

@@ -526,6 +526,16 @@ def _copy_file(path: str) -> bool:
     return is_ema_name(os.path.splitext(os.path.basename(os.path.normpath(path)))[0])
 
 
+def _stem(path: str, drop_ema: bool = False) -> str:
+    """A file's name without folder and extension, lower case (`drop_ema`: without the word
+    that names it a copy, and the separator before it)."""
+    import os
+
+    stem = os.path.splitext(os.path.basename(os.path.normpath(path)))[0].lower()
+    stem = stem.replace("-", "_")
+    return re.sub(r"[_.]?" + _EMA_WORD.pattern, "", stem).strip("_.") if drop_ema else stem
+
+
 def _file_view(ck: Checkpoint, entries: list[Entry]) -> View | None:
     """A file's largest module state dict, as a view named by the file."""
     kinds = {c.path: c.kind for c in ck.containers}
@@ -550,6 +560,10 @@ def _separate_copies(states: Sequence[FileState], views: Sequence[View | None]
             continue
         others = {v.file: v for j, v in enumerate(views[:_MAX_CANDIDATES])
                   if j != i and v is not None and not _copy_file(v.file)}
+        # equally aligned files (every epoch of a run): the one named like the copy wins
+        # (`epoch2_ema.pt` follows `epoch2.pt`, not the first file of the folder)
+        named = _stem(state.path, drop_ema=True)
+        others = dict(sorted(others.items(), key=lambda kv: _stem(kv[0]) != named))
         pair = _pair(view, {path: [v] for path, v in others.items()}, set())
         if pair is None:
             continue
