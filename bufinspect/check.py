@@ -371,8 +371,14 @@ def _numpy_piece(a: _Acc, e: Entry, arr: Any) -> None:
     """Fold one streamed piece into `a` with numpy."""
     import numpy as np
 
+    from bufinspect import kernels
     from bufinspect.numeric import as_float, bf16_range, split_nonfinite
 
+    part = kernels.stats_partial(arr, e.dtype, moments=False)  # fused, if built
+    if part is not None:
+        neg = part.neg if part.min < 0 and _counts_negatives(e) else 0
+        a.merge(part.nan, part.inf, neg, part.min, part.max)
+        return
     if e.dtype == "bfloat16":  # the common all-finite case: integer reductions, no widening
         r = bf16_range(arr)
         if r is not None:
@@ -476,16 +482,11 @@ def _torch_row(x, negatives: bool):
     if x.is_complex():
         return torch.stack([torch.isnan(x).sum().double(), torch.isinf(x).sum().double(),
                             torch.zeros_like(inf), inf, -inf])
-    if x.element_size() < 4:
-        x = x.float()
-    finite = torch.isfinite(x)
-    nan = torch.isnan(x).sum()
-    n_inf = x.numel() - finite.sum() - nan
-    big = torch.full((), math.inf, dtype=x.dtype, device=x.device)
-    lo = torch.where(finite, x, big).amin()
-    hi = torch.where(finite, x, -big).amax()
-    neg = (finite & (x < 0)).sum() if negatives else torch.zeros((), device=x.device)
-    return torch.stack([nan.double(), n_inf.double(), neg.double(), lo.double(), hi.double()])
+    from bufinspect import kernels
+
+    row = kernels.torch_stats_row(x, moments=False)  # the CPU kernel's twin
+    neg = row[8] if negatives else torch.zeros_like(row[8])
+    return torch.stack([row[5], row[6], neg, row[3], row[4]])
 
 
 def cuda_device_count() -> int:

@@ -343,11 +343,17 @@ def _cuda_kernel():
         return None
     if not torch.cuda.is_available():
         return None
+    return _torch_kernel(torch.device("cuda:0"))
+
+
+def _torch_kernel(dev):
+    """`DiffAccumulator.add` with torch on `dev`: the fused kernel's GPU twin
+    (`kernels.torch_diff_partial`), merged like the CPU kernel's partials."""
     import numpy as np
+    import torch
 
+    from bufinspect import kernels
     from bufinspect.numeric import as_float
-
-    dev = torch.device("cuda:0")
 
     def add(acc, a: np.ndarray, b: np.ndarray, dtype: str) -> None:
         def up(x):
@@ -357,33 +363,7 @@ def _cuda_kernel():
                 x = as_float(x, dtype)
             return torch.from_numpy(np.ascontiguousarray(x)).to(dev).to(torch.float64)
 
-        fa, fb = up(a), up(b)
-        acc.diff_elems += fa.numel()
-        d = (fa - fb).abs()
-        absb = fb.abs()
-        extra = 0
-        if not bool(torch.isfinite(d).all() and torch.isfinite(absb).all()):
-            nan_a, nan_b = torch.isnan(fa), torch.isnan(fb)
-            same = (fa == fb) | (nan_a & nan_b)
-            odd = ~same & ~torch.isfinite(d)
-            extra = int(odd.sum())
-            acc.nonfinite += extra
-            zero = torch.zeros((), dtype=torch.float64, device=dev)
-            d = torch.where(same | odd, zero, d)
-            absb = torch.where(odd | ~torch.isfinite(absb), zero, absb)
-            fa = torch.where(odd | (same & ~torch.isfinite(fa)), zero, fa)
-            fb = torch.where(odd | (same & ~torch.isfinite(fb)), zero, fb)
-        acc.mismatched += int((d > acc.atol + acc.rtol * absb).sum()) + extra
-        mx = float(d.max()) if d.numel() else 0.0
-        if mx > 0:
-            acc.max_abs = max(acc.max_abs, mx)
-            rel = torch.where(d == 0, torch.zeros_like(d), d / absb)
-            acc.max_rel = max(acc.max_rel, float(rel.max()))
-            acc.sum_abs += float(d.sum())
-            acc.sum_d2 += float(torch.dot(d, d))
-        acc.aa += float(torch.dot(fa, fa))
-        acc.ab += float(torch.dot(fb, fa))
-        acc.bb += float(torch.dot(fb, fb))
+        acc.add_partial(kernels.torch_diff_partial(up(a), up(b), acc.rtol, acc.atol))
 
     return add
 

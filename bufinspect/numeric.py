@@ -10,7 +10,7 @@ from typing import Iterable
 
 import numpy as np
 
-from bufinspect import dtypes
+from bufinspect import dtypes, kernels
 from bufinspect.model import Entry, TensorStats
 
 
@@ -236,10 +236,23 @@ class StatsAccumulator:
 
     def add_raw(self, arr: np.ndarray, dtype: str) -> None:
         """Add one streamed piece: raw elements as `stream.pieces` yields them."""
+        if self.kind == "float":
+            part = kernels.stats_partial(arr, dtype)  # fused, if built
+            if part is not None:
+                self.add_partial(part)
+                return
         if self.kind != "float" or arr.size <= _EXACT or dtype not in _FAST:
             self.add(as_float(arr, dtype) if self.kind == "float" else arr)
         else:
             _FAST[dtype](self, arr, _scratch())
+
+    def add_partial(self, p: "kernels.StatsPartial") -> None:
+        """Fold in one piece's statistics from a fused kernel (CPU or GPU)."""
+        self.nan += p.nan
+        self.inf += p.inf
+        self.zeros += p.zeros
+        if p.n:
+            self._merge(p.n, p.mean, p.m2, p.min, p.max)
 
     def _merge(self, n: int, mean: float, m2: float, lo: float, hi: float) -> None:
         self.min = min(self.min, lo)
@@ -492,6 +505,11 @@ class DiffAccumulator:
 
     def add(self, a: np.ndarray, b: np.ndarray, dtype: str) -> None:
         """Compare one chunk pair (raw elements as streamed) in float64."""
+        if self.envelope is None:
+            part = kernels.diff_partial(a, b, dtype, self.rtol, self.atol)  # fused, if built
+            if part is not None:
+                self.add_partial(part)
+                return
         cplx = dtypes.DTYPES[dtype].kind == "complex"
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             for i in range(0, a.size, _BLOCK):
@@ -561,6 +579,19 @@ class DiffAccumulator:
         for k in np.flatnonzero(top >= 0):
             key = lo + int(k)
             env[key] = max(env.get(key, 0.0), float(top[k]))
+
+    def add_partial(self, p: "kernels.DiffPartial") -> None:
+        """Fold in one piece's metrics from a fused kernel (CPU or GPU)."""
+        self.diff_elems += p.elems
+        self.max_abs = max(self.max_abs, p.max_abs)
+        self.max_rel = max(self.max_rel, p.max_rel)
+        self.sum_abs += p.sum_abs
+        self.sum_d2 += p.sum_d2
+        self.aa += p.aa
+        self.ab += p.ab
+        self.bb += p.bb
+        self.mismatched += p.mismatched
+        self.nonfinite += p.nonfinite
 
     def add_equal(self, n: int) -> None:
         """Count `n` elements that were byte-identical (their norms come later, if needed)."""
