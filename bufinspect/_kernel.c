@@ -3,10 +3,12 @@
  * is absent, `bufinspect.kernels` falls back to the numpy path, which computes the same fields.
  * Why a C extension (and not numba or torch): see the note at the top of kernels.py.
  *
- * Arithmetic is float64 throughout, as in the numpy path: every float32/float16/bfloat16/fp8
- * value is exactly a float64, so |a - b|, the allclose test, max_abs, max_rel and the counts
- * are bit-identical to numpy's; only the order of the sums differs (float64 partials per
- * lane, merged per block: relative differences around 1e-15).
+ * diff is float64 throughout, as in the numpy path: every float32/float16/bfloat16/fp8 value
+ * is exactly a float64, so |a - b|, the allclose test, max_abs, max_rel and the counts are
+ * bit-identical to numpy's; only the order of the sums differs (float64 partials per lane,
+ * merged per block: relative differences around 1e-15). stats: float64 for float32/float64;
+ * 16- and 8-bit floats sum float32 partials of 256 terms (see STATS32_FN); min, max and every
+ * count are exact on all paths.
  *
  * Each pass goes a block of _BLOCK elements at a time: a vectorised loop (omp simd reductions,
  * no -ffast-math) computes the block assuming every value is finite; if the block turns out
@@ -24,6 +26,18 @@
 #include <string.h>
 
 #define BLOCK 2048
+
+/* the vectorised loops' reductions */
+#define SIMD_DIFF \
+    _Pragma("omp simd reduction(+:sa,sq,saa,sab,sbb,mism) reduction(max:mx) reduction(|:cand)")
+#define SIMD_STATS \
+    _Pragma("omp simd reduction(+:sm,sq,zeros,neg,bad) reduction(min:mn) reduction(max:mx)")
+#define SIMD_SCAN \
+    _Pragma("omp simd reduction(+:zeros,neg,bad) reduction(min:mn) reduction(max:mx)")
+#define SIMD_STATS32 \
+    _Pragma("omp simd reduction(+:ss,qq,z,ng) reduction(min:mn) reduction(max:mx)")
+#define SIMD_SCAN32 \
+    _Pragma("omp simd reduction(+:z,ng,b) reduction(min:mn) reduction(max:mx)")
 
 enum { F32 = 0, F64 = 1, F16 = 2, BF16 = 3, TAB8 = 4 };
 
@@ -93,52 +107,52 @@ static inline void diff_one(DiffPart *r, double x, double y, double rtol, double
 /* max_rel without a division per element: an element can only raise it when
  * d > max_rel * |b|; the bound is lowered by 2^-50 so rounding never hides a candidate, and
  * the few candidates are divided exactly as numpy does. */
-#define DIFF_FN(NAME, LOAD)                                                                    \
-    CLONES static void NAME(const void *pa, const void *pb, Py_ssize_t n, const float *t,      \
-                            double rtol, double atol, DiffPart *r) {                            \
-        for (Py_ssize_t s = 0; s < n; s += BLOCK) {                                            \
-            Py_ssize_t e = s + BLOCK < n ? s + BLOCK : n;                                      \
-            double sa = 0, sq = 0, saa = 0, sab = 0, sbb = 0, mx = 0;                          \
-            long long mism = 0;                                                                \
-            int cand = 0;                                                                      \
-            double bound = r->max_rel * (1.0 - 0x1p-50);                                       \
-            _Pragma("omp simd reduction(+:sa,sq,saa,sab,sbb,mism) reduction(max:mx) reduction(|:cand)")                                                       \
-            for (Py_ssize_t i = s; i < e; i++) {                                               \
-                double x = LOAD(pa, i, t), y = LOAD(pb, i, t);                                 \
-                double d = fabs(x - y), ab = fabs(y);                                          \
-                sa += d;                                                                       \
-                sq += d * d;                                                                   \
-                saa += x * x;                                                                  \
-                sab += y * x;                                                                  \
-                sbb += y * y;                                                                  \
-                mx = d > mx ? d : mx;                                                          \
-                mism += d > ab * rtol + atol;                                                  \
-                cand |= d > bound * ab;                                                        \
-            }                                                                                  \
-            if (isfinite(sa) && isfinite(saa) && isfinite(sbb) && isfinite(sq)) {              \
-                r->sum_abs += sa;                                                              \
-                r->sum_d2 += sq;                                                               \
-                r->aa += saa;                                                                  \
-                r->ab += sab;                                                                  \
-                r->bb += sbb;                                                                  \
-                r->mismatched += mism;                                                         \
-                if (mx > r->max_abs) r->max_abs = mx;                                          \
-                if (cand) {                                                                    \
-                    for (Py_ssize_t i = s; i < e; i++) {                                       \
-                        double x = LOAD(pa, i, t), y = LOAD(pb, i, t);                         \
-                        double d = fabs(x - y);                                                \
-                        if (d > 0.0) {                                                         \
-                            double q = d / fabs(y);                                            \
-                            if (q > r->max_rel) r->max_rel = q;                                \
-                        }                                                                      \
-                    }                                                                          \
-                }                                                                              \
-            } else {                                                                           \
-                for (Py_ssize_t i = s; i < e; i++)                                             \
-                    diff_one(r, LOAD(pa, i, t), LOAD(pb, i, t), rtol, atol);                   \
-            }                                                                                  \
-        }                                                                                      \
-        r->elems += n;                                                                         \
+#define DIFF_FN(NAME, LOAD)                                                                        \
+    CLONES static void NAME(const void *pa, const void *pb, Py_ssize_t n, const float *t,          \
+                            double rtol, double atol, DiffPart *r) {                               \
+        for (Py_ssize_t s = 0; s < n; s += BLOCK) {                                                \
+            Py_ssize_t e = s + BLOCK < n ? s + BLOCK : n;                                          \
+            double sa = 0, sq = 0, saa = 0, sab = 0, sbb = 0, mx = 0;                              \
+            long long mism = 0;                                                                    \
+            int cand = 0;                                                                          \
+            double bound = r->max_rel * (1.0 - 0x1p-50);                                           \
+            SIMD_DIFF                                                                              \
+            for (Py_ssize_t i = s; i < e; i++) {                                                   \
+                double x = LOAD(pa, i, t), y = LOAD(pb, i, t);                                     \
+                double d = fabs(x - y), ab = fabs(y);                                              \
+                sa += d;                                                                           \
+                sq += d * d;                                                                       \
+                saa += x * x;                                                                      \
+                sab += y * x;                                                                      \
+                sbb += y * y;                                                                      \
+                mx = d > mx ? d : mx;                                                              \
+                mism += d > ab * rtol + atol;                                                      \
+                cand |= d > bound * ab;                                                            \
+            }                                                                                      \
+            if (isfinite(sa) && isfinite(saa) && isfinite(sbb) && isfinite(sq)) {                  \
+                r->sum_abs += sa;                                                                  \
+                r->sum_d2 += sq;                                                                   \
+                r->aa += saa;                                                                      \
+                r->ab += sab;                                                                      \
+                r->bb += sbb;                                                                      \
+                r->mismatched += mism;                                                             \
+                if (mx > r->max_abs) r->max_abs = mx;                                              \
+                if (cand) {                                                                        \
+                    for (Py_ssize_t i = s; i < e; i++) {                                           \
+                        double x = LOAD(pa, i, t), y = LOAD(pb, i, t);                             \
+                        double d = fabs(x - y);                                                    \
+                        if (d > 0.0) {                                                             \
+                            double q = d / fabs(y);                                                \
+                            if (q > r->max_rel) r->max_rel = q;                                    \
+                        }                                                                          \
+                    }                                                                              \
+                }                                                                                  \
+            } else {                                                                               \
+                for (Py_ssize_t i = s; i < e; i++)                                                 \
+                    diff_one(r, LOAD(pa, i, t), LOAD(pb, i, t), rtol, atol);                       \
+            }                                                                                      \
+        }                                                                                          \
+        r->elems += n;                                                                             \
     }
 
 DIFF_FN(diff_f32, LOAD_F32)
@@ -193,74 +207,74 @@ static inline void merge_block(StatsPart *r, long long n, double k, double s, do
 /* Each block's sums are taken around the running mean (the first value for the first block),
  * so the sum of squares never cancels against a large mean (values ~1e4 with a spread of 0.5
  * keep full precision); blocks are merged with Chan's formula, in float64. */
-#define STATS_FN(NAME, LOAD)                                                                   \
-    CLONES static void NAME(const void *p, Py_ssize_t n, const float *t, int moments,          \
-                            StatsPart *r) {                                                    \
-        for (Py_ssize_t s = 0; s < n; s += BLOCK) {                                            \
-            Py_ssize_t e = s + BLOCK < n ? s + BLOCK : n;                                      \
-            double k = r->n ? r->mean : LOAD(p, s, t);                                         \
-            if (!isfinite(k)) k = 0.0;                                                         \
-            double sm = 0, sq = 0, mn = INFINITY, mx = -INFINITY;                              \
-            long long zeros = 0, neg = 0, bad = 0;                                             \
-            if (moments) {                                                                     \
-                _Pragma("omp simd reduction(+:sm,sq,zeros,neg,bad) reduction(min:mn) reduction(max:mx)")                                                   \
-                for (Py_ssize_t i = s; i < e; i++) {                                           \
-                    double x = LOAD(p, i, t), d = x - k;                                       \
-                    sm += d;                                                                   \
-                    sq += d * d;                                                               \
-                    mn = x < mn ? x : mn;                                                      \
-                    mx = x > mx ? x : mx;                                                      \
-                    zeros += x == 0.0;                                                         \
-                    neg += x < 0.0;                                                            \
-                    bad += (x - x) != 0.0;                                                     \
-                }                                                                              \
-            } else {                                                                           \
-                _Pragma("omp simd reduction(+:zeros,neg,bad) reduction(min:mn) reduction(max:mx)")                                                   \
-                for (Py_ssize_t i = s; i < e; i++) {                                           \
-                    double x = LOAD(p, i, t);                                                  \
-                    mn = x < mn ? x : mn;                                                      \
-                    mx = x > mx ? x : mx;                                                      \
-                    zeros += x == 0.0;                                                         \
-                    neg += x < 0.0;                                                            \
-                    bad += (x - x) != 0.0;                                                     \
-                }                                                                              \
-            }                                                                                  \
-            long long cnt = e - s;                                                             \
-            if (bad) { /* NaN or Inf: count them, reduce the finite values */                  \
-                sm = sq = 0;                                                                   \
-                mn = INFINITY;                                                                 \
-                mx = -INFINITY;                                                                \
-                zeros = neg = 0;                                                               \
-                cnt = 0;                                                                       \
-                for (Py_ssize_t i = s; i < e; i++) {                                           \
-                    double x = LOAD(p, i, t);                                                  \
-                    if (isnan(x)) {                                                            \
-                        r->nan++;                                                              \
-                        continue;                                                              \
-                    }                                                                          \
-                    if (isinf(x)) {                                                            \
-                        r->inf++;                                                              \
-                        continue;                                                              \
-                    }                                                                          \
-                    double d = x - k;                                                          \
-                    sm += d;                                                                   \
-                    sq += d * d;                                                               \
-                    if (x < mn) mn = x;                                                        \
-                    if (x > mx) mx = x;                                                        \
-                    zeros += x == 0.0;                                                         \
-                    neg += x < 0.0;                                                            \
-                    cnt++;                                                                     \
-                }                                                                              \
-            }                                                                                  \
-            r->zeros += zeros;                                                                 \
-            r->neg += neg;                                                                     \
-            if (mn < r->min) r->min = mn;                                                      \
-            if (mx > r->max) r->max = mx;                                                      \
-            if (moments)                                                                       \
-                merge_block(r, cnt, k, sm, sq);                                                \
-            else                                                                               \
-                r->n += cnt;                                                                   \
-        }                                                                                      \
+#define STATS_FN(NAME, LOAD)                                                                       \
+    CLONES static void NAME(const void *p, Py_ssize_t n, const float *t, int moments,              \
+                            StatsPart *r) {                                                        \
+        for (Py_ssize_t s = 0; s < n; s += BLOCK) {                                                \
+            Py_ssize_t e = s + BLOCK < n ? s + BLOCK : n;                                          \
+            double k = r->n ? r->mean : LOAD(p, s, t);                                             \
+            if (!isfinite(k)) k = 0.0;                                                             \
+            double sm = 0, sq = 0, mn = INFINITY, mx = -INFINITY;                                  \
+            long long zeros = 0, neg = 0, bad = 0;                                                 \
+            if (moments) {                                                                         \
+                SIMD_STATS                                                                         \
+                for (Py_ssize_t i = s; i < e; i++) {                                               \
+                    double x = LOAD(p, i, t), d = x - k;                                           \
+                    sm += d;                                                                       \
+                    sq += d * d;                                                                   \
+                    mn = x < mn ? x : mn;                                                          \
+                    mx = x > mx ? x : mx;                                                          \
+                    zeros += x == 0.0;                                                             \
+                    neg += x < 0.0;                                                                \
+                    bad += (x - x) != 0.0;                                                         \
+                }                                                                                  \
+            } else {                                                                               \
+                SIMD_SCAN                                                                          \
+                for (Py_ssize_t i = s; i < e; i++) {                                               \
+                    double x = LOAD(p, i, t);                                                      \
+                    mn = x < mn ? x : mn;                                                          \
+                    mx = x > mx ? x : mx;                                                          \
+                    zeros += x == 0.0;                                                             \
+                    neg += x < 0.0;                                                                \
+                    bad += (x - x) != 0.0;                                                         \
+                }                                                                                  \
+            }                                                                                      \
+            long long cnt = e - s;                                                                 \
+            if (bad) { /* NaN or Inf: count them, reduce the finite values */                      \
+                sm = sq = 0;                                                                       \
+                mn = INFINITY;                                                                     \
+                mx = -INFINITY;                                                                    \
+                zeros = neg = 0;                                                                   \
+                cnt = 0;                                                                           \
+                for (Py_ssize_t i = s; i < e; i++) {                                               \
+                    double x = LOAD(p, i, t);                                                      \
+                    if (isnan(x)) {                                                                \
+                        r->nan++;                                                                  \
+                        continue;                                                                  \
+                    }                                                                              \
+                    if (isinf(x)) {                                                                \
+                        r->inf++;                                                                  \
+                        continue;                                                                  \
+                    }                                                                              \
+                    double d = x - k;                                                              \
+                    sm += d;                                                                       \
+                    sq += d * d;                                                                   \
+                    if (x < mn) mn = x;                                                            \
+                    if (x > mx) mx = x;                                                            \
+                    zeros += x == 0.0;                                                             \
+                    neg += x < 0.0;                                                                \
+                    cnt++;                                                                         \
+                }                                                                                  \
+            }                                                                                      \
+            r->zeros += zeros;                                                                     \
+            r->neg += neg;                                                                         \
+            if (mn < r->min) r->min = mn;                                                          \
+            if (mx > r->max) r->max = mx;                                                          \
+            if (moments)                                                                           \
+                merge_block(r, cnt, k, sm, sq);                                                    \
+            else                                                                                   \
+                r->n += cnt;                                                                       \
+        }                                                                                          \
     }
 
 STATS_FN(stats_f32, LOAD_F32)
@@ -268,12 +282,102 @@ STATS_FN(stats_f64, LOAD_F64)
 STATS_FN(stats_bf16, LOAD_BF16)
 STATS_FN(stats_tab8, LOAD_TAB8)
 
+/* 16- and 8-bit floats: twice the lanes in float32. Their values, and their differences from a
+ * float32 shift, are exact in float32; the sums are float32 over SUB elements (16 per lane
+ * with AVX-512), then float64: the numpy path's precision class (float32 partials, ~1e-7 of
+ * std at worst), at about half the float64 cost. Min, max and counts stay exact. */
+#define SUB 256
+#define LOAD32_F32(p, i, t) (((const float *)(p))[i])
+#define LOAD32_BF16(p, i, t) (bits_to_f32((uint32_t)((const uint16_t *)(p))[i] << 16))
+#define LOAD32_TAB8(p, i, t) ((t)[((const uint8_t *)(p))[i]])
+
+#define STATS32_FN(NAME, LOAD, SLOW)                                                               \
+    CLONES static void NAME(const void *p, Py_ssize_t n, const float *t, int moments,              \
+                            StatsPart *r) {                                                        \
+        for (Py_ssize_t s = 0; s < n; s += BLOCK) {                                                \
+            Py_ssize_t e = s + BLOCK < n ? s + BLOCK : n;                                          \
+            float kf = (float)(r->n ? r->mean : (double)LOAD(p, s, t));                            \
+            if (!isfinite(kf)) kf = 0.0f;                                                          \
+            double sm = 0, sq = 0;                                                                 \
+            float mn = INFINITY, mx = -INFINITY;                                                   \
+            long long zeros = 0, neg = 0;                                                          \
+            int bad = 0;                                                                           \
+            for (Py_ssize_t u = s; u < e; u += SUB) {                                              \
+                Py_ssize_t v = u + SUB < e ? u + SUB : e;                                          \
+                float ss = 0, qq = 0;                                                              \
+                int z = 0, ng = 0, b = 0;                                                          \
+                if (moments) {                                                                     \
+                    SIMD_STATS32                                                                   \
+                    for (Py_ssize_t i = u; i < v; i++) {                                           \
+                        float x = LOAD(p, i, t), d = x - kf;                                       \
+                        ss += d;                                                                   \
+                        qq += d * d;                                                               \
+                        mn = x < mn ? x : mn;                                                      \
+                        mx = x > mx ? x : mx;                                                      \
+                        z += x == 0.0f;                                                            \
+                        ng += x < 0.0f;                                                            \
+                    }                                                                              \
+                    b = !(isfinite(ss) && isfinite(qq));                                           \
+                } else {                                                                           \
+                    SIMD_SCAN32                                                                    \
+                    for (Py_ssize_t i = u; i < v; i++) {                                           \
+                        float x = LOAD(p, i, t);                                                   \
+                        mn = x < mn ? x : mn;                                                      \
+                        mx = x > mx ? x : mx;                                                      \
+                        z += x == 0.0f;                                                            \
+                        ng += x < 0.0f;                                                            \
+                        b += (x - x) != 0.0f;                                                      \
+                    }                                                                              \
+                }                                                                                  \
+                if (b) {                                                                           \
+                    bad = 1;                                                                       \
+                    break;                                                                         \
+                }                                                                                  \
+                sm += ss;                                                                          \
+                sq += qq;                                                                          \
+                zeros += z;                                                                        \
+                neg += ng;                                                                         \
+            }                                                                                      \
+            if (bad) { /* NaN, Inf (or a float32 overflow): the float64 loop redoes the block */   \
+                SLOW(p, s, e - s, t, moments, r);                                                  \
+                continue;                                                                          \
+            }                                                                                      \
+            r->zeros += zeros;                                                                     \
+            r->neg += neg;                                                                         \
+            if (mn < r->min) r->min = mn;                                                          \
+            if (mx > r->max) r->max = mx;                                                          \
+            if (moments)                                                                           \
+                merge_block(r, e - s, (double)kf, sm, sq);                                         \
+            else                                                                                   \
+                r->n += e - s;                                                                     \
+        }                                                                                          \
+    }
+
+static void slow_f32(const void *p, Py_ssize_t s, Py_ssize_t n, const float *t, int moments,
+                     StatsPart *r) {
+    stats_f32((const float *)p + s, n, t, moments, r);
+}
+
+static void slow_bf16(const void *p, Py_ssize_t s, Py_ssize_t n, const float *t, int moments,
+                      StatsPart *r) {
+    stats_bf16((const uint16_t *)p + s, n, t, moments, r);
+}
+
+static void slow_tab8(const void *p, Py_ssize_t s, Py_ssize_t n, const float *t, int moments,
+                      StatsPart *r) {
+    stats_tab8((const uint8_t *)p + s, n, t, moments, r);
+}
+
+STATS32_FN(stats32_f32, LOAD32_F32, slow_f32)
+STATS32_FN(stats32_bf16, LOAD32_BF16, slow_bf16)
+STATS32_FN(stats32_tab8, LOAD32_TAB8, slow_tab8)
+
 static void stats_f16(const void *p, Py_ssize_t n, const float *t, int moments, StatsPart *r) {
     float x[BLOCK];
     for (Py_ssize_t s = 0; s < n; s += BLOCK) {
         Py_ssize_t m = s + BLOCK < n ? BLOCK : n - s;
         widen_half((const uint16_t *)p + s, m, x);
-        stats_f32(x, m, t, moments, r);
+        stats32_f32(x, m, t, moments, r);
     }
 }
 
@@ -359,8 +463,8 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
     case F32: stats_f32(x.buf, n, table, moments, &r); break;
     case F64: stats_f64(x.buf, n, table, moments, &r); break;
     case F16: stats_f16(x.buf, n, table, moments, &r); break;
-    case BF16: stats_bf16(x.buf, n, table, moments, &r); break;
-    default: stats_tab8(x.buf, n, table, moments, &r); break;
+    case BF16: stats32_bf16(x.buf, n, table, moments, &r); break;
+    default: stats32_tab8(x.buf, n, table, moments, &r); break;
     }
     Py_END_ALLOW_THREADS if (tv.obj) PyBuffer_Release(&tv);
     out = Py_BuildValue("(LddddLLLL)", r.n, r.mean, r.m2, r.min, r.max, r.nan, r.inf, r.zeros,

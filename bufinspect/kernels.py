@@ -8,20 +8,23 @@ CPU version is `bufinspect._kernel` (C, built at install); `torch_diff_partial` 
 (no compiler at install time, or `BUFINSPECT_NO_KERNEL=1`) the functions return None and the
 numpy path in `numeric.py` computes the same fields.
 
-Why C, by measurement on this 2-core machine (every tensor changed, 16M-element chunks in
-memory, ns per element, medians): the numpy path took 4.8 (float32) / 5.4 (bfloat16) for diff
-and 0.52 / 1.37 for stats; this extension 0.58 / 0.84 for diff and 0.40 / 0.55 for stats (float32
-stats is at memory speed either way). A fused numba loop measured 2.4-3.2 / 3.7 for diff
-(issue #16) but costs `import numba` 0.46 s + 0.21 s to load a cached kernel, 2.5-2.9 s for a first
-compile and an LLVM wheel of ~100 MB; torch ops measured 13.9 plus a 1.6 s import; numexpr 25.6.
-The extension is ~60 KB, imports in well under a millisecond (and only once bytes differ, since
-`numeric` is only imported then), needs nothing at run time, and its absence costs speed, not
-function. setup.py marks it `optional`, so installing without a compiler still succeeds.
+Why C, by measurement on this 2-core machine (every tensor changed, 16M-element pieces in
+memory, CPU ns per element, medians of 5): the numpy path took 4.8 (float32) / 5.4 (bfloat16)
+for diff and 0.52 / 1.37 for stats; this extension takes 0.64 / 0.75 for diff, 0.41 / 0.24 for
+stats and 0.31 / 0.19 for check's scan (float32 stats were already at memory speed). A fused
+numba loop measured 2.4-3.2 / 3.7 for diff (issue #16), but `import numba` costs 0.46 s, loading
+its cached kernel 0.21 s, a first compile 2.5-2.9 s, and it brings an LLVM wheel of ~100 MB;
+torch ops measured 13.9 plus a 1.6 s import; numexpr 25.6. The extension is ~100 KB, imports in
+well under a millisecond (and only once bytes differ: `numeric` is only imported then), has no
+run-time dependency, and its absence costs speed, not function: setup.py marks it `optional`,
+so an install without a compiler still succeeds and runs the numpy path.
 
-Float tolerance (tests/test_kernels.py compares all paths with a float64 reference): counts,
-minima, maxima, max_abs, max_rel and mismatches are exact and equal on every path; sums,
-mean, std, rel_l2 and cosine differ from the numpy path only by summation order (relative
-1e-12 or better on the test data).
+Float tolerance (tests/test_kernels.py checks every path against a float64 reference):
+counts, minima, maxima, max_abs, max_rel and mismatches are exact and equal on every path.
+Diff sums (mean_abs, rel_l2, cosine) are float64 and differ from the numpy path only by
+summation order (relative 1e-12 or better). Stats of float32/float64 are float64 sums; of
+16- and 8-bit floats, float32 partials of 256 terms merged in float64: mean within 1e-7 of
+(|mean| + std) and std within 1e-7 relative, the tolerance the numpy path documents.
 """
 
 from __future__ import annotations

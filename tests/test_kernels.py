@@ -167,8 +167,13 @@ def test_kernel_stats_match_reference(dtype, name):
     got = kernels.stats_partial(r, dtype)
     for k in ("n", "min", "max", "nan", "inf", "zeros", "neg"):
         assert getattr(got, k) == want[k], k
-    assert got.mean == pytest.approx(want["mean"], rel=1e-12, abs=1e-15)
-    assert got.m2 == pytest.approx(want["m2"], rel=1e-10, abs=1e-15)
+    if dtype in ("float32", "float64"):  # float64 sums
+        assert got.mean == pytest.approx(want["mean"], rel=1e-12, abs=1e-15)
+        assert got.m2 == pytest.approx(want["m2"], rel=1e-10, abs=1e-15)
+    elif want["n"]:  # float32 partials of 256 terms: the numpy path's tolerance
+        std = math.sqrt(want["m2"] / want["n"])
+        assert abs(got.mean - want["mean"]) <= 1e-7 * (abs(want["mean"]) + std)
+        assert got.m2 == pytest.approx(want["m2"], rel=2e-7)
     scan = kernels.stats_partial(r, dtype, moments=False)
     assert scan[3:] == got[3:] and scan.n == got.n
 
@@ -188,7 +193,7 @@ def test_every_half_and_bfloat16_value_decodes_like_numpy():
         # and all at once: the sums see every value
         st = kernels.stats_partial(words, dtype)
         fin = want[np.isfinite(want)]
-        assert st.n == fin.size and st.mean == pytest.approx(fin.mean(), abs=1e-15 * fin.std())
+        assert st.n == fin.size and st.mean == pytest.approx(fin.mean(), abs=1e-7 * fin.std())
 
 
 @needs_kernel
@@ -224,8 +229,9 @@ def test_torch_twins_match_kernel(dtype, nonfinite):
     st = kernels.stats_from_row(kernels.torch_stats_row(t64(ra)).tolist())
     want = kernels.stats_partial(ra, dtype)
     assert st[:1] + st[3:] == want[:1] + want[3:]
-    assert st.mean == pytest.approx(want.mean, rel=1e-12, abs=1e-15)
-    assert st.m2 == pytest.approx(want.m2, rel=1e-10)
+    std = math.sqrt(want.m2 / want.n)
+    assert abs(st.mean - want.mean) <= 1e-7 * (abs(want.mean) + std)
+    assert st.m2 == pytest.approx(want.m2, rel=2e-7)
 
 
 # ---- whole commands: compiled kernel vs numpy path, --jobs -----------------------------------
