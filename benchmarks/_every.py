@@ -65,3 +65,68 @@ def make_pair(out: Path, dtype: str, size_gb: float, fmt: str) -> tuple[Path, Pa
 
 if __name__ == "__main__":  # python _every.py OUT DTYPE SIZE_GB FMT
     print(*make_pair(Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4]))
+
+
+# ---- measuring (used by bench_diff.py --every and bench_scale.py --every) --------------------
+
+NAIVE_DIFF = r"""
+import sys, torch
+from safetensors.torch import load_file
+
+def load(p):
+    return load_file(p) if p.endswith(".safetensors") else torch.load(p, weights_only=True)
+
+a, b = load(sys.argv[1]), load(sys.argv[2])
+changed = 0
+for k in a.keys() | b.keys():
+    if k not in a or k not in b or a[k].shape != b[k].shape or a[k].dtype != b[k].dtype:
+        changed += 1
+    elif not torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-8, equal_nan=True):
+        changed += 1
+print(changed, "changed")
+"""
+
+NAIVE_STATS = r"""
+import sys, torch
+from safetensors.torch import load_file
+p = sys.argv[1]
+sd = load_file(p) if p.endswith(".safetensors") else torch.load(p, weights_only=True)
+for k, t in sd.items():
+    f = t.float()
+    print(k, f.min().item(), f.max().item(), f.mean().item(), f.std().item(),
+          f.isnan().sum().item(), f.isinf().sum().item(), (f == 0).sum().item())
+"""
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
+    """(wall s, CPU s of the process and its threads, peak RSS MB) of one child."""
+    import os
+    import subprocess
+    import time
+
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+    p.stderr.close()
+    if os.waitstatus_to_exitcode(status) not in (0, 1):
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed: {err[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def median_run(cmd: list[str], repeats: int, env: dict[str, str] | None = None
+               ) -> tuple[float, float, float]:
+    """Medians of wall and CPU seconds over `repeats` runs, and the largest peak RSS."""
+    import statistics
+
+    runs = [run(cmd, env) for _ in range(repeats)]
+    return (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs),
+            max(r[2] for r in runs))
+
+
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable"):
+            return int(line.split()[1]) * 1024
+    return 0

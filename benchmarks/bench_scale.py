@@ -11,6 +11,14 @@ CLI has them, the naive torch.load (or safetensors load_file) + whole-tensor ops
 the same bytes on a warm page cache. Writes benchmarks/RESULTS.md.
 
     python benchmarks/bench_scale.py [--quick]
+
+`--every` measures `show --stats` and `check` on the bf16 checkpoints of the every-tensor-changed
+pairs (`_every.py`, 1 and 4 GB .safetensors, under benchmarks/data/, deleted at the end), each
+with the compiled kernel and with the numpy path (`BUFINSPECT_NO_KERNEL=1`), against `cat` and
+the naive load + whole-tensor-ops script in the same run. `--listing` measures listing at
+1k/10k/50k/100k tensors (see `listing`). Both write their own sections of RESULTS.md.
+
+    python benchmarks/bench_scale.py --every | --listing
 """
 
 from __future__ import annotations
@@ -337,7 +345,61 @@ def write_results(t: Table, found: dict, elapsed: float, diff: bool, check: bool
     print(f"wrote benchmarks/RESULTS.md ({elapsed:.0f} s)")
 
 
+def every() -> int:
+    """`show --stats` and `check` on bf16 checkpoints (see the module docstring)."""
+    import os
+
+    import _every
+
+    warm_bytecode()
+    data = Path(__file__).resolve().parent / "data"
+    py = bufinspect()
+    fused, plain = env(), env(BUFINSPECT_NO_KERNEL="1")
+    start = _every.median_run([*py, "--version"], 5, fused)
+    print(machine())
+    rows = ["| checkpoint | `cat` | command | wall, C kernel | vs cat [beyond start-up] | "
+            "CPU s: cat / command | peak RSS | numpy path | naive load + ops |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for gb in ("1", "4"):
+        a, b = (Path(p) for p in subprocess.run(
+            [sys.executable, str(Path(__file__).resolve().parent / "_every.py"), str(data),
+             "bfloat16", gb, "safetensors"], check=True, capture_output=True,
+            text=True).stdout.split())
+        b.unlink()
+        _every.run(["cat", a])
+        cat = _every.median_run(["cat", a], REPEATS)
+        naive = _every.run([sys.executable, "-c", _every.NAIVE_STATS, a])
+
+        def naive_cell(wall: float) -> str:
+            return f"{fmt_s(naive[0])} ({naive[0] / wall:.0f}x slower)"
+        for what in (["show", "--stats"], ["check", "--device", "cpu"]):
+            cmd = [*py, *what, a, "--format", "json", "--jobs", "2"]
+            w = _every.median_run(cmd, REPEATS, fused)
+            w_np = _every.median_run(cmd, 1, plain)
+            row = (f"| {gb} GB bf16 .safetensors | {fmt_s(cat[0])} | `{' '.join(what)}` | "
+                   f"{fmt_s(w[0])} | {w[0] / cat[0]:.2f}x [{(w[0] - start[0]) / cat[0]:.2f}x] |"
+                   f" {cat[1]:.2f} / {w[1]:.2f} | {w[2]:.0f} MB | {fmt_s(w_np[0])} "
+                   f"({w_np[0] / cat[0]:.1f}x) | {naive_cell(w[0])} |")
+            rows.append(row)
+            print(row, flush=True)
+        a.unlink()
+    load = os.getloadavg()
+    write_section("bench_scale_every", "\n".join([
+        "## bf16 statistics (`python benchmarks/bench_scale.py --every`)", "",
+        f"`--format json --jobs 2`, warm page cache, medians of {REPEATS} (numpy path and "
+        "naive: 1 run); the naive script loads the file and runs min/max/mean/std/NaN/Inf/zero "
+        "ops per tensor. `[beyond start-up]` subtracts `bufinspect --version` "
+        f"({fmt_s(start[0])}). CPU s: user + system, all threads.", "", machine(),
+        f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 cores.",
+        "", *rows, ""]))
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--every"]:
+        sys.exit(every())
+    if sys.argv[1:2] == ["--listing"]:
+        sys.exit(listing())
     if sys.argv[1:2] == ["--gen"]:
         _gen(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         sys.exit(0)

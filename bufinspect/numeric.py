@@ -408,9 +408,10 @@ def _stats_serial(entries: list[Entry], progress=None) -> dict[tuple[str, str], 
 
     acc: dict[int, StatsAccumulator] = {}
     small = _SmallFloats(acc)
+    batch = kernels.native() is None  # the fused kernel takes a small tensor in ~1 us as is
     # read in line, 2 MiB at a time: the chunk is still in cache when it is reduced
     for e, first, arr in stream.pieces(entries, _STATS_CHUNK, prefetch=False):
-        if (arr.size == e.numel and arr.size <= _SMALL and not first
+        if (batch and arr.size == e.numel and arr.size <= _SMALL and not first
                 and stats_kind(e) == "float"):
             small.add(e, arr)  # a whole small float tensor: batched with its neighbours
         else:
