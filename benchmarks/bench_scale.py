@@ -345,6 +345,112 @@ def write_results(t: Table, found: dict, elapsed: float, diff: bool, check: bool
     print(f"wrote benchmarks/RESULTS.md ({elapsed:.0f} s)")
 
 
+FLOOR_SAFETENSORS = r"""
+import json, os, struct, sys
+p = sys.argv[1]
+files = ([os.path.join(p, f) for f in sorted(os.listdir(p)) if f.endswith(".safetensors")]
+         if os.path.isdir(p) else [p])
+n = 0
+for f in files:
+    with open(f, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        n += len(json.loads(fh.read(size)))
+print(n)
+"""
+
+FLOOR_PICKLE = r"""
+import io, pickle, sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+raw = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+
+class Stub:
+    def __init__(self, *a, **k):
+        pass
+    def __setstate__(self, state):
+        pass
+
+class Scan(pickle.Unpickler):
+    def find_class(self, module, name):
+        return Stub
+    def persistent_load(self, pid):
+        return pid
+
+print(len(Scan(io.BytesIO(raw)).load()))
+"""
+
+NAIVE_LIST = r"""
+import os, sys, torch
+from safetensors import safe_open
+p = sys.argv[1]
+if p.endswith(".pt"):
+    sd = torch.load(p, weights_only=True, mmap=True)
+    rows = [(k, tuple(t.shape), str(t.dtype)) for k, t in sd.items()]
+else:
+    files = ([os.path.join(p, f) for f in sorted(os.listdir(p)) if f.endswith(".safetensors")]
+             if os.path.isdir(p) else [p])
+    rows = []
+    for f in files:
+        with safe_open(f, "pt") as h:
+            rows += [(k, tuple(h.get_slice(k).get_shape()), h.get_slice(k).get_dtype())
+                     for k in h.keys()]
+print(len(rows))
+"""
+
+
+def listing() -> int:
+    """`bufinspect show` on checkpoints of 1k-100k tensors (MoE-like names; `_many.py`): one
+    .pt, one .safetensors and a 50-shard safetensors folder each (bufinspect reads no folder
+    of .pt shards), against the floor (json.loads of the headers; an unpickler that builds
+    nothing, over data.pkl) and the naive listing (torch.load(mmap=True) / safe_open)."""
+    import os
+
+    import _every
+    import _many
+
+    warm_bytecode()
+    data = Path(__file__).resolve().parent / "data"
+    fused = env()
+    start = _every.median_run([*bufinspect("--version")], 5, fused)
+    print(machine())
+    rows = ["| tensors | checkpoint | `show --format json` | CPU s | peak RSS | `show` (table) | "
+            "floor | json vs floor | naive | naive / json |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    counts = (1000, 10_000) if QUICK else (1000, 10_000, 50_000, 100_000)
+    for n in counts:
+        for kind in ("pt", "st", "shards"):
+            path = Path(subprocess.run(
+                [sys.executable, str(Path(__file__).resolve().parent / "_many.py"),
+                 str(data), str(n), kind], check=True, capture_output=True,
+                text=True).stdout.strip())
+            js = _every.median_run([*bufinspect("show", path, "--format", "json")],
+                                   REPEATS, fused)
+            table = _every.median_run([*bufinspect("show", path)], REPEATS, fused)
+            floor = _every.median_run([sys.executable, "-c", FLOOR_PICKLE if kind == "pt"
+                                       else FLOOR_SAFETENSORS, path], REPEATS)
+            naive = _every.run([sys.executable, "-c", NAIVE_LIST, path])
+            label = {"pt": ".pt", "st": ".safetensors", "shards": "50 shards"}[kind]
+            row = (f"| {n:,} | {label} | {fmt_s(js[0])} | {js[1]:.2f} | {js[2]:.0f} MB | "
+                   f"{fmt_s(table[0])} | {fmt_s(floor[0])} | {js[0] / floor[0]:.1f}x | "
+                   f"{fmt_s(naive[0])} | {naive[0] / js[0]:.1f}x |")
+            rows.append(row)
+            print(row, flush=True)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    load = os.getloadavg()
+    write_section("bench_scale_listing", "\n".join([
+        "## Listing many tensors (`python benchmarks/bench_scale.py --listing`)", "",
+        f"Whole processes, medians of {REPEATS} (naive: 1 run); warm page cache. Floor: a "
+        "process that only reads the safetensors headers with `json.loads`, or unpickles "
+        "data.pkl with an unpickler that builds nothing (`FLOOR_*` in bench_scale.py), start-up "
+        "included. Naive: `torch.load(mmap=True)` or `safe_open` listing every key's shape and "
+        f"dtype. Start-up (`bufinspect --version`): {fmt_s(start[0])}.", "", machine(),
+        f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 cores.",
+        "", *rows, ""]))
+    return 0
+
+
 def every() -> int:
     """`show --stats` and `check` on bf16 checkpoints (see the module docstring)."""
     import os
