@@ -69,10 +69,10 @@ t0 = time.perf_counter()
 import numpy
 t1 = time.perf_counter()
 import bufinspect
-from bufinspect import diff
+from bufinspect.analysis.diff import diff
 ca, cb = bufinspect.load(sys.argv[1]), bufinspect.load(sys.argv[2])
 t2 = time.perf_counter()
-diff.diff(ca, cb, scope="all", device="cpu", jobs=int(sys.argv[3]))
+diff(ca, cb, scope="all", device="cpu", jobs=int(sys.argv[3]))
 t3 = time.perf_counter()
 print(f"{t1 - t0:.3f} {t2 - t1:.3f} {t3 - t2:.3f}")
 """

@@ -4,18 +4,27 @@ changed between two checkpoints.
     >>> import bufinspect
     >>> ck = bufinspect.load("model.pt")
     >>> [e.key for e in ck.entries if e.role is bufinspect.Role.BUFFER]
+    >>> bufinspect.diff("before.pt", "after.pt").has_differences
+    >>> bufinspect.check(["model.pt"], expect_device="cpu").ok
+
+These functions take paths; the analyses they call (`bufinspect.analysis`) take loaded
+checkpoints, for callers that already hold them.
 """
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 from bufinspect.errors import BufinspectError, InputError, UnsafeInputError, UsageError
-from bufinspect.model import Checkpoint, Container, Entry, Role, ShowReport
+from bufinspect.model import (CheckReport, Checkpoint, Container, DiffReport, Entry, Role,
+                              ShowReport, TrendReport)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BufinspectError", "Checkpoint", "Container", "Entry", "InputError", "Role", "ShowReport",
-    "UnsafeInputError", "UsageError", "load", "save", "show", "__version__",
+    "BufinspectError", "CheckReport", "Checkpoint", "Container", "DiffReport", "Entry",
+    "InputError", "Role", "ShowReport", "TrendReport", "UnsafeInputError", "UsageError", "check",
+    "diff", "load", "save", "show", "trend", "__version__",
 ]
 
 
@@ -39,6 +48,7 @@ def load(path: str) -> Checkpoint:
     import gc
 
     from bufinspect import formats, roles
+    from bufinspect.formats import role_metadata
 
     # A load allocates several objects per tensor and frees almost none of them, so every
     # collection it triggers rescans the growing graph for nothing: half the time at 50,000
@@ -46,27 +56,78 @@ def load(path: str) -> Checkpoint:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return roles.assign(formats.read(str(path)))
+        checkpoint = formats.read(str(path))
+        return roles.assign(checkpoint, role_metadata.read_annotations(checkpoint))
     finally:
         if enabled:
             gc.enable()
 
 
-def show(path: str, *, stats: bool = False, **select) -> ShowReport:
+def show(path: str, *, stats: bool = False, **select: Any) -> ShowReport:
     """Load `path` and build the `show` report (`report.to_dict()` is the bufinspect/1 JSON).
 
     Args:
         path: the checkpoint.
         stats: stream every selected tensor once for min/max/mean/std/NaN/Inf/zeros.
-        **select: `containers`, `roles`, `filters` as in `bufinspect.listing.select`, and
-            `jobs` (workers for the statistics pass, see `bufinspect.parallel`).
+        **select: `containers`, `roles`, `filters` as in `bufinspect.analysis.show.select`,
+            and `jobs` (workers for the statistics pass).
     """
-    from bufinspect import listing
+    from bufinspect.analysis.show import show as run
 
-    return listing.show(load(path), stats=stats, **select)
+    return run(load(path), stats=stats, **select)
 
 
-def save(model, path: str, metadata: dict[str, str] | None = None) -> str:
+def diff(a: str, b: str, **options: Any) -> DiffReport:
+    """Load two checkpoints and compare their module state (`bufinspect.analysis.diff.diff`).
+
+    Args:
+        a, b: the checkpoints before and after.
+        **options: `scope` (`buffers`, `parameters`, `all`), `rtol`, `atol`, `tolerances`,
+            `containers`, alignment rules, `device`, `jobs`: see `analysis.diff.diff`.
+
+    Returns:
+        A `DiffReport`; `report.has_differences` is the verdict, `to_dict()` the JSON document.
+
+    Example:
+        >>> bufinspect.diff("before.pt", "after.pt", scope="all", rtol=1e-4).summary
+    """
+    from bufinspect.analysis.diff import diff as run
+
+    return run(load(a), load(b), **options)
+
+
+def check(paths: str | Sequence[str], *, expect_dtype: str | None = None,
+          expect_device: str | None = None, ignore: Sequence[str] = (), strict: bool = False,
+          **options: Any) -> CheckReport:
+    """Load checkpoints and check devices, dtypes and values (`analysis.check.check`).
+
+    Args:
+        paths: one path or several (one report for all).
+        expect_dtype, expect_device, ignore, strict: the policy, as the CLI flags take them
+            (`[tool.bufinspect.check]` is not read here: pass what you expect).
+        **options: `device` (`auto`, `cpu`, `cuda`), `containers`, `jobs`.
+
+    Returns:
+        A `CheckReport`; `report.ok` is the CI verdict, `to_dict()` the JSON document.
+    """
+    from bufinspect.analysis.check import check as run
+    from bufinspect.analysis.policy import make_policy
+
+    policy = make_policy(expect_dtype=expect_dtype, expect_device=expect_device,
+                         ignore=ignore, strict=strict)
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    return run([load(p) for p in paths], policy, **options)
+
+
+def trend(paths: Sequence[str], **options: Any) -> TrendReport:
+    """Load a series of checkpoints and measure each tensor's drift from the first
+    (`analysis.trend.trend`; `metric`, `scope` and diff options as keywords)."""
+    from bufinspect.analysis.trend import trend as run
+
+    return run([load(p) for p in paths], **options)
+
+
+def save(model: Any, path: str, metadata: dict[str, str] | None = None) -> str:
     """Save `model`'s weights with their roles, so `bufinspect` reads the roles back exactly.
 
     Args:

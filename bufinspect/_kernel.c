@@ -6,9 +6,9 @@
  * diff is float64 throughout, as in the numpy path: every float32/float16/bfloat16/fp8 value
  * is exactly a float64, so |a - b|, the allclose test, max_abs, max_rel and the counts are
  * bit-identical to numpy's; only the order of the sums differs (float64 partials per lane,
- * merged per block: relative differences around 1e-15). stats: float64 for float32/float64;
- * 16- and 8-bit floats sum float32 partials of 256 terms (see STATS32_FN); min, max and every
- * count are exact on all paths.
+ * merged per block: relative differences around 1e-15). stats: float64 for float32/float64
+ * and for pieces up to EXACT elements; larger 16- and 8-bit float pieces sum float32 partials of
+ * 256 terms (see STATS32_FN); min, max and every count are exact on all paths.
  *
  * Each pass goes a block of _BLOCK elements at a time: a vectorised loop (omp simd reductions,
  * no -ffast-math) computes the block assuming every value is finite; if the block turns out
@@ -30,12 +30,10 @@
 /* the vectorised loops' reductions */
 #define SIMD_DIFF \
     _Pragma("omp simd reduction(+:sa,sq,saa,sab,sbb,mism) reduction(max:mx) reduction(|:cand)")
-#define SIMD_STATS \
-    _Pragma("omp simd reduction(+:sm,sq,zeros,neg,bad) reduction(min:mn) reduction(max:mx)")
+#define SIMD_STATS _Pragma("omp simd")
 #define SIMD_SCAN \
     _Pragma("omp simd reduction(+:zeros,neg,bad) reduction(min:mn) reduction(max:mx)")
-#define SIMD_STATS32 \
-    _Pragma("omp simd reduction(+:ss,qq,z,ng) reduction(min:mn) reduction(max:mx)")
+#define SIMD_STATS32 _Pragma("omp simd")
 #define SIMD_SCAN32 \
     _Pragma("omp simd reduction(+:z,ng,b) reduction(min:mn) reduction(max:mx)")
 
@@ -104,6 +102,32 @@ static inline void diff_one(DiffPart *r, double x, double y, double rtol, double
     r->bb += y * y;
 }
 
+/* Sums go to LANES fixed accumulators (element i to lane i % LANES, padding with zeros) added
+ * in a fixed order: the same bits whatever vector width the CPU's clone uses (AVX2 or AVX-512)
+ * and however the compiler vectorises, so reports do not depend on the machine. */
+#define LANES 16
+#define SIMD_LANES _Pragma("omp simd")
+
+static inline double lanes_sum(const double *v) {
+    double h[LANES / 2];
+    for (int j = 0; j < LANES / 2; j++) h[j] = v[j] + v[j + LANES / 2];
+    for (int w = LANES / 4; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++) h[j] += h[j + w];
+    return h[0];
+}
+
+/* one element pair into lane j's accumulators */
+#define DIFF_LANE(j)                                                                               \
+    double d = fabs(x - y), ab = fabs(y);                                                          \
+    vsa[j] += d;                                                                                   \
+    vsq[j] += d * d;                                                                               \
+    vaa[j] += x * x;                                                                               \
+    vab[j] += y * x;                                                                               \
+    vbb[j] += y * y;                                                                               \
+    vmx[j] = d > vmx[j] ? d : vmx[j];                                                              \
+    vmism[j] += d > ab * rtol + atol;                                                              \
+    vcand[j] |= d > bound * ab;
+
 /* max_rel without a division per element: an element can only raise it when
  * d > max_rel * |b|; the bound is lowered by 2^-50 so rounding never hides a candidate, and
  * the few candidates are divided exactly as numpy does. */
@@ -112,22 +136,31 @@ static inline void diff_one(DiffPart *r, double x, double y, double rtol, double
                             double rtol, double atol, DiffPart *r) {                               \
         for (Py_ssize_t s = 0; s < n; s += BLOCK) {                                                \
             Py_ssize_t e = s + BLOCK < n ? s + BLOCK : n;                                          \
-            double sa = 0, sq = 0, saa = 0, sab = 0, sbb = 0, mx = 0;                              \
+            double vsa[LANES] = {0}, vsq[LANES] = {0}, vaa[LANES] = {0}, vab[LANES] = {0};     \
+            double vbb[LANES] = {0}, vmx[LANES] = {0};                                             \
+            long long vmism[LANES] = {0};                                                          \
+            int vcand[LANES] = {0};                                                                \
+            double bound = r->max_rel * (1.0 - 0x1p-50);                                           \
+            Py_ssize_t i = s;                                                                      \
+            for (; i + LANES <= e; i += LANES) {                                                   \
+                SIMD_LANES                                                                         \
+                for (int j = 0; j < LANES; j++) {                                                  \
+                    double x = LOAD(pa, i + j, t), y = LOAD(pb, i + j, t);                         \
+                    DIFF_LANE(j)                                                                   \
+                }                                                                                  \
+            }                                                                                      \
+            for (int j = 0; i < e; i++, j++) { /* the block's last few elements */                 \
+                double x = LOAD(pa, i, t), y = LOAD(pb, i, t);                                     \
+                DIFF_LANE(j)                                                                       \
+            }                                                                                      \
+            double sa = lanes_sum(vsa), sq = lanes_sum(vsq), saa = lanes_sum(vaa);                 \
+            double sab = lanes_sum(vab), sbb = lanes_sum(vbb), mx = 0;                             \
             long long mism = 0;                                                                    \
             int cand = 0;                                                                          \
-            double bound = r->max_rel * (1.0 - 0x1p-50);                                           \
-            SIMD_DIFF                                                                              \
-            for (Py_ssize_t i = s; i < e; i++) {                                                   \
-                double x = LOAD(pa, i, t), y = LOAD(pb, i, t);                                     \
-                double d = fabs(x - y), ab = fabs(y);                                              \
-                sa += d;                                                                           \
-                sq += d * d;                                                                       \
-                saa += x * x;                                                                      \
-                sab += y * x;                                                                      \
-                sbb += y * y;                                                                      \
-                mx = d > mx ? d : mx;                                                              \
-                mism += d > ab * rtol + atol;                                                      \
-                cand |= d > bound * ab;                                                            \
+            for (int j = 0; j < LANES; j++) {                                                      \
+                mx = vmx[j] > mx ? vmx[j] : mx;                                                    \
+                mism += vmism[j];                                                                  \
+                cand |= vcand[j];                                                                  \
             }                                                                                      \
             if (isfinite(sa) && isfinite(saa) && isfinite(sbb) && isfinite(sq)) {                  \
                 r->sum_abs += sa;                                                                  \
@@ -192,6 +225,34 @@ typedef struct {
     long long n, nan, inf, zeros, neg;
 } StatsPart;
 
+/* one value into lane j's sums (around the shift k) and the order-free reductions */
+#define STATS_LANE(j)                                                                              \
+    double d = x - k;                                                                              \
+    vs[j] += d;                                                                                    \
+    vq[j] += d * d;                                                                                \
+    vmn[j] = x < vmn[j] ? x : vmn[j];                                                              \
+    vmx[j] = x > vmx[j] ? x : vmx[j];                                                              \
+    vz[j] += x == 0.0;                                                                             \
+    vng[j] += x < 0.0;                                                                             \
+    vbad[j] += (x - x) != 0.0;
+
+#define STATS32_LANE(j)                                                                            \
+    float d = x - kf;                                                                              \
+    vs[j] += d;                                                                                    \
+    vq[j] += d * d;                                                                                \
+    vmn[j] = x < vmn[j] ? x : vmn[j];                                                              \
+    vmx[j] = x > vmx[j] ? x : vmx[j];                                                              \
+    vz[j] += x == 0.0f;                                                                            \
+    vng[j] += x < 0.0f;
+
+static inline float lanes_sumf(const float *v) {
+    float h[LANES / 2];
+    for (int j = 0; j < LANES / 2; j++) h[j] = v[j] + v[j + LANES / 2];
+    for (int w = LANES / 4; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++) h[j] += h[j + w];
+    return h[0];
+}
+
 /* Chan's merge of a block (count, sum and sum of squares of x - k) into the running moments */
 static inline void merge_block(StatsPart *r, long long n, double k, double s, double q) {
     if (n == 0) return;
@@ -217,16 +278,32 @@ static inline void merge_block(StatsPart *r, long long n, double k, double s, do
             double sm = 0, sq = 0, mn = INFINITY, mx = -INFINITY;                                  \
             long long zeros = 0, neg = 0, bad = 0;                                                 \
             if (moments) {                                                                         \
-                SIMD_STATS                                                                         \
-                for (Py_ssize_t i = s; i < e; i++) {                                               \
-                    double x = LOAD(p, i, t), d = x - k;                                           \
-                    sm += d;                                                                       \
-                    sq += d * d;                                                                   \
-                    mn = x < mn ? x : mn;                                                          \
-                    mx = x > mx ? x : mx;                                                          \
-                    zeros += x == 0.0;                                                             \
-                    neg += x < 0.0;                                                                \
-                    bad += (x - x) != 0.0;                                                         \
+                double vs[LANES] = {0}, vq[LANES] = {0}, vmn[LANES], vmx[LANES];                   \
+                long long vz[LANES] = {0}, vng[LANES] = {0}, vbad[LANES] = {0};                    \
+                for (int j = 0; j < LANES; j++) {                                                  \
+                    vmn[j] = INFINITY;                                                             \
+                    vmx[j] = -INFINITY;                                                            \
+                }                                                                                  \
+                Py_ssize_t i = s;                                                                  \
+                for (; i + LANES <= e; i += LANES) {                                               \
+                    SIMD_STATS                                                                     \
+                    for (int j = 0; j < LANES; j++) {                                              \
+                        double x = LOAD(p, i + j, t);                                              \
+                        STATS_LANE(j)                                                              \
+                    }                                                                              \
+                }                                                                                  \
+                for (int j = 0; i < e; i++, j++) {                                                 \
+                    double x = LOAD(p, i, t);                                                      \
+                    STATS_LANE(j)                                                                  \
+                }                                                                                  \
+                sm = lanes_sum(vs);                                                                \
+                sq = lanes_sum(vq);                                                                \
+                for (int j = 0; j < LANES; j++) {                                                  \
+                    mn = vmn[j] < mn ? vmn[j] : mn;                                                \
+                    mx = vmx[j] > mx ? vmx[j] : mx;                                                \
+                    zeros += vz[j];                                                                \
+                    neg += vng[j];                                                                 \
+                    bad += vbad[j];                                                                \
                 }                                                                                  \
             } else {                                                                               \
                 SIMD_SCAN                                                                          \
@@ -287,6 +364,9 @@ STATS_FN(stats_tab8, LOAD_TAB8)
  * with AVX-512), then float64: the numpy path's precision class (float32 partials, ~1e-7 of
  * std at worst), at about half the float64 cost. Min, max and counts stay exact. */
 #define SUB 256
+/* pieces up to this many elements (small tensors: BatchNorm buffers, biases) stay in float64,
+ * as exact as the numpy path's float64 reduction of them; they cost nothing either way */
+#define EXACT 65536
 #define LOAD32_F32(p, i, t) (((const float *)(p))[i])
 #define LOAD32_BF16(p, i, t) (bits_to_f32((uint32_t)((const uint16_t *)(p))[i] << 16))
 #define LOAD32_TAB8(p, i, t) ((t)[((const uint8_t *)(p))[i]])
@@ -307,15 +387,31 @@ STATS_FN(stats_tab8, LOAD_TAB8)
                 float ss = 0, qq = 0;                                                              \
                 int z = 0, ng = 0, b = 0;                                                          \
                 if (moments) {                                                                     \
-                    SIMD_STATS32                                                                   \
-                    for (Py_ssize_t i = u; i < v; i++) {                                           \
-                        float x = LOAD(p, i, t), d = x - kf;                                       \
-                        ss += d;                                                                   \
-                        qq += d * d;                                                               \
-                        mn = x < mn ? x : mn;                                                      \
-                        mx = x > mx ? x : mx;                                                      \
-                        z += x == 0.0f;                                                            \
-                        ng += x < 0.0f;                                                            \
+                    float vs[LANES] = {0}, vq[LANES] = {0}, vmn[LANES], vmx[LANES];                \
+                    int vz[LANES] = {0}, vng[LANES] = {0};                                         \
+                    for (int j = 0; j < LANES; j++) {                                              \
+                        vmn[j] = INFINITY;                                                         \
+                        vmx[j] = -INFINITY;                                                        \
+                    }                                                                              \
+                    Py_ssize_t i = u;                                                              \
+                    for (; i + LANES <= v; i += LANES) {                                           \
+                        SIMD_STATS32                                                               \
+                        for (int j = 0; j < LANES; j++) {                                          \
+                            float x = LOAD(p, i + j, t);                                           \
+                            STATS32_LANE(j)                                                        \
+                        }                                                                          \
+                    }                                                                              \
+                    for (int j = 0; i < v; i++, j++) {                                             \
+                        float x = LOAD(p, i, t);                                                   \
+                        STATS32_LANE(j)                                                            \
+                    }                                                                              \
+                    ss = lanes_sumf(vs);                                                           \
+                    qq = lanes_sumf(vq);                                                           \
+                    for (int j = 0; j < LANES; j++) {                                              \
+                        mn = vmn[j] < mn ? vmn[j] : mn;                                            \
+                        mx = vmx[j] > mx ? vmx[j] : mx;                                            \
+                        z += vz[j];                                                                \
+                        ng += vng[j];                                                              \
                     }                                                                              \
                     b = !(isfinite(ss) && isfinite(qq));                                           \
                 } else {                                                                           \
@@ -377,7 +473,10 @@ static void stats_f16(const void *p, Py_ssize_t n, const float *t, int moments, 
     for (Py_ssize_t s = 0; s < n; s += BLOCK) {
         Py_ssize_t m = s + BLOCK < n ? BLOCK : n - s;
         widen_half((const uint16_t *)p + s, m, x);
-        stats32_f32(x, m, t, moments, r);
+        if (n <= EXACT)
+            stats_f32(x, m, t, moments, r);
+        else
+            stats32_f32(x, m, t, moments, r);
     }
 }
 
@@ -463,8 +562,18 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
     case F32: stats_f32(x.buf, n, table, moments, &r); break;
     case F64: stats_f64(x.buf, n, table, moments, &r); break;
     case F16: stats_f16(x.buf, n, table, moments, &r); break;
-    case BF16: stats32_bf16(x.buf, n, table, moments, &r); break;
-    default: stats32_tab8(x.buf, n, table, moments, &r); break;
+    case BF16:
+        if (n <= EXACT)
+            stats_bf16(x.buf, n, table, moments, &r);
+        else
+            stats32_bf16(x.buf, n, table, moments, &r);
+        break;
+    default:
+        if (n <= EXACT)
+            stats_tab8(x.buf, n, table, moments, &r);
+        else
+            stats32_tab8(x.buf, n, table, moments, &r);
+        break;
     }
     Py_END_ALLOW_THREADS if (tv.obj) PyBuffer_Release(&tv);
     out = Py_BuildValue("(LddddLLLL)", r.n, r.mean, r.m2, r.min, r.max, r.nan, r.inf, r.zeros,

@@ -1,5 +1,6 @@
-"""Roles from the user's own model code (`--model MODULE:FACTORY`) and role metadata that
-bufinspect writes (a sidecar JSON beside a `.pt`, or `bufinspect.roles` in a safetensors header).
+"""Roles from the user's own model code (`--model MODULE:FACTORY`, `--hf-config`), and the role
+documents bufinspect writes (`formats.role_metadata` puts them in a sidecar JSON beside a `.pt`, or
+in `bufinspect.roles` of a safetensors header).
 
 `--model` is the one place bufinspect runs code: the user's, never the checkpoint's. The model
 is built on the `meta` device, so no memory is spent on its weights.
@@ -9,19 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import os
-import struct
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
 from bufinspect.errors import UsageError
-from bufinspect.model import Checkpoint, Container, ContainerKind, Format, Role
+from bufinspect.model import Checkpoint, Container, ContainerKind, ModelMatch, Role
 
-SIDECAR_SUFFIX = ".bufinspect.json"
-META_KEY = "bufinspect.roles"
-ROLES_SCHEMA = "bufinspect-roles/1"
 _PREFIXES = ("", "module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module.")
 
 
@@ -67,23 +62,6 @@ def module_roles(model: Any) -> dict[str, tuple[Role, bool | None]]:
             if b is not None:
                 out[dot + n] = (Role.BUFFER, n not in m._non_persistent_buffers_set)
     return out
-
-
-@dataclass(frozen=True)
-class ModelMatch:
-    """How a model's state lines up with one state dict of the file."""
-
-    container: str
-    prefix: str  # wrapper prefix stripped from the file's keys ("module.", "_orig_mod.")
-    matched: int
-    file_only: tuple[str, ...]  # keys the model lacks
-    nonpersistent: tuple[str, ...]  # non-persistent buffers: absent from a state dict, expected
-    missing: tuple[str, ...] = field(default=())  # parameters / persistent buffers the file lacks
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"container": self.container, "prefix": self.prefix, "matched": self.matched,
-                "file_only": list(self.file_only), "nonpersistent_absent": list(self.nonpersistent),
-                "missing": list(self.missing)}
 
 
 def build_hf(path: str) -> Any:
@@ -158,21 +136,7 @@ def apply_module(checkpoint: Checkpoint, model: Any, evidence: str
     return dataclasses.replace(checkpoint, containers=tuple(containers)), matches
 
 
-# ---- role metadata bufinspect writes -------------------------------------------------------
-
-
-def fingerprint(path: str) -> str:
-    """Size plus sha256 of the first and last MiB: detects a replaced file, cheaply."""
-    size = os.path.getsize(path)
-    import hashlib  # here: ~6 ms of import that only annotation files need
-
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        if size > 2 << 20:
-            f.seek(size - (1 << 20))
-            h.update(f.read())
-    return f"{size}:{h.hexdigest()[:32]}"
+# ---- role metadata bufinspect writes (read and written by `formats.role_metadata`) ----------
 
 
 def roles_doc(container: Container) -> dict[str, Any]:
@@ -181,104 +145,6 @@ def roles_doc(container: Container) -> dict[str, Any]:
              if e.role in (Role.PARAMETER, Role.BUFFER)
              and e.evidence.startswith(("model:", "metadata:"))}
     return {"roles": roles, "keys": len(container.entries)}
-
-
-def read_annotations(checkpoint: Checkpoint) -> dict[str, dict[str, Role]]:
-    """container path -> {key: role} from metadata bufinspect wrote, where it still fits."""
-    docs: dict[str, Any] = {}
-    raw = checkpoint.metadata.get(META_KEY)
-    if raw is not None:
-        docs = _parse(raw)
-    elif checkpoint.format in (Format.TORCH_ZIP, Format.TORCH_LEGACY):
-        side = checkpoint.path + SIDECAR_SUFFIX
-        if os.path.isfile(side):
-            try:
-                with open(side, encoding="utf-8") as f:
-                    doc = json.load(f)
-            except (OSError, ValueError):
-                return {}
-            if (isinstance(doc, dict) and doc.get("schema") == ROLES_SCHEMA
-                    and doc.get("fingerprint") == fingerprint(checkpoint.path)):
-                docs = doc.get("containers") or {}
-    out: dict[str, dict[str, Role]] = {}
-    for c in checkpoint.containers:
-        doc = docs.get(c.path) if isinstance(docs, dict) else None
-        if not isinstance(doc, dict) or not isinstance(doc.get("roles"), dict):
-            continue
-        keys = {e.key for e in c.entries}
-        roles = doc["roles"]
-        # verified against the file: same number of keys, every annotated key present
-        if doc.get("keys") != len(keys) or not all(k in keys for k in roles):
-            continue
-        if not all(v in ("parameter", "buffer") for v in roles.values()):
-            continue
-        out[c.path] = {k: Role(v) for k, v in roles.items()}
-    return out
-
-
-def _parse(raw: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return {}
-    if not isinstance(doc, dict) or doc.get("schema") != ROLES_SCHEMA:
-        return {}
-    return doc.get("containers") or {}
-
-
-def write_annotations(checkpoint: Checkpoint) -> str:
-    """Write the checkpoint's decided roles: into a safetensors header, else a sidecar JSON.
-
-    Returns the path written.
-    """
-    containers = {c.path: roles_doc(c) for c in checkpoint.containers
-                  if c.kind is ContainerKind.STATE_DICT}
-    if checkpoint.format is Format.SAFETENSORS:
-        doc = {"schema": ROLES_SCHEMA, "containers": containers}
-        rewrite_safetensors_metadata(checkpoint.path, {META_KEY: json.dumps(doc)})
-        return checkpoint.path
-    if checkpoint.format not in (Format.TORCH_ZIP, Format.TORCH_LEGACY):
-        raise UsageError(f"cannot annotate a {checkpoint.format.value} file (its roles are "
-                         "already exact)", checkpoint.path)
-    side = checkpoint.path + SIDECAR_SUFFIX
-    doc = {"schema": ROLES_SCHEMA, "file": os.path.basename(checkpoint.path),
-           "fingerprint": fingerprint(checkpoint.path), "containers": containers}
-    with open(side, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
-    return side
-
-
-def rewrite_safetensors_metadata(path: str, extra: dict[str, str]) -> None:
-    """Add string entries to a safetensors `__metadata__`, streaming the data into a new file."""
-    from bufinspect.formats import safetensors_fmt
-
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        safetensors_fmt.parse_header(path, f, size)  # validates the whole header
-        f.seek(0)
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-        meta = dict(header.get("__metadata__") or {})
-        meta.update(extra)
-        header = {"__metadata__": meta, **{k: v for k, v in header.items()
-                                           if k != "__metadata__"}}
-        body = json.dumps(header, separators=(",", ":")).encode()
-        body += b" " * (-len(body) % 8)
-        tmp = f"{path}.bufinspect-tmp"
-        try:
-            with open(tmp, "wb") as out:
-                out.write(struct.pack("<Q", len(body)) + body)
-                while True:
-                    chunk = f.read(4 << 20)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
 
 
 def save(model: Any, path: str, metadata: dict[str, str] | None = None) -> str:
@@ -293,27 +159,15 @@ def save(model: Any, path: str, metadata: dict[str, str] | None = None) -> str:
     Returns:
         The path of the file holding the roles (the safetensors file, or the sidecar).
     """
-    import torch
+    from bufinspect.formats import role_metadata
 
     sd = model.state_dict()
     truth = module_roles(model)
     roles = {k: truth[k][0].value for k in sd if k in truth}
-    doc = {"schema": ROLES_SCHEMA, "containers": {"": {"roles": roles, "keys": len(sd)}}}
-    path = str(path)
-    if path.endswith(".safetensors"):
-        from safetensors.torch import save_file
+    return role_metadata.save_state_dict(sd, roles, str(path), metadata)
 
-        tensors, seen = {}, {}
-        for k, v in sd.items():  # safetensors refuses shared memory: give tied copies their own
-            ptr = v.untyped_storage().data_ptr()
-            tensors[k] = v.detach().clone().contiguous() if ptr in seen else v.contiguous()
-            seen[ptr] = k
-        save_file(tensors, path, metadata={**(metadata or {}), META_KEY: json.dumps(doc)})
-        return path
-    torch.save(sd, path)
-    side = path + SIDECAR_SUFFIX
-    doc.update({"file": os.path.basename(path), "fingerprint": fingerprint(path)})
-    with open(side, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
-    return side
+
+def annotation_docs(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The role documents `annotate` writes: one per state dict of the checkpoint."""
+    return {c.path: roles_doc(c) for c in checkpoint.containers
+            if c.kind is ContainerKind.STATE_DICT}

@@ -7,10 +7,10 @@ its own local workers, and sends its results as JSON bytes over a gloo process g
 few KiB of results travel, so gloo serves whether or not the ranks have GPUs; a GPU scan runs on
 the rank's own `cuda:LOCAL_RANK`). The report is identical to the single-process one.
 
-- `show --stats`: rank 0 gathers and builds the report; other ranks get None.
-- `check` and `diff`: every rank receives every result (all-gather) and builds the same report
-  (a script calling `distributed.diff` can act on the verdict on every rank); the CLI prints it
-  on rank 0 only (`prints()`).
+`RankWork` is the seam: the analyses take a `parallel.Work`, and this one shares their data pass
+(`show --stats`, `check`, `diff`) across ranks. Every rank receives every result (all-gather) and
+builds the same report (a script can act on the verdict on every rank); the CLI prints it on
+rank 0 only (`prints()`).
 
 torch is imported only here, and only on this path. Nothing is pickled between ranks: results
 are JSON (floats as their shortest repr, which round-trips exactly; NaN/Infinity as JSON's
@@ -19,15 +19,18 @@ extension tokens, which Python's json reads back), enums and tuples tagged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from contextlib import contextmanager
 from datetime import timedelta
 from enum import Enum
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from bufinspect.errors import UsageError
-from bufinspect.model import Checkpoint, Entry, Role, ShowReport, TensorStats
+from bufinspect.model import Entry
+from bufinspect.parallel import Work
+
+T = TypeVar("T")
 
 _TIMEOUT = timedelta(minutes=10)
 
@@ -67,25 +70,8 @@ def prints() -> bool:
         return True
 
 
-@contextmanager
-def _group() -> Iterator[Any]:
-    """torch.distributed with a process group: the one already initialized, or a gloo one from
-    the environment (destroyed on exit)."""
-    import torch.distributed as dist
-
-    own = not dist.is_initialized()
-    if own:
-        dist.init_process_group("gloo", timeout=_TIMEOUT)
-    try:
-        yield dist
-    finally:
-        if own:
-            dist.destroy_process_group()
-
-
-def _gather_bytes(blob: bytes, dist: Any, everywhere: bool = False) -> list[bytes] | None:
-    """Every rank's bytes, in rank order, on rank 0 (None elsewhere) or, with `everywhere`, on
-    every rank; padded to one length for gloo's gather."""
+def _gather_bytes(blob: bytes, dist: Any) -> list[bytes]:
+    """Every rank's bytes, in rank order, on every rank (padded to one length for gloo)."""
     import torch
 
     size = torch.tensor([len(blob)], dtype=torch.int64)
@@ -95,53 +81,9 @@ def _gather_bytes(blob: bytes, dist: Any, everywhere: bool = False) -> list[byte
     mine = torch.zeros(longest, dtype=torch.uint8)
     if blob:
         mine[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
-    if everywhere:
-        bufs = [torch.zeros(longest, dtype=torch.uint8) for _ in sizes]
-        dist.all_gather(bufs, mine)
-        return [b[: int(s.item())].numpy().tobytes() for b, s in zip(bufs, sizes)]
-    if dist.get_rank() != 0:
-        dist.gather(mine, dst=0)
-        return None
     bufs = [torch.zeros(longest, dtype=torch.uint8) for _ in sizes]
-    dist.gather(mine, gather_list=bufs, dst=0)
+    dist.all_gather(bufs, mine)
     return [b[: int(s.item())].numpy().tobytes() for b, s in zip(bufs, sizes)]
-
-
-def tensor_stats(entries: Iterable[Entry], jobs: int = 1
-                 ) -> dict[tuple[str, str], TensorStats] | None:
-    """Statistics of `entries` computed across all ranks; the full table on rank 0, else None.
-
-    Uses the process group that is already initialized, or creates (and destroys) a gloo one
-    from the environment.
-    """
-    from bufinspect import numeric, parallel
-
-    entries = [e for e in entries if numeric.stats_kind(e) is not None]
-    with _group() as dist:
-        rank, world = dist.get_rank(), dist.get_world_size()
-        share = parallel.partition(entries, world)[rank]
-        mine = numeric.tensor_stats(share, jobs=jobs)
-        rows = [[c, k, [st.min, st.max, st.mean, st.std, st.nan, st.inf, st.zeros]]
-                for (c, k), st in mine.items()]
-        gathered = _gather_bytes(json.dumps(rows).encode(), dist)
-    if gathered is None:
-        return None
-    merged = {}
-    for blob in gathered:
-        for c, k, vals in json.loads(blob):
-            merged[(c, k)] = TensorStats(*vals)
-    return {(e.container, e.key): merged[(e.container, e.key)] for e in entries
-            if (e.container, e.key) in merged}
-
-
-def show(checkpoint: Checkpoint, *, containers: Iterable[str] = (), roles: Iterable[Role] = (),
-         filters: Iterable[str] = (), jobs: int = 1) -> ShowReport | None:
-    """`listing.show(..., stats=True)` across ranks: the report on rank 0, None elsewhere."""
-    from bufinspect import listing
-
-    entries = listing.select(checkpoint, containers=containers, roles=roles, filters=filters)
-    table = tensor_stats(entries, jobs)
-    return None if table is None else ShowReport(checkpoint, tuple(entries), table)
 
 
 def default_jobs() -> int:
@@ -157,15 +99,22 @@ def default_jobs() -> int:
 
 # ---- results as JSON: exact floats, tagged enums and tuples --------------------------------
 
-def _enums() -> dict[str, type[Enum]]:
-    from bufinspect.diff import Status
+def _types() -> dict[str, type]:
+    """The result types that travel between ranks, by name."""
+    from bufinspect.model import ScanStats, Status, TensorStats
 
-    return {"Status": Status}
+    return {"Status": Status, "ScanStats": ScanStats, "TensorStats": TensorStats}
 
 
 def _tag(obj: Any) -> Any:
     if isinstance(obj, Enum):
         return {"$enum": type(obj).__name__, "value": obj.value}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        name = type(obj).__name__
+        if _types().get(name) is not type(obj):
+            raise TypeError(f"cannot send {name} between ranks")
+        return {"$data": name, "fields": {f.name: _tag(getattr(obj, f.name))
+                                          for f in dataclasses.fields(obj)}}
     if isinstance(obj, tuple):
         return {"$tuple": [_tag(v) for v in obj]}
     if isinstance(obj, list):
@@ -185,7 +134,9 @@ def _untag(d: dict[str, Any]) -> Any:
     if "$tuple" in d:
         return tuple(d["$tuple"])
     if "$enum" in d:
-        return _enums()[d["$enum"]](d["value"])
+        return _types()[d["$enum"]](d["value"])
+    if "$data" in d:
+        return _types()[d["$data"]](**d["fields"])
     return d
 
 
@@ -200,80 +151,65 @@ def loads(blob: bytes) -> Any:
     return json.loads(blob, object_hook=_untag)
 
 
-# ---- check and diff ------------------------------------------------------------------------
-
-def _share(items: Sequence[Entry], dist: Any) -> list[int]:
-    """Indices of this rank's share of `items` (balanced by bytes, in file order), ascending."""
-    from bufinspect import parallel
-
-    where = {id(e): i for i, e in enumerate(items)}
-    share = parallel.partition(list(items), dist.get_world_size())[dist.get_rank()]
-    return sorted(where[id(e)] for e in share)
+# ---- the seam: a rank's share of a data pass ------------------------------------------------
 
 
-def _local_device(device: str) -> str:
-    """This rank's GPU (`cuda:LOCAL_RANK`, modulo the GPUs it sees) for a CUDA scan."""
-    if not device.startswith("cuda"):
-        return device
-    from bufinspect.check import cuda_device_count
+class RankWork(Work):
+    """`parallel.Work` across torch.distributed ranks: each rank takes a contiguous run of about
+    1/N of the bytes (`parallel.partition`, in file order) and streams it on `jobs` local
+    workers; `gather` all-gathers the typed results (JSON, see `dumps`), so every rank builds
+    the same report.
 
-    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    return f"cuda:{local % max(cuda_device_count(), 1)}"
+    Use it as a context manager: it joins the process group already initialized, or makes a
+    gloo one from the environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and destroys it
+    on exit. Only a few KiB of results travel, so gloo serves whether or not ranks have GPUs.
+    """
 
+    def __init__(self, jobs: int = 1) -> None:
+        super().__init__(jobs)
+        self._own = False
+        self._dist: Any = None
 
-def _shared_scan(entries: Sequence[Entry], device: str, progress: Any = None, jobs: int = 1
-                 ) -> dict[int, Any]:
-    """`check.scan` across ranks: each scans its share; every rank gets every entry's result."""
-    from bufinspect import check as checking
+    def __enter__(self) -> "RankWork":
+        import torch.distributed as dist
 
-    entries = list(entries)
-    with _group() as dist:
-        mine = _share(entries, dist)
-        got = checking.scan([entries[i] for i in mine], _local_device(device), None, jobs)
-        rows = [[i, [s.nan, s.inf, s.negative, s.min, s.max]] for i in mine
-                for s in [got.get(id(entries[i]))] if s is not None]
-        blobs = _gather_bytes(dumps(rows), dist, everywhere=True)
-    out = {}
-    for blob in blobs:
-        for i, vals in loads(blob):
-            out[id(entries[i])] = checking.ScanStats(*vals)
-    return {id(e): out[id(e)] for e in entries if id(e) in out}
+        self._own = not dist.is_initialized()
+        if self._own:
+            dist.init_process_group("gloo", timeout=_TIMEOUT)
+        self._dist = dist
+        return self
 
+    def __exit__(self, *exc: Any) -> None:
+        if self._own:
+            self._dist.destroy_process_group()
+            self._own = False
 
-def check(paths: Sequence[str], **kwargs: Any) -> Any:
-    """`check.check` with its numeric scan shared across ranks; the same report on every rank."""
-    from bufinspect import check as checking
+    def share(self, items: Sequence[Entry]) -> list[int]:
+        from bufinspect import parallel
 
-    kwargs["progress"] = None  # one bar per rank would garble the terminal
-    return checking.check(paths, scanner=_shared_scan, **kwargs)
+        rank, world = self._dist.get_rank(), self._dist.get_world_size()
+        where = {id(e): i for i, e in enumerate(items)}
+        return sorted(where[id(e)] for e in parallel.partition(list(items), world)[rank])
 
+    def gather(self, mine: list[int], results: list[T], total: int) -> list[T]:
+        blobs = _gather_bytes(dumps([[i, r] for i, r in zip(mine, results)]), self._dist)
+        out: list[Any] = [None] * total
+        got = [False] * total
+        for blob in blobs:
+            for i, r in loads(blob):
+                out[i], got[i] = r, True
+        if not all(got):
+            raise RuntimeError(f"distributed pass: no result for {got.count(False)} items")
+        return out
 
-def _shared_compare(pairs: list[tuple[Entry, Entry]], tols: list[tuple[float, float]],
-                    engine: Any, envelope: bool, progress: Callable[[int], None] | None = None,
-                    jobs: int = 1) -> list[dict[str, Any]]:
-    """`diff._compare` across ranks: each compares its share of the pairs (by A's bytes); every
-    rank gets every pair's fields, in pair order."""
-    from bufinspect import diff as diff_mod
+    def device(self, device: str) -> str:
+        """This rank's GPU (`cuda:LOCAL_RANK`, modulo the GPUs it sees) for a CUDA scan."""
+        if not device.startswith("cuda"):
+            return device
+        from bufinspect.scan import cuda_device_count
 
-    with _group() as dist:
-        mine = _share([a for a, _ in pairs], dist)
-        fields = (diff_mod._compare([pairs[i] for i in mine], [tols[i] for i in mine], engine,
-                                    envelope, None, jobs) if mine else [])
-        blobs = _gather_bytes(dumps([[i, f] for i, f in zip(mine, fields)]), dist,
-                              everywhere=True)
-    out: list[dict[str, Any] | None] = [None] * len(pairs)
-    for blob in blobs:
-        for i, f in loads(blob):
-            out[i] = f
-    missing = [i for i, f in enumerate(out) if f is None]
-    if missing:
-        raise RuntimeError(f"distributed diff: no result for {len(missing)} pairs")
-    return out  # type: ignore[return-value]
+        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        return f"cuda:{local % max(cuda_device_count(), 1)}"
 
-
-def diff(a: Any, b: Any, **kwargs: Any) -> Any:
-    """`diff.diff` with its data pass shared across ranks; the same report on every rank."""
-    from bufinspect import diff as diff_mod
-
-    kwargs["progress"] = None
-    return diff_mod.diff(a, b, compare=_shared_compare, **kwargs)
+    def progress(self, callback: Callable[[int], None] | None) -> None:
+        return None  # one bar per rank would garble the terminal

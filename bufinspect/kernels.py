@@ -2,11 +2,12 @@
 
 `diff_partial(a, b, dtype, rtol, atol)` returns a `DiffPartial` and `stats_partial(x, dtype)` a
 `StatsPartial` for one streamed piece: pure functions over raw element buffers whose results
-merge (`bufinspect.numeric.DiffAccumulator.add_partial`, `StatsAccumulator.add_partial`). The
-CPU version is `bufinspect._kernel` (C, built at install); `torch_diff_partial` and
-`torch_stats_partial` are its GPU twins and return the same tuples. Without the compiled module
-(no compiler at install time, or `BUFINSPECT_NO_KERNEL=1`) the functions return None and the
-numpy path in `numeric.py` computes the same fields.
+merge (`numeric.DiffAccumulator.add_partial`, `StatsAccumulator.add_partial`,
+`RangeAccumulator.merge_row`). The CPU version is `bufinspect._kernel` (C, built at install);
+`scan.gpu.diff_partial` and `scan.gpu.stats_row` are its torch twins (GPU) and give the same
+tuples. Without the compiled module (no compiler at install time, or `BUFINSPECT_NO_KERNEL=1`)
+these functions return None and the numpy path in `numeric.py` computes the same fields.
+A leaf module: no bufinspect imports, nothing imported until a data pass needs it.
 
 Why C, by measurement on this 2-core machine (every tensor changed, 16M-element pieces in
 memory, CPU ns per element, medians of 5): the numpy path took 4.8 (float32) / 5.4 (bfloat16)
@@ -79,7 +80,7 @@ def native():
         mod = None
         if os.environ.get(DISABLE_ENV, "") in ("", "0"):
             try:
-                from bufinspect import _kernel as mod
+                import bufinspect._kernel as mod
             except ImportError:
                 mod = None
         _native = mod
@@ -98,94 +99,22 @@ def _contiguous(x):
     return x if x.flags.c_contiguous else np.ascontiguousarray(x)
 
 
-def _table(dtype: str):
-    if CODES[dtype] != 4:
-        return None
-    from bufinspect.numeric import _fp8_table
-
-    return _fp8_table(dtype)
-
-
-def diff_partial(a, b, dtype: str, rtol: float, atol: float) -> DiffPartial | None:
+def diff_partial(a, b, dtype: str, rtol: float, atol: float, table=None) -> DiffPartial | None:
     """Metrics of raw element arrays `a`, `b` (as streamed) in one fused pass, or None when the
-    compiled kernel is absent or does not handle `dtype` (ints, bool, complex)."""
+    compiled kernel is absent or does not handle `dtype` (ints, bool, complex). 8-bit floats
+    need `table`: their 256 values as float32."""
     k = native()
     code = CODES.get(dtype)
     if k is None or code is None:
         return None
-    return DiffPartial(*k.diff(_contiguous(a), _contiguous(b), code, rtol, atol, _table(dtype)))
+    return DiffPartial(*k.diff(_contiguous(a), _contiguous(b), code, rtol, atol, table))
 
 
-def stats_partial(x, dtype: str, moments: bool = True) -> StatsPartial | None:
+def stats_partial(x, dtype: str, moments: bool = True, table=None) -> StatsPartial | None:
     """Statistics of a raw element array in one pass (`moments=False`: counts and extremes only,
     mean and m2 left 0), or None when the compiled kernel is absent or `dtype` is not a float."""
     k = native()
     code = CODES.get(dtype)
     if k is None or code is None:
         return None
-    return StatsPartial(*k.stats(_contiguous(x), code, moments, _table(dtype)))
-
-
-# ---- GPU twins (torch) ---------------------------------------------------------------------
-#
-# The same partials from float64 torch tensors already on the device: the same element rules
-# (NaN in both places and equal infinities are equal; a new NaN or an Inf against anything else
-# is "nonfinite" and mismatched, and zeroed in the sums), reduced on the device and fetched with
-# one transfer per piece. Used by `diff --device cuda` and `check` on a GPU; tests run them on
-# torch's CPU device against the C kernel.
-
-def torch_diff_partial(fa, fb, rtol: float, atol: float) -> DiffPartial:
-    """`diff_partial` of two float64 torch tensors (any device)."""
-    import torch
-
-    zero = torch.zeros((), dtype=torch.float64, device=fa.device)
-    d = (fa - fb).abs()
-    absb = fb.abs()
-    nan_a, nan_b = torch.isnan(fa), torch.isnan(fb)
-    same = (fa == fb) | (nan_a & nan_b)
-    odd = ~same & ~torch.isfinite(d)
-    d = torch.where(same | odd, zero, d)
-    absb = torch.where(odd | ~torch.isfinite(absb), zero, absb)
-    fa = torch.where(odd | (same & ~torch.isfinite(fa)), zero, fa)
-    fb = torch.where(odd | (same & ~torch.isfinite(fb)), zero, fb)
-    mism = (d > absb * rtol + atol).sum() + odd.sum()
-    rel = torch.where(d > 0, d / absb, zero)  # d / 0 = inf, as on the CPU
-    n = d.numel()
-    row = torch.stack([
-        d.max() if n else zero, rel.max() if n else zero, d.sum(), torch.dot(d, d),
-        torch.dot(fa, fa), torch.dot(fb, fa), torch.dot(fb, fb), mism.double(),
-        odd.sum().double()])
-    v = row.tolist()
-    return DiffPartial(n, v[0], v[1], v[2], v[3], v[4], v[5], v[6], int(v[7]), int(v[8]))
-
-
-def torch_stats_row(x, moments: bool = True):
-    """`stats_partial` of a float torch tensor as a float64 row on its device (n, mean, m2,
-    min, max, nan, inf, zeros, neg), left there so that many pieces are fetched at once."""
-    import torch
-
-    x = x.to(torch.float64)
-    nan = torch.isnan(x)
-    inf = torch.isinf(x)
-    fin = ~(nan | inf)
-    n = fin.sum()
-    big = torch.tensor(float("inf"), dtype=torch.float64, device=x.device)
-    lo = torch.where(fin, x, big).amin() if x.numel() else big
-    hi = torch.where(fin, x, -big).amax() if x.numel() else -big
-    if moments:
-        xf = torch.where(fin, x, torch.zeros_like(x))
-        nd = n.double().clamp(min=1)
-        mean = xf.sum() / nd
-        dev = torch.where(fin, x - mean, torch.zeros_like(x))
-        m2 = torch.dot(dev, dev)
-        mean = torch.where(n > 0, mean, torch.zeros_like(mean))
-    else:
-        mean = m2 = torch.zeros((), dtype=torch.float64, device=x.device)
-    return torch.stack([n.double(), mean, m2, lo, hi, nan.sum().double(), inf.sum().double(),
-                        (x == 0).sum().double(), (fin & (x < 0)).sum().double()])
-
-
-def stats_from_row(v: list[float]) -> StatsPartial:
-    """A `StatsPartial` from a fetched `torch_stats_row`."""
-    return StatsPartial(int(v[0]), v[1], v[2], v[3], v[4], int(v[5]), int(v[6]), int(v[7]),
-                        int(v[8]))
+    return StatsPartial(*k.stats(_contiguous(x), code, moments, table))

@@ -1,4 +1,11 @@
-"""Numeric kernels over streamed chunks (numpy only: `import torch` alone costs seconds)."""
+"""Numeric kernels over streamed chunks: pure array code, numpy only (`import torch` alone costs
+seconds). One accumulator per question, each fed raw streamed pieces and merged in element order:
+`StatsAccumulator` (show --stats), `RangeAccumulator` (check), `DiffAccumulator` (diff). The data
+passes that feed them live in `bufinspect.scan`; their torch twins in `bufinspect.scan.gpu`."""
+
+# Long on purpose (~600 lines): the three accumulators share the float helpers, the per-thread
+# scratch and the bf16 tricks documented below. With the fused C kernel built (`kernels`, issue
+# #16) each accumulator hands float pieces to it; the numpy code below is the fallback.
 
 from __future__ import annotations
 
@@ -6,12 +13,11 @@ import math
 import struct
 import threading
 from functools import lru_cache
-from typing import Iterable
 
 import numpy as np
 
 from bufinspect import dtypes, kernels
-from bufinspect.model import Entry, TensorStats
+from bufinspect.model import ScanStats, TensorStats
 
 
 @lru_cache(maxsize=None)
@@ -44,6 +50,16 @@ def _fp8_table(name: str) -> np.ndarray:
         else:
             out[b] = sign * (1 + m / (1 << mbits)) * 2.0 ** (e - bias)
     return out
+
+
+def _table(dtype: str) -> np.ndarray | None:
+    """The decode table the fused kernel needs for an 8-bit float dtype."""
+    return _fp8_table(dtype) if dtype.startswith("float8") else None
+
+
+def fused() -> bool:
+    """True when the fused C kernel is built and enabled (`kernels.native`)."""
+    return kernels.native() is not None
 
 
 def as_float(arr: np.ndarray, dtype: str) -> np.ndarray:
@@ -102,7 +118,6 @@ def split_nonfinite(x: np.ndarray) -> tuple[np.ndarray, int, int, float, float]:
 _STEP = 1 << 19  # bf16 elements per step: 1 MiB of words; fewer calls beat L2 residency here
 _ROW = 1024  # elements per float32 partial sum (gemv row / per-row dot)
 _EXACT = 1 << 16  # pieces up to this size are reduced in float64
-_STATS_CHUNK = 2 << 20  # stream chunk of the stats pass (measured best of 0.5-4 MiB)
 _BF16 = struct.Struct("<I")
 _F32 = struct.Struct("<f")
 
@@ -237,7 +252,7 @@ class StatsAccumulator:
     def add_raw(self, arr: np.ndarray, dtype: str) -> None:
         """Add one streamed piece: raw elements as `stream.pieces` yields them."""
         if self.kind == "float":
-            part = kernels.stats_partial(arr, dtype)  # fused, if built
+            part = kernels.stats_partial(arr, dtype, table=_table(dtype))  # fused, if built
             if part is not None:
                 self.add_partial(part)
                 return
@@ -247,7 +262,7 @@ class StatsAccumulator:
             _FAST[dtype](self, arr, _scratch())
 
     def add_partial(self, p: "kernels.StatsPartial") -> None:
-        """Fold in one piece's statistics from a fused kernel (CPU or GPU)."""
+        """Fold in one piece's statistics from the fused kernel (or a twin of it)."""
         self.nan += p.nan
         self.inf += p.inf
         self.zeros += p.zeros
@@ -370,113 +385,54 @@ _FAST = {"bfloat16": StatsAccumulator._add_bf16, "float32": StatsAccumulator._ad
          "float16": StatsAccumulator._add_f32}
 
 
-def stats_kind(e: Entry) -> str | None:
-    d = dtypes.DTYPES.get(e.dtype)
-    if d is None or d.kind in ("quantized", "packed") or e.dtype == "complex32":
-        return None
-    return d.kind
+# ---- range kernel (check) ------------------------------------------------------------------
 
 
-def tensor_stats(entries: Iterable[Entry], progress=None, jobs: int = 1
-                 ) -> dict[tuple[str, str], TensorStats]:
-    """Stream every entry once, in file order, and return its statistics.
+class RangeAccumulator:
+    """NaN/Inf counts, negatives and finite min/max of one tensor, fed chunk by chunk: what
+    `check` needs. Exact (counts and extremes), so a GPU scan (`scan.gpu.range_row`) merges into
+    it through `merge_row` and gives the same result."""
 
-    Entries whose data cannot be read (meta tensors, quantized, packed dtypes) get no stats.
-    `progress(nbytes)` is called after each piece, for a progress bar. With `jobs` > 1 the
-    entries are split into balanced groups streamed by `jobs` workers (`bufinspect.parallel`);
-    the statistics are the same whatever `jobs` is.
-    """
-    entries = [e for e in entries if stats_kind(e) is not None]
-    if jobs <= 1 or len(entries) <= 1:
-        return _stats_serial(entries, progress)
-    from functools import partial
+    __slots__ = ("nan", "inf", "neg", "min", "max")
 
-    from bufinspect import parallel
+    def __init__(self) -> None:
+        self.nan = self.inf = self.neg = 0
+        self.min = math.inf
+        self.max = -math.inf
 
-    if not parallel.uses_threads():
-        progress = None  # a callback cannot cross into worker processes
-    merged: dict[tuple[str, str], TensorStats] = {}
-    for part in parallel.map_entries(entries, partial(_stats_serial, progress=progress), jobs):
-        merged.update(part)
-    return {(e.container, e.key): merged[(e.container, e.key)] for e in entries
-            if (e.container, e.key) in merged}
+    def merge_row(self, nan: int, inf: int, neg: int, lo: float, hi: float) -> None:
+        self.nan += nan
+        self.inf += inf
+        self.neg += neg
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
 
-
-def _stats_serial(entries: list[Entry], progress=None) -> dict[tuple[str, str], TensorStats]:
-    """One worker's pass: its own stream buffers, its own accumulators."""
-    from bufinspect.formats import stream
-
-    acc: dict[int, StatsAccumulator] = {}
-    small = _SmallFloats(acc)
-    batch = kernels.native() is None  # the fused kernel takes a small tensor in ~1 us as is
-    # read in line, 2 MiB at a time: the chunk is still in cache when it is reduced
-    for e, first, arr in stream.pieces(entries, _STATS_CHUNK, prefetch=False):
-        if (batch and arr.size == e.numel and arr.size <= _SMALL and not first
-                and stats_kind(e) == "float"):
-            small.add(e, arr)  # a whole small float tensor: batched with its neighbours
-        else:
-            a = acc.get(id(e))
-            if a is None:
-                a = acc[id(e)] = StatsAccumulator(stats_kind(e))
-            a.add_raw(arr, e.dtype)
-        if progress is not None:
-            progress(arr.nbytes)
-    small.flush()
-    out = {}
-    for e in entries:
-        a = acc.get(id(e))
-        if a is None and e.numel == 0:
-            a = StatsAccumulator(stats_kind(e))
-        if a is not None:
-            out[(e.container, e.key)] = a.result()
-    return out
-
-
-_SMALL = 1 << 14  # whole float tensors up to this many elements are reduced in batches
-_BATCH = 1 << 18  # elements per batch
-
-
-class _SmallFloats:
-    """Statistics of many small float tensors (BatchNorm buffers, biases) a batch at a time:
-    one `reduceat` per statistic over their concatenated float64 values instead of a dozen
-    numpy calls per tensor (about 100 us each, which dominated checkpoints of 50,000 tensors).
-    Each tensor's numbers depend only on its own elements, so batching never changes them."""
-
-    def __init__(self, acc: dict[int, StatsAccumulator]) -> None:
-        self.acc = acc
-        self.entries: list[Entry] = []
-        self.values: list[np.ndarray] = []
-        self.size = 0
-
-    def add(self, e: Entry, arr: np.ndarray) -> None:
-        self.entries.append(e)
-        self.values.append(as_float(arr, e.dtype).astype(np.float64))  # a copy: views expire
-        self.size += arr.size
-        if self.size >= _BATCH:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.entries:
+    def add_raw(self, arr: np.ndarray, dtype: str, negatives: bool) -> None:
+        """Fold one streamed piece in (`negatives`: count values below zero too)."""
+        part = kernels.stats_partial(arr, dtype, moments=False, table=_table(dtype))
+        if part is not None:  # the fused kernel, if built
+            neg = part.neg if part.min < 0 and negatives else 0
+            self.merge_row(part.nan, part.inf, neg, part.min, part.max)
             return
-        x = np.concatenate(self.values)
-        counts = np.array([v.size for v in self.values])
-        starts = np.cumsum(counts) - counts
-        lo, hi = np.minimum.reduceat(x, starts), np.maximum.reduceat(x, starts)
-        zeros = np.add.reduceat(x == 0, starts, dtype=np.int64)
-        with np.errstate(invalid="ignore", over="ignore"):
-            means = np.add.reduceat(x, starts) / counts
-            d = x - np.repeat(means, counts)
-            m2 = np.add.reduceat(d * d, starts)
-        finite = np.isfinite(lo) & np.isfinite(hi)  # NaN propagates into min and max
-        for k, e in enumerate(self.entries):
-            a = self.acc[id(e)] = StatsAccumulator("float")
-            if finite[k]:
-                a.zeros += int(zeros[k])
-                a._merge(int(counts[k]), float(means[k]), float(m2[k]), float(lo[k]),
-                         float(hi[k]))
-            else:  # NaN or Inf: the general path counts and skips them
-                a.add(self.values[k])
-        self.entries, self.values, self.size = [], [], 0
+        if dtype == "bfloat16":  # the common all-finite case: integer reductions, no widening
+            r = bf16_range(arr)
+            if r is not None:
+                lo, hi = r
+                neg = int(np.count_nonzero(arr > 0x8000)) if lo < 0 and negatives else 0
+                self.merge_row(0, 0, neg, lo, hi)  # (above 0x8000: below -0.0)
+                return
+        if dtypes.DTYPES[dtype].kind == "complex":
+            self.merge_row(int(np.count_nonzero(np.isnan(arr))),
+                           int(np.count_nonzero(np.isinf(arr))), 0, math.inf, -math.inf)
+            return
+        x, nan, inf, lo, hi = split_nonfinite(as_float(arr, dtype))
+        neg = int(np.count_nonzero(x < 0)) if lo < 0 and negatives else 0
+        self.merge_row(nan, inf, neg, lo, hi)
+
+    def result(self) -> ScanStats:
+        have = self.min <= self.max
+        return ScanStats(self.nan, self.inf, self.neg, self.min if have else None,
+                         self.max if have else None)
 
 
 # ---- diff kernels --------------------------------------------------------------------------
@@ -507,8 +463,8 @@ class DiffAccumulator:
     def add(self, a: np.ndarray, b: np.ndarray, dtype: str) -> None:
         """Compare one chunk pair (raw elements as streamed) in float64."""
         if self.envelope is None:
-            part = kernels.diff_partial(a, b, dtype, self.rtol, self.atol)  # fused, if built
-            if part is not None:
+            part = kernels.diff_partial(a, b, dtype, self.rtol, self.atol, table=_table(dtype))
+            if part is not None:  # the fused kernel, if built
                 self.add_partial(part)
                 return
         cplx = dtypes.DTYPES[dtype].kind == "complex"
@@ -582,7 +538,7 @@ class DiffAccumulator:
             env[key] = max(env.get(key, 0.0), float(top[k]))
 
     def add_partial(self, p: "kernels.DiffPartial") -> None:
-        """Fold in one piece's metrics from a fused kernel (CPU or GPU)."""
+        """Fold in one piece's metrics from the fused kernel (or its torch twin)."""
         self.diff_elems += p.elems
         self.max_abs = max(self.max_abs, p.max_abs)
         self.max_rel = max(self.max_rel, p.max_rel)

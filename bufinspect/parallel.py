@@ -1,4 +1,5 @@
-"""A worker pool over entries: balanced groups in file order, results in a fixed order.
+"""A worker pool over entries (balanced groups in file order, results in a fixed order), and
+`Work`, which says how a data pass is shared between processes and threads.
 
 `map_entries(entries, fn, jobs)` cuts the entries (sorted by where their bytes are) into `jobs`
 contiguous groups of about equal bytes and runs `fn(group)` for each on a pool. Each call of
@@ -96,3 +97,33 @@ def map_groups(groups: Sequence[list[Entry]], fn: Callable[[list[Entry]], T], jo
         return [fn(g) for g in groups]
     with _executor(min(jobs, len(groups)), threads) as pool:
         return list(pool.map(fn, groups))
+
+
+class Work:
+    """How one data pass is shared out: the seam between `--jobs` and torch.distributed ranks.
+
+    A pass asks `share(items)` for the indices this process handles, streams them on `jobs`
+    local workers, and hands its typed results (one per index, in order) to `gather`, which
+    returns every item's result in item order. This local default takes everything;
+    `bufinspect.distributed.RankWork` takes a contiguous run of about 1/N of the bytes and
+    all-gathers the results, so every process builds the same report.
+    """
+
+    def __init__(self, jobs: int = 1) -> None:
+        self.jobs = max(int(jobs), 1)
+
+    def share(self, items: Sequence[Entry]) -> list[int]:
+        """Indices of `items` this process works on, ascending."""
+        return list(range(len(items)))
+
+    def gather(self, mine: list[int], results: list[T], total: int) -> list[T]:
+        """Every item's result, in item order, given this process's `results` for `mine`."""
+        return list(results)
+
+    def device(self, device: str) -> str:
+        """The device this process scans on (a rank uses its own GPU)."""
+        return device
+
+    def progress(self, callback: Callable[[int], None] | None) -> Callable[[int], None] | None:
+        """The progress callback to use (none across ranks: bars would garble the terminal)."""
+        return callback

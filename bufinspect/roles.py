@@ -8,7 +8,7 @@ roles. For plain state dicts the rules below decide what the file proves and lea
   against the file's keys;
 - `layer:<Class>`: a module's whole own key set, dimensions, dtype kinds, equal-shape groups and
   `_metadata` version match a torch.nn / torch.ao layer signature (bufinspect/data/layers.json,
-  built by introspecting torch: scripts/make_layer_table.py);
+  built by introspecting torch: scripts/make_layer_table.py, read by `formats.package_data`);
 - `dtype:<dtype>`: integer and bool tensors cannot be trainable parameters;
 - `optimizer:param_names` / `optimizer:state-shapes`: an optimizer saved beside the state dict
   names its parameters, or its parameter ids and state shapes align with the state dict's keys in
@@ -24,17 +24,14 @@ Evidence strings are `kind:detail`; the kind (before the colon) is what the summ
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections import defaultdict
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from bufinspect import dtypes
 from bufinspect.model import Checkpoint, Container, ContainerKind, Entry, Format, Role
 
-LAYER_TABLE = Path(__file__).with_name("data") / "layers.json"
 _DIGITS = re.compile(r"\d+")
 # formats whose state dicts keep the order `Module.state_dict()` produced
 _ORDERED = {Format.TORCH_ZIP, Format.TORCH_LEGACY}
@@ -50,13 +47,9 @@ def assign(checkpoint: Checkpoint, annotations: dict[str, dict[str, Role]] | Non
     """Return `checkpoint` with a role and evidence on every state-dict entry.
 
     `annotations` maps a container path to `{key: role}` that bufinspect wrote earlier (read from
-    the file's sidecar or safetensors metadata when not given), used as exact evidence.
+    the file's sidecar or safetensors metadata by `formats.role_metadata`), used as exact evidence.
     """
     state_dicts = [c for c in checkpoint.containers if c.kind is ContainerKind.STATE_DICT]
-    if annotations is None and state_dicts:
-        from bufinspect.annotate import read_annotations
-
-        annotations = read_annotations(checkpoint)
     optimizers = [c for c in checkpoint.containers if c.kind is ContainerKind.OPTIMIZER]
     ordered = checkpoint.format in _ORDERED
     out = []
@@ -132,7 +125,7 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
         for key, (role, evidence) in found.items():
             votes.add(key, role, evidence)
     for e in entries:
-        d = _dtype_decision(e.dtype)  # (_by_dtype)
+        d = _dtype_decision(e.dtype)
         if d:
             votes.add(e.key, *d)
     order_ok = ordered and _order_consistent(entries, by_module, layer_matched, votes,
@@ -171,7 +164,9 @@ def pattern(name: str) -> str:
 @lru_cache(maxsize=1)
 def layer_table() -> dict[frozenset[str], list[dict[str, Any]]]:
     """The shipped signature table, indexed by the set of tensor-name patterns."""
-    doc = json.loads(LAYER_TABLE.read_text())
+    from bufinspect.formats.package_data import LAYER_TABLE, read_json
+
+    doc = read_json(LAYER_TABLE)
     index: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
     for sig in doc["signatures"]:
         index[frozenset(sig["tensors"])].append(sig)
@@ -262,13 +257,9 @@ def _match(names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...], dtypes: 
     return tuple(out)
 
 
-def _by_dtype(e: Entry) -> Decision | None:
-    """Integer and bool tensors cannot be trainable parameters."""
-    return _dtype_decision(e.dtype)
-
-
 @lru_cache(maxsize=256)
 def _dtype_decision(dtype: str) -> Decision | None:
+    """Integer and bool tensors cannot be trainable parameters."""
     d = dtypes.DTYPES.get(dtype)
     if d is not None and d.kind in ("int", "uint", "bool"):
         return Role.BUFFER, f"dtype:{dtype}"

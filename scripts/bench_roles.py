@@ -50,10 +50,11 @@ def main() -> None:
         t = time.perf_counter()
         roles.assign(ck)
         print(f"roles.assign alone: {(time.perf_counter() - t) * 1000:.0f} ms")
-    from bufinspect import _layer_table
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import layer_table
 
     t = time.perf_counter()
-    _layer_table.introspect()
+    layer_table.introspect()
     print(f"introspecting torch at run time instead (torch already imported): "
           f"{time.perf_counter() - t:.2f} s")
 

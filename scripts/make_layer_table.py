@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-from bufinspect import _layer_table  # noqa: E402
+import layer_table  # noqa: E402  (scripts/layer_table.py: build-time only, not shipped)
 
 
 def main() -> None:
-    table = _layer_table.introspect()
+    table = layer_table.introspect()
     out = ROOT / "bufinspect" / "data" / "layers.json"
     out.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     print(f"{out}: {len(table['signatures'])} signatures from torch {table['torch']}")

@@ -71,6 +71,25 @@ def _tree_digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
 
 
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """The hostile corpus (tests/hostile/make_corpus.py), built once, on first use: (folder,
+    {name: Case}). After the session, fail loudly if any of it changed or a sentinel appeared."""
+    from hostile import make_corpus
+
+    out = tmp_path_factory.mktemp("hostile")
+    cases = {c.name: c for c in make_corpus.build(out)}
+    built = make_corpus.manifest_lines(list(cases.values()))
+    listed = make_corpus.MANIFEST.read_text().splitlines()
+    assert built == listed, ("tests/hostile/cases.txt is stale: run "
+                             "`python tests/hostile/make_corpus.py --manifest`")
+    before = _tree_digest(out)
+    yield out, cases
+    after = _tree_digest(out)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"the hostile corpus changed (or a sentinel appeared): {changed}"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def samples_never_change():
     """Nothing lost: sample_checkpoints/ hashes the same after the whole suite as before it."""

@@ -11,10 +11,11 @@ import json
 import pytest
 import torch
 
-from bufinspect import check as checking
+import bufinspect
+from bufinspect.scan import checkscan
 from make_samples import save_tagged
 from conftest import SAMPLES
-from test_check_scan import planted
+from helpers import planted
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -30,14 +31,14 @@ SAMPLE_FILES = ["cnn_state_dict.pt", "cnn_state_dict_legacy.pt", "cnn.safetensor
 def both(request, monkeypatch):
     """Check on the CPU and on the GPU (also with every piece, however small, sent to the GPU)."""
     if request.param == "all-on-gpu":
-        monkeypatch.setattr(checking, "GPU_MIN_BYTES", 0)
+        monkeypatch.setattr(checkscan, "GPU_MIN_BYTES", 0)
 
     return run_both
 
 
 def run_both(paths):
     paths = [str(p) for p in paths]
-    return checking.check(paths, device="cpu"), checking.check(paths, device="auto")
+    return bufinspect.check(paths, device="cpu"), bufinspect.check(paths, device="auto")
 
 
 def assert_identical(cpu, gpu):

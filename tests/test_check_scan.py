@@ -8,40 +8,13 @@ import pytest
 import torch
 
 import bufinspect
-from bufinspect import check as checking
+from bufinspect.model import ScanStats
+from bufinspect.scan import checkscan as checking
 from conftest import SAMPLES
-
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float8_e4m3fn,
-          torch.float8_e5m2, torch.complex64]
+from helpers import DTYPES, planted  # noqa: F401
 
 
-def planted(path):
-    """Tensors of every scanned dtype with NaN, +-Inf and negatives, some larger than a chunk."""
-    g = torch.Generator().manual_seed(0)
-    sd = {}
-    for dt in DTYPES:
-        name = str(dt).removeprefix("torch.")
-        x = torch.randn(1000, generator=g)
-        x[[3, 50]] = float("nan")
-        x[7] = float("inf")
-        x[8] = float("-inf")
-        sd[f"{name}.running_var"] = x.to(dt)
-    big = torch.randn(1_500_000, generator=g)  # 6 MB: streamed in two chunks
-    big[[10, 1_400_000]] = float("nan")
-    big[1_200_000] = -1e30
-    sd["big.weight"] = big
-    sd["strided.weight"] = torch.randn(64, 64, generator=g).t()  # saved as a non-contiguous view
-    # finite bfloat16 takes the integer fast path: signed zeros, all-negative, all-positive
-    clean = torch.randn(5000, generator=g)
-    clean[0], clean[1] = -0.0, 0.0
-    sd["bf16clean.running_var"] = clean.to(torch.bfloat16)
-    sd["bf16neg.running_var"] = (-(torch.rand(3000, generator=g) + 0.1)).to(torch.bfloat16)
-    sd["bf16pos.weight"] = torch.rand(1_200_000, generator=g).to(torch.bfloat16)  # > a chunk
-    torch.save(sd, path)
-    return sd
-
-
-def _same(a: checking.ScanStats, b: checking.ScanStats) -> bool:
+def _same(a: ScanStats, b: ScanStats) -> bool:
     return (a.nan, a.inf, a.negative) == (b.nan, b.inf, b.negative) and \
         (a.min == b.min or (a.min is None and b.min is None)) and a.max == b.max
 

@@ -16,15 +16,10 @@ from torch.distributed.checkpoint import filesystem
 from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata, MetadataIndex,
                                                    TensorProperties, TensorStorageMetadata)
 
-from test_errors import Payload
-from test_sharded import listing, state_dict, stats
-from test_show import schema
-
-
-def dcp_save(obj, folder) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "no process group": fine for one process
-        dcp.save(obj, checkpoint_id=str(folder))
+from helpers import Payload
+from helpers import listing, state_dict, stats
+from helpers import schema
+from helpers import dcp_save  # noqa: F401
 
 
 @pytest.fixture
@@ -180,7 +175,8 @@ def test_diff_chunked_against_single_file(cli_json, tmp_path, monkeypatch, split
     """Row chunks stream in step with a plain file; column chunks are not in the tensor's
     element order, so they are reassembled before comparing (never paired element by element
     in file order)."""
-    from bufinspect import diff
+    import bufinspect
+    from bufinspect.model import Status
     from bufinspect.formats import stream
 
     torch.manual_seed(3)
@@ -192,12 +188,12 @@ def test_diff_chunked_against_single_file(cli_json, tmp_path, monkeypatch, split
     torch.save({"w": moved}, tmp_path / "moved.pt")
     if split_dim == 0:  # streamed in step: never read whole
         monkeypatch.setattr(stream, "read_array", lambda e: pytest.fail("read whole"))
-    got = diff.diff(str(tmp_path / "dcp"), str(tmp_path / "same.pt"), scope="all").entries[0]
-    assert got.status is diff.Status.EQUAL and got.max_abs == 0.0
-    got = diff.diff(str(tmp_path / "dcp"), str(tmp_path / "moved.pt"), scope="all").entries[0]
-    assert got.status is diff.Status.CHANGED and got.mismatched == 1
+    got = bufinspect.diff(str(tmp_path / "dcp"), str(tmp_path / "same.pt"), scope="all").entries[0]
+    assert got.status is Status.EQUAL and got.max_abs == 0.0
+    got = bufinspect.diff(str(tmp_path / "dcp"), str(tmp_path / "moved.pt"), scope="all").entries[0]
+    assert got.status is Status.CHANGED and got.mismatched == 1
     assert got.max_abs == pytest.approx((full - moved).abs().max().item(), rel=1e-12)
     # the same chunking on both sides pairs chunk with chunk
     _chunked(tmp_path / "dcp2", moved, split_dim, 3)
-    got = diff.diff(str(tmp_path / "dcp"), str(tmp_path / "dcp2"), scope="all").entries[0]
+    got = bufinspect.diff(str(tmp_path / "dcp"), str(tmp_path / "dcp2"), scope="all").entries[0]
     assert got.mismatched == 1 and got.max_abs == pytest.approx(0.5, rel=1e-6)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import bufinspect.diff as D
+import bufinspect
+from bufinspect.model import Status
 from bufinspect.formats import stream
 
 SCHEMA = Path(__file__).resolve().parent.parent / "bufinspect" / "schema" / "bufinspect-1.json"
@@ -166,14 +167,14 @@ def test_metadata_changes(tmp_path, base_sd, cli_json, monkeypatch):
         read.extend(a.key for a, _ in pairs)
         return real(pairs, *args, **kwargs)
     monkeypatch.setattr(stream, "pair_batches", spy)
-    report = D.diff(str(a), str(b), scope="all")
+    report = bufinspect.diff(str(a), str(b), scope="all")
     got = {e.key: e for e in report.entries}
-    assert got["bn.running_var"].status is D.Status.DTYPE
+    assert got["bn.running_var"].status is Status.DTYPE
     assert got["bn.running_var"].dtype_b == "float16"
-    assert got["bn.running_mean"].status is D.Status.SHAPE
+    assert got["bn.running_mean"].status is Status.SHAPE
     assert got["bn.running_mean"].shape_b == (5,)
-    assert got["bn.num_batches_tracked"].status is D.Status.REMOVED
-    assert got["extra.running_mean"].status is D.Status.ADDED
+    assert got["bn.num_batches_tracked"].status is Status.REMOVED
+    assert got["extra.running_mean"].status is Status.ADDED
     assert report.has_differences
     # metadata-only differences never read data: only the matching pairs were streamed
     assert sorted(read) == ["bn.bias", "bn.weight", "conv.bias", "conv.weight"]
@@ -188,7 +189,7 @@ def test_metadata_only_pairs_skip_reading(tmp_path, base_sd, monkeypatch):
     b = save({"x.running_mean": torch.zeros(4, dtype=torch.float64)}, tmp_path / "b.pt")
     monkeypatch.setattr(stream, "paired_chunks", lambda pairs, *a, **k: iter(()) if not pairs
                         else (_ for _ in ()).throw(AssertionError("read data")))
-    assert D.diff(str(a), str(b)).entries[0].status is D.Status.DTYPE
+    assert bufinspect.diff(str(a), str(b)).entries[0].status is Status.DTYPE
 
 
 def test_close_and_tolerance_overrides(tmp_path, base_sd, cli_json):
@@ -346,8 +347,8 @@ def test_cuda_path_matches_cpu(tmp_path, samples):
     sb["m.num_batches_tracked"] += 4
     sb["h.half"][::3] *= 1.5
     a, b = save(sa, tmp_path / "a.pt"), save(sb, tmp_path / "b.pt")
-    cpu = D.diff(str(a), str(b), scope="all", device="cpu").to_dict()
-    gpu = D.diff(str(a), str(b), scope="all", device="cuda").to_dict()
+    cpu = bufinspect.diff(str(a), str(b), scope="all", device="cpu").to_dict()
+    gpu = bufinspect.diff(str(a), str(b), scope="all", device="cuda").to_dict()
     assert gpu["device"].startswith("cuda")
     for ec, eg in zip(cpu["entries"], gpu["entries"]):
         for k, v in ec.items():
@@ -497,12 +498,12 @@ def test_identical_data_needs_no_numpy(tmp_path, base_sd):
     a = save(base_sd, tmp_path / "a.pt")
     b = save({k: v.clone() for k, v in base_sd.items()}, tmp_path / "b.pt")
     changed = save({**base_sd, "bn.running_var": base_sd["bn.running_var"] + 1}, tmp_path / "c.pt")
-    code = ("import sys; from bufinspect import diff; "
-            "r = diff.diff(sys.argv[1], sys.argv[2], scope='all', jobs=2); "
+    code = ("import sys, bufinspect; "
+            "r = bufinspect.diff(sys.argv[1], sys.argv[2], scope='all', jobs=2); "
             "e = {x.key: x for x in r.entries}; "
             "print(r.has_differences, 'numpy' in sys.modules, "
             "e['bn.num_batches_tracked'].old, e['bn.num_batches_tracked'].new)")
-    root = str(Path(D.__file__).parent.parent)
+    root = str(Path(bufinspect.__file__).parent.parent)
     run = [sys.executable, "-c", code]
     same = subprocess.run([*run, str(a), str(b)], check=True, capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": root})

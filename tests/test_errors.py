@@ -11,16 +11,7 @@ import pytest
 import torch
 
 from conftest import SAMPLES
-
-
-class Payload:
-    """Unpickling this would create a file: the sentinel must never appear."""
-
-    def __init__(self, sentinel: str):
-        self.sentinel = sentinel
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.sentinel}",))
+from helpers import Payload  # noqa: F401
 
 
 def _assert_refused(cli, path, *, words: str | None = None):

@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 import bufinspect
 from conftest import SAMPLES
 
+pytestmark = pytest.mark.slow  # hypothesis runs hundreds of examples
+
 FUZZ = settings(max_examples=200, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 PER_EXAMPLE_S = 30  # a hang, not slowness: a shared 2-core machine under load needs headroom

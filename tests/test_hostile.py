@@ -3,14 +3,10 @@ the file, nothing run (the sentinel folder stays empty), bounded time and memory
 
 from __future__ import annotations
 
-import atexit
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,29 +20,16 @@ COMMANDS = [["show", "{}"], ["show", "{}", "--stats"], ["diff", "{}", "{}"], ["c
 MEMORY_LIMIT = 2 << 30  # RLIMIT_AS for the bombs
 TIME_LIMIT = 20  # seconds of wall clock per bomb run
 
-def _tree_hash(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+# collected from the manifest (cheap); the `corpus` fixture (conftest.py) builds the files once,
+# on first use, and checks that they match it
+MANIFEST = make_corpus.read_manifest()
+CASES = [name for name, _, _ in MANIFEST]
+BOMBS = {name for name, _, flags in MANIFEST if "bomb" in flags}
 
 
-# built at collection time, once: the case list parametrizes the tests
-_OUT = Path(tempfile.mkdtemp(prefix="bufinspect-hostile-"))
-atexit.register(shutil.rmtree, _OUT, True)  # also when the session never used the fixture
-_CASES = {c.name: c for c in make_corpus.build(_OUT)}
-CASES = list(_CASES)
-
-
-@pytest.fixture(scope="session")
-def corpus():
-    """The corpus; after the session, fail loudly if any of it changed, then remove it."""
-    before = _tree_hash(_OUT)
-    yield _OUT, _CASES
-    if not _OUT.exists():  # test_hostile_scanners imports this fixture: the other copy checked
-        return
-    after = _tree_hash(_OUT)
-    shutil.rmtree(_OUT, ignore_errors=True)
-    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-    assert not changed, f"the hostile corpus changed (or a sentinel appeared): {changed}"
+def _case_params(names):
+    """Bombs run in limited subprocesses (seconds each): marked slow, out of the fast subset."""
+    return [pytest.param(n, marks=[pytest.mark.slow] if n in BOMBS else []) for n in names]
 
 
 def _available_commands() -> set[str]:
@@ -79,7 +62,7 @@ def _check_refusal(case, code: int, stdout: str, stderr: str) -> None:
 
 
 @pytest.mark.parametrize("command", list(_command_params()))
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", _case_params(CASES))
 def test_refused_under_every_command(corpus, cli, name, command):
     out, cases = corpus
     case = cases[name]
@@ -93,15 +76,14 @@ def test_refused_under_every_command(corpus, cli, name, command):
     assert _sentinels(out) == [], f"{name}: a payload ran"
 
 
-@pytest.mark.parametrize("name", [n for n in CASES])
+@pytest.mark.parametrize("name", [n for n in CASES if n not in BOMBS])
 def test_load_raises_only_bufinspect_errors(corpus, name):
-    """The library API: `bufinspect.load` raises InputError, nothing else, for every case."""
+    """The library API: `bufinspect.load` raises InputError, nothing else, for every case (bombs
+    run in a limited subprocess instead, in test_refused_under_every_command)."""
     import bufinspect
 
     out, cases = corpus
     case = cases[name]
-    if case.bomb:
-        pytest.skip("bombs run in a limited subprocess (test_refused_under_every_command)")
     with pytest.raises(bufinspect.InputError) as info:
         bufinspect.load(str(case.path))
     assert info.value.path == str(case.path)

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLES
-from test_hostile import corpus  # noqa: F401  (the session fixture)
 
 
 def _pickle_parts(path: Path) -> list[bytes]:

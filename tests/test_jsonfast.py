@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bufinspect import _jsonfast
+from bufinspect.render import jsonfast as _jsonfast
 from conftest import SAMPLES
 
 
@@ -71,3 +71,25 @@ def test_diff_report(cli):
     res = cli("diff", SAMPLES / "bn_before.pt", SAMPLES / "bn_after_train.pt", "--all",
               "--format", "json")
     same(json.loads(res.stdout))
+
+
+def test_show_documents_straight_from_entries(tmp_path):
+    """`show_document` (entries encoded from the Entry objects) against
+    `json.dumps(report.to_dict(), indent=2)` on every sample, with and without --stats, with
+    NaN statistics (the strict-JSON fallback) and on a checkpoint of odd names."""
+    import bufinspect
+    from bufinspect.render import report_json, to_json
+
+    torch = pytest.importorskip("torch")
+    odd = {"a.\u00e9\"\\x": torch.ones(2), "%s{}": torch.zeros(()), "n\x01ul": torch.ones(0),
+           "b.bias": torch.tensor([float("nan"), 1.0]), "c.num_batches_tracked": torch.tensor(3)}
+    torch.save(odd, tmp_path / "odd.pt")
+    paths = sorted(SAMPLES.glob("*.pt")) + sorted(SAMPLES.glob("*.safetensors")) \
+        + [tmp_path / "odd.pt"]
+    for path in paths:
+        for stats in (False, True):
+            report = bufinspect.show(str(path), stats=stats)
+            assert report_json(report) == to_json(report.to_dict()), (path, stats)
+            if stats:
+                continue
+            assert _jsonfast.show_document(report) == json.dumps(report.to_dict(), indent=2)

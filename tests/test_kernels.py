@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bufinspect import kernels
-from bufinspect.numeric import DiffAccumulator, StatsAccumulator, _fp8_table, as_float
+from bufinspect.numeric import DiffAccumulator, StatsAccumulator, _fp8_table, _table, as_float
 
 needs_kernel = pytest.mark.skipif(kernels.native() is None,
                                   reason="bufinspect._kernel was not built (no compiler)")
@@ -118,7 +118,7 @@ def test_numpy_path_matches_reference(dtype, nonfinite, monkeypatch):
 def test_kernel_diff_matches_reference(dtype, nonfinite):
     ra, rb = pair(dtype, nonfinite)
     want = reference_diff(ra, rb, dtype, 1e-3, 1e-4)
-    got = kernels.diff_partial(ra, rb, dtype, 1e-3, 1e-4)._asdict()
+    got = kernels.diff_partial(ra, rb, dtype, 1e-3, 1e-4, table=_table(dtype))._asdict()
     assert_diff(got, want)
     # merged from pieces of any size, unaligned starts included: the same numbers
     acc = DiffAccumulator(1e-3, 1e-4)
@@ -135,7 +135,7 @@ def test_tolerance_boundary_is_exact():
     b = rng.standard_normal(10_000)
     a = b + (1e-8 + 1e-5 * np.abs(b))  # some land on the boundary, some a rounding off it
     want = reference_diff(a, b, "float64", 1e-5, 1e-8)
-    assert kernels.diff_partial(a, b, "float64", 1e-5, 1e-8).mismatched == want["mismatched"]
+    assert kernels.diff_partial(a, b, "float64", 1e-5, 1e-8, table=_table("float64")).mismatched == want["mismatched"]
 
 
 def reference_stats(r, dtype) -> dict:
@@ -164,7 +164,7 @@ DATA = {
 def test_kernel_stats_match_reference(dtype, name):
     r = raw(DATA[name](), dtype)
     want = reference_stats(r, dtype)
-    got = kernels.stats_partial(r, dtype)
+    got = kernels.stats_partial(r, dtype, table=_table(dtype))
     for k in ("n", "min", "max", "nan", "inf", "zeros", "neg"):
         assert getattr(got, k) == want[k], k
     if dtype in ("float32", "float64"):  # float64 sums
@@ -174,7 +174,7 @@ def test_kernel_stats_match_reference(dtype, name):
         std = math.sqrt(want["m2"] / want["n"])
         assert abs(got.mean - want["mean"]) <= 1e-7 * (abs(want["mean"]) + std)
         assert got.m2 == pytest.approx(want["m2"], rel=2e-7)
-    scan = kernels.stats_partial(r, dtype, moments=False)
+    scan = kernels.stats_partial(r, dtype, moments=False, table=_table(dtype))
     assert scan[3:] == got[3:] and scan.n == got.n
 
 
@@ -185,13 +185,13 @@ def test_every_half_and_bfloat16_value_decodes_like_numpy():
         with np.errstate(invalid="ignore"):
             want = as_float(words, dtype).astype(np.float64)
         for i in range(0, 65536, 97):  # one element per call: min = max = the value
-            st = kernels.stats_partial(words[i: i + 1], dtype)
+            st = kernels.stats_partial(words[i: i + 1], dtype, table=_table(dtype))
             if np.isfinite(want[i]):
                 assert st.min == want[i] == st.max, (dtype, i)
             else:
                 assert (st.nan, st.inf) == ((1, 0) if np.isnan(want[i]) else (0, 1)), (dtype, i)
         # and all at once: the sums see every value
-        st = kernels.stats_partial(words, dtype)
+        st = kernels.stats_partial(words, dtype, table=_table(dtype))
         fin = want[np.isfinite(want)]
         assert st.n == fin.size and st.mean == pytest.approx(fin.mean(), abs=1e-7 * fin.std())
 
@@ -219,15 +219,17 @@ def test_stats_accumulator_paths_agree(dtype, monkeypatch):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_torch_twins_match_kernel(dtype, nonfinite):
     torch = pytest.importorskip("torch")
+    from bufinspect.scan import gpu
+
     ra, rb = pair(dtype, nonfinite)
 
     def t64(r):
         return torch.from_numpy(as_float(r, dtype).astype(np.float64))
 
-    got = kernels.torch_diff_partial(t64(ra), t64(rb), 1e-3, 1e-4)._asdict()
+    got = gpu.diff_partial(t64(ra), t64(rb), 1e-3, 1e-4)._asdict()
     assert_diff(got, reference_diff(ra, rb, dtype, 1e-3, 1e-4))
-    st = kernels.stats_from_row(kernels.torch_stats_row(t64(ra)).tolist())
-    want = kernels.stats_partial(ra, dtype)
+    st = gpu.stats_from_row(gpu.stats_row(t64(ra)).tolist())
+    want = kernels.stats_partial(ra, dtype, table=_table(dtype))
     assert st[:1] + st[3:] == want[:1] + want[3:]
     std = math.sqrt(want.m2 / want.n)
     assert abs(st.mean - want.mean) <= 1e-7 * (abs(want.mean) + std)
@@ -316,15 +318,17 @@ def test_install_without_a_compiler_succeeds(tmp_path):
 
 
 def test_gpu_diff_path_on_torch_cpu_matches(tmp_path, monkeypatch):
-    """`diff --device cuda` runs `diff._torch_kernel`; on torch's CPU device it must give the
-    CPU kernel's report (the real GPU runs the same code: tests/test_diff.py, marked gpu)."""
-    torch = pytest.importorskip("torch")
-    from bufinspect import diff as D
+    """`diff --device cuda` runs `scan.gpu.diff_kernel`; on torch's CPU device it must give the
+    CPU kernel's report (a GPU runs the same code: tests/test_diff.py's cuda test)."""
+    pytest.importorskip("torch")
+    import bufinspect
+    from bufinspect.scan import gpu, sweep
 
     a, b = _checkpoints(tmp_path)
-    cpu = D.diff(str(a), str(b), scope="all", device="cpu").to_dict()
-    monkeypatch.setattr(D, "_cuda_kernel", lambda: D._torch_kernel(torch.device("cpu")))
-    gpu = D.diff(str(a), str(b), scope="all", device="cuda").to_dict()
-    assert gpu["device"] == "cuda:0"
-    gpu["device"] = cpu["device"]
-    _close(gpu, cpu)
+    cpu = bufinspect.diff(str(a), str(b), scope="all", device="cpu").to_dict()
+    monkeypatch.setattr(sweep, "diff_kernel", lambda: gpu.diff_kernel("cpu"))
+    monkeypatch.setattr(sweep, "resolve_device", lambda device: device)
+    twin = bufinspect.diff(str(a), str(b), scope="all", device="cuda").to_dict()
+    assert twin["device"] == "cuda:0"
+    twin["device"] = cpu["device"]
+    _close(twin, cpu)

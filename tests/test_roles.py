@@ -11,58 +11,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import bufinspect
-from bufinspect import roles
 from bufinspect.model import Role
-
-
-class Zoo(nn.Module):
-    """Custom state: persistent, non-persistent, int and bool buffers, a frozen parameter."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(4))
-        self.frozen = nn.Parameter(torch.full((4,), 0.5), requires_grad=False)
-        self.register_buffer("ema", torch.zeros(4))
-        self.register_buffer("cache", torch.arange(4.0), persistent=False)
-        self.register_buffer("steps", torch.tensor(0, dtype=torch.int64))
-        self.register_buffer("mask", torch.tensor([True, False, True, True]))
-        self.child = WeightBuffer()
-
-
-class WeightBuffer(nn.Module):
-    """A buffer literally named `weight` next to an oddly named parameter."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gain_Δ = nn.Parameter(torch.ones(3))
-        self.register_buffer("weight", torch.linspace(0, 1, 3))
-
-
-def matrix_model() -> nn.Module:
-    """One module holding every layer of the matrix (random values, eval-ready)."""
-    torch.manual_seed(0)
-    from torch.ao.quantization import FakeQuantize, MinMaxObserver
-
-    m = nn.Module()
-    m.bn1 = nn.BatchNorm1d(3)
-    m.bn2 = nn.BatchNorm2d(4)
-    m.bn3 = nn.BatchNorm3d(5, affine=False)
-    m.sync = nn.SyncBatchNorm(6)
-    m.inorm = nn.InstanceNorm2d(7, affine=True, track_running_stats=True)
-    m.lazy = nn.LazyBatchNorm1d()
-    m.lazy(torch.randn(4, 9))  # materialize: it becomes a BatchNorm1d with 9 features
-    m.ln = nn.LayerNorm(8)
-    m.emb = nn.Embedding(10, 6)
-    m.lstm = nn.LSTM(3, 5, num_layers=2, bidirectional=True)
-    m.gru = nn.GRU(4, 6)
-    m.mha = nn.MultiheadAttention(8, 2)
-    m.sn = nn.utils.spectral_norm(nn.Linear(5, 7))
-    m.snp = nn.utils.parametrizations.spectral_norm(nn.Linear(6, 3))
-    m.obs = MinMaxObserver()
-    m.obs(torch.randn(10))
-    m.fq = FakeQuantize()
-    m.zoo = Zoo()
-    return m
+from helpers import WeightBuffer, Zoo, matrix_model, truth  # noqa: F401
 
 
 # keys a plain state dict cannot decide, with the reason (FORMATS.md: identical files exist for
@@ -74,15 +24,6 @@ UNDECIDABLE = {
     "zoo.child.gain_Δ": "custom module, float tensors only, no known layer",
     "zoo.child.weight": "custom module, float tensors only, no known layer",
 }
-
-
-def truth(model: nn.Module) -> dict[str, tuple[Role, bool | None]]:
-    """key -> (role, persistent) from the live module."""
-    out = {k: (Role.PARAMETER, None) for k, _ in model.named_parameters(remove_duplicate=False)}
-    state = model.state_dict()
-    for k, _ in model.named_buffers(remove_duplicate=False):
-        out[k] = (Role.BUFFER, k in state)
-    return out
 
 
 def check_plain(path, model, undecidable=UNDECIDABLE, container=None):
@@ -260,10 +201,12 @@ def test_tied_parameters(tmp_path):
 
 def test_shipped_layer_table_is_current():
     """bufinspect/data/layers.json equals a fresh introspection of the installed torch."""
-    from bufinspect import _layer_table
+    from helpers import layer_table
 
-    shipped = json.loads(roles.LAYER_TABLE.read_text())
-    fresh = json.loads(json.dumps(_layer_table.introspect()))
+    from bufinspect.formats.package_data import LAYER_TABLE
+
+    shipped = json.loads(LAYER_TABLE.read_text())
+    fresh = json.loads(json.dumps(layer_table().introspect()))
     assert shipped == fresh, "run scripts/make_layer_table.py"
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 import bufinspect
 from bufinspect.model import Role
-from test_roles import Zoo, matrix_model, truth
+from helpers import Zoo, matrix_model, truth
 
 
 def exact(path, model, persistence=True):

@@ -14,12 +14,12 @@ from torch import nn
 
 import bufinspect
 from bufinspect.model import Role
-from test_roles import Zoo, matrix_model, truth
+from helpers import Zoo, matrix_model, truth
 
 FACTORIES = '''
 import sys
 sys.path.insert(0, {tests!r})
-from test_roles import Zoo, matrix_model
+from helpers import Zoo, matrix_model
 from torch import nn
 
 def make():

@@ -7,65 +7,10 @@ import os
 
 import jsonschema
 import pytest
-import torch
 from safetensors.torch import save_file
-from torch import nn
 
-from test_show import schema
-
-
-class ShardNet(nn.Module):
-    """Convs with BatchNorm buffers, a bf16 head: enough tensors to spread over three shards."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU())
-        self.block = nn.Sequential(nn.Conv2d(16, 32, 3), nn.BatchNorm2d(32), nn.ReLU())
-        self.head = nn.Linear(32, 64).to(torch.bfloat16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.block(self.stem(x)).mean((2, 3))
-        return self.head(x.to(torch.bfloat16))
-
-
-def state_dict() -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    m = ShardNet()
-    m.train()
-    m(torch.randn(2, 3, 8, 8))  # move running stats off their defaults
-    return {k: v.detach().clone().contiguous() for k, v in m.state_dict().items()}
-
-
-def save_sharded(sd: dict[str, torch.Tensor], folder, max_shard_size: int, index: bool = True,
-                 prefix: str = "model") -> list[str]:
-    """Split like `save_pretrained(max_shard_size=...)`: keys in order, a new shard when full."""
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    used = 0
-    for k, v in sd.items():
-        n = v.numel() * v.element_size()
-        if shards[-1] and used + n > max_shard_size:
-            shards.append({})
-            used = 0
-        shards[-1][k] = v
-        used += n
-    names = [f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    weight_map = {}
-    for name, part in zip(names, shards):
-        save_file(part, str(folder / name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in part})
-    if index:
-        total = sum(v.numel() * v.element_size() for v in sd.values())
-        (folder / f"{prefix}.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
-    return names
-
-
-def listing(doc):
-    return {e["key"]: (tuple(e["shape"]), e["dtype"], e["role"]) for e in doc["entries"]}
-
-
-def stats(doc):
-    return {e["key"]: e["stats"] for e in doc["entries"]}
+from helpers import schema
+from helpers import ShardNet, listing, save_sharded, state_dict, stats  # noqa: F401
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save_file
 
-from test_dcp import dcp_save
-from test_sharded import save_sharded, state_dict
+from helpers import dcp_save
+from helpers import save_sharded, state_dict
 
 
 def _statuses(doc):

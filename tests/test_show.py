@@ -8,7 +8,6 @@ import json
 import math
 import subprocess
 import sys
-from importlib import resources
 
 import jsonschema
 import pytest
@@ -18,14 +17,10 @@ from safetensors.torch import save_file
 import bufinspect
 from bufinspect import Role
 from conftest import ROOT, SAMPLES, torch_listing
+from helpers import schema  # noqa: F401
 
 TORCH_SAMPLES = ["cnn_state_dict.pt", "cnn_state_dict_legacy.pt", "buffer_zoo_state_dict.pt",
                  "train_adam.pt", "cnn_cuda1.pt", "bn_before.pt", "bn_after_train.pt"]
-
-
-def schema():
-    text = resources.files("bufinspect").joinpath("schema/bufinspect-1.json").read_text()
-    return json.loads(text)
 
 
 def flat(doc) -> dict[str, tuple[tuple[int, ...], str, str | None]]:
@@ -258,8 +253,9 @@ def test_long_sections_render_as_plain_columns(samples, monkeypatch):
     from rich.console import Console
 
     from bufinspect import render
+    from bufinspect.render import show as show_render
 
-    monkeypatch.setattr(render, "PLAIN_ROWS", 2)
+    monkeypatch.setattr(show_render, "PLAIN_ROWS", 2)
     out = io.StringIO()
     render.render_show_table(bufinspect.show(samples / "cnn_state_dict.pt"),
                              Console(width=100, file=out, color_system=None))

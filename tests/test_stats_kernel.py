@@ -85,7 +85,7 @@ def test_small_tensors_batched_match_torch(tmp_path):
     import torch
 
     import bufinspect
-    from bufinspect import numeric
+    from bufinspect import scan
 
     g = torch.Generator().manual_seed(5)
     sd = {}
@@ -103,8 +103,8 @@ def test_small_tensors_batched_match_torch(tmp_path):
     path = tmp_path / "small.pt"
     torch.save(sd, path)
     entries = bufinspect.load(str(path)).entries
-    one = numeric.tensor_stats(entries, jobs=1)
-    assert numeric.tensor_stats(entries, jobs=3) == one
+    one = scan.tensor_stats(entries, jobs=1)
+    assert scan.tensor_stats(entries, jobs=3) == one
     for key, t in sd.items():
         st = one[("", key)]
         x = t.double()

@@ -18,6 +18,8 @@ from torch import nn
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # starts torch.distributed ranks (seconds each)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -154,7 +156,7 @@ def test_torchrun_check_matches_single_process(tmp_path):
 
 def test_results_travel_exactly():
     from bufinspect import distributed
-    from bufinspect.diff import Status
+    from bufinspect.model import Status
 
     values = [0.1 + 0.2, -0.0, 5e-324, 1.7976931348623157e308, math.inf, -math.inf, 3.0,
               np.float64(1 / 3), np.float32(0.1), np.int64(7), True, 1, None, "x"]

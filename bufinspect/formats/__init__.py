@@ -1,10 +1,16 @@
-"""Format readers: path -> Checkpoint. The only code that opens checkpoint files."""
+"""Format readers: path -> Checkpoint, and every other file bufinspect reads or writes
+(`config`: pyproject policy, `metrics`: saved diff metrics, `annotations`: role sidecars and
+safetensors metadata, `outputs`: files the user asked for). The only code that opens files.
+
+To add a format: a reader module here (path -> Checkpoint, depending only on `model`, `errors`
+and `dtypes`), a branch in `sniff`/`read`, and a `Format` member in `model.checkpoint`.
+"""
 
 from __future__ import annotations
 
 import os
 
-from bufinspect.errors import InputError
+from bufinspect.errors import BufinspectError, InputError
 from bufinspect.model import Checkpoint
 
 
@@ -49,7 +55,23 @@ def _sniff_folder(path: str) -> str:
 
 
 def read(path: str) -> Checkpoint:
-    """Read the metadata of the checkpoint at `path` (no tensor data, no torch import)."""
+    """Read the metadata of the checkpoint at `path` (no tensor data, no torch import).
+
+    Raises:
+        InputError: missing, unreadable, corrupt, not a checkpoint, or asks to run code. A
+            reader that trips over a malformed file in a way it did not foresee still reports
+            it as this file's problem (`unreadable (...)`), never as a crash.
+    """
+    try:
+        return _read(path)
+    except (BufinspectError, OSError, MemoryError, RecursionError):
+        raise
+    except Exception as exc:
+        raise InputError(f"unreadable ({type(exc).__name__}: {str(exc)[:160]}); "
+                         "BUFINSPECT_DEBUG=1 shows details", path) from exc
+
+
+def _read(path: str) -> Checkpoint:
     kind = sniff(path)
     if kind == "dcp":
         from bufinspect.formats import dcp

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from bufinspect import dtypes
 from bufinspect.errors import InputError
-from bufinspect.formats._unpickle import PickledDict, Stub, TensorRef, stub_name, stub_state
+from bufinspect.formats._unpickle import PickledDict, Stub, TensorRef, stub_state
 from bufinspect.model import Container, ContainerKind, Entry, Role, TensorData
 
 # budget for walking the object graph: a pickle can share one list a billion times over
@@ -118,7 +118,6 @@ class Walker:
     def module(self, root: Stub, here: str) -> None:
         """A pickled nn.Module: roles are exact, non-persistent buffers included."""
         entries: list[Entry] = []
-        classes: dict[str, str] = {}
         stack: list[tuple[str, Any, int]] = [("", root, 0)]
         while stack:
             prefix, mod, depth = stack.pop()
@@ -127,7 +126,6 @@ class Walker:
                 raise InputError("the pickled module tree is too large or too deep", self.path)
             if not isinstance(mod, Stub):
                 continue
-            classes[prefix] = stub_name(mod) or "?"
             st = stub_state(mod)
             params = st.get("_parameters") if isinstance(st.get("_parameters"), dict) else {}
             buffers = st.get("_buffers") if isinstance(st.get("_buffers"), dict) else {}
@@ -145,8 +143,7 @@ class Walker:
             for name, child in reversed(list(children.items())):
                 if isinstance(name, str):
                     stack.append((dot + name, child, depth + 1))
-        self.containers.append(Container(here, ContainerKind.MODULE, tuple(entries),
-                                         module_classes=classes))
+        self.containers.append(Container(here, ContainerKind.MODULE, tuple(entries)))
 
 
 def _is_state_dict(obj: dict) -> bool:

@@ -7,6 +7,9 @@ is only valid until the next item is taken: consumers reduce it and let it go. P
 the file share one read; large ones are cut into chunks.
 """
 
+# Long on purpose (~560 lines): single reads, paired reads and the buffers they share are one
+# design (page-aligned, reused, memcmp in place); splitting it would hide the buffer lifetimes.
+
 from __future__ import annotations
 
 import mmap
@@ -239,17 +242,14 @@ _SLOT_ALIGN = 64
 
 @dataclass
 class PairChunk:
-    """One step of `paired_chunks`: raw bytes of both sides, laid out identically.
+    """One step of `paired_chunks`: both sides' bytes, laid out identically.
 
-    `raw_a` and `raw_b` are uint8 views of the used part of each side's buffer (padding between
-    slots zeroed on both sides); `equal` says whether they are byte-identical. `items` holds
-    `(pair index, first element, element count, a, b)` with 1-D views in the entries' element
-    dtype. Views are valid only until the next step is taken. With `skip_equal`, an identical
-    step may come with `None` for the raw views and the arrays.
+    `equal` says whether the step is byte-identical (padding between slots zeroed on both
+    sides). `items` holds `(pair index, first element, element count, a, b)` with 1-D views in
+    the entries' element dtype. Views are valid only until the next step is taken. With
+    `skip_equal`, an identical step may come with `None` for the arrays.
     """
 
-    raw_a: np.ndarray | None
-    raw_b: np.ndarray | None
     items: list[tuple[int, int, int, np.ndarray | None, np.ndarray | None]]
     equal: bool  # every byte of the step is the same on both sides
 
@@ -543,7 +543,7 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
         for batch in batches:
             equal, da, db, end = load(batch)
             if equal is None or (equal and skip_equal):  # nothing kept: numpy not needed
-                yield PairChunk(None, None, [(p[0], p[1], p[3], None, None) for p in batch], True)
+                yield PairChunk([(p[0], p[1], p[3], None, None) for p in batch], True)
                 continue
             ba, bb = bufs[0].map, bufs[1].map
             items = []
@@ -551,14 +551,12 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
                 dt = np.dtype(dtypes.DTYPES[pairs[i][0].dtype].numpy)
                 items.append((i, first, count, np.frombuffer(ba, dt, count, slot + da),
                               np.frombuffer(bb, dt, count, slot + db)))
-            yield PairChunk(np.frombuffer(ba, np.uint8, end, da),
-                            np.frombuffer(bb, np.uint8, end, db), items, equal)
+            yield PairChunk(items, equal)
             del items
         for idx, (a, b) in enumerate(pairs):
             if rest and readable(a) and readable(b) and not _pairable(a, b):
                 va, vb = read_array(a), read_array(b)
-                yield PairChunk(va.view(np.uint8), vb.view(np.uint8),
-                                [(idx, 0, va.size, va, vb)], same_bytes(va, vb))
+                yield PairChunk([(idx, 0, va.size, va, vb)], same_bytes(va, vb))
     finally:
         files.close()
         scratch.close()

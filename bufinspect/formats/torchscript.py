@@ -92,7 +92,7 @@ def _module_tree(path: str, root: Any, decl: dict[str, tuple[list[str], list[str
                  w: Walker) -> Container:
     if not isinstance(root, Stub):
         raise InputError("TorchScript data.pkl does not hold a module", path)
-    entries, classes = [], {}
+    entries = []
     stack: list[tuple[str, Any, int, tuple[int, ...]]] = [("", root, 0, ())]
     nodes = 0
     while stack:
@@ -101,7 +101,6 @@ def _module_tree(path: str, root: Any, decl: dict[str, tuple[list[str], list[str
         if nodes > MAX_NODES or depth > MAX_DEPTH:
             raise InputError("the TorchScript module tree is too large or too deep", path)
         cls = stub_name(mod) or "?"
-        classes[prefix] = cls
         params, buffers = decl.get(cls, ([], []))
         state = stub_state(mod)
         dot = prefix + "." if prefix else ""
@@ -121,4 +120,4 @@ def _module_tree(path: str, root: Any, decl: dict[str, tuple[list[str], list[str
         for k, v in reversed(children):
             if id(v) not in above and v is not mod:  # a cycle cannot be a module tree
                 stack.append((dot + k, v, depth + 1, above + (id(mod),)))
-    return Container("", ContainerKind.MODULE, tuple(entries), module_classes=classes)
+    return Container("", ContainerKind.MODULE, tuple(entries))

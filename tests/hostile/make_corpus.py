@@ -537,8 +537,38 @@ def _build(out: Path) -> list[Case]:
     return cases
 
 
+MANIFEST = Path(__file__).with_name("cases.txt")
+
+
+def manifest_lines(cases: list[Case]) -> list[str]:
+    """The manifest the suite collects from: `name kind flags`, one case a line."""
+    out = ["# name kind flags — written by `python tests/hostile/make_corpus.py --manifest`; the "
+           "suite", "# collects from this list and checks that a fresh build of the corpus "
+           "matches it"]
+    for c in cases:
+        flags = ",".join(f for f, v in (("bomb", c.bomb), ("payload", c.payload)) if v) or "-"
+        out.append(f"{c.name} {c.kind} {flags}")
+    return out
+
+
+def read_manifest() -> list[tuple[str, str, set[str]]]:
+    """(name, kind, flags) of every case, without building anything (cheap at collection)."""
+    rows = []
+    for line in MANIFEST.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, kind, flags = line.split()
+            rows.append((name, kind, set(flags.split(",")) - {"-"}))
+    return rows
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--manifest"]:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            MANIFEST.write_text("\n".join(manifest_lines(build(tmp))) + "\n")
+        sys.exit(0)
     if len(sys.argv) != 2:
-        sys.exit("usage: make_corpus.py OUTDIR")
+        sys.exit("usage: make_corpus.py OUTDIR | --manifest")
     for c in build(sys.argv[1]):
         print(f"{c.name:40} {c.kind:12} {'bomb ' if c.bomb else ''}{c.what}")

@@ -1,7 +1,8 @@
 """Build the torch.nn / torch.ao layer signature table by introspecting the installed torch.
 
-Used by `scripts/make_layer_table.py` (which writes `bufinspect/data/layers.json`, shipped so that
-listing never imports torch) and by the test that checks the shipped table is current.
+A build-time tool, not shipped in the package: used by `scripts/make_layer_table.py` (which writes
+`bufinspect/data/layers.json`, shipped so that listing never imports torch) and by the test that
+checks the shipped table is current.
 Every layer class is built on the `meta` device (no memory), with a few constructor variants
 (each boolean flag toggled, a few extra options), and every module in the built tree records its
 own parameter and persistent buffer names, dimensions, dtype kinds and equal-shape groups.
@@ -36,7 +37,6 @@ def pattern(name: str) -> str:
 
 
 def _classes() -> list[tuple[str, type]]:
-    import torch
     import torch.ao.nn.intrinsic.qat as iqat
     import torch.ao.nn.qat as qat
     import torch.ao.quantization as aoq

@@ -1,4 +1,4 @@
-"""The data model in the middle: checkpoint -> containers -> entries, and the reports built on it.
+"""The data model in the middle: checkpoint -> containers -> entries (reports: `model.reports`).
 
 Nothing here opens files or imports torch; readers in `bufinspect.formats` build these objects
 and `bufinspect.formats.stream` reads the bytes an entry's `data` points at.
@@ -158,8 +158,6 @@ class Container:
     entries: tuple[Entry, ...]
     # module prefix -> version from the state dict's `_metadata`, when the file kept it
     module_versions: dict[str, int] | None = field(default=None, compare=False)
-    # module prefix -> class name, when the file holds the module itself
-    module_classes: dict[str, str] | None = field(default=None, compare=False)
     # for optimizer containers: the param groups' parameter ids and names, as saved
     param_groups: tuple[dict[str, Any], ...] | None = field(default=None, compare=False)
 
@@ -221,38 +219,6 @@ def summarize(entries: Iterable[Entry]) -> dict[str, Any]:
         kind = e.evidence.partition(":")[0]
         evidence[kind] = evidence.get(kind, 0) + 1
     return {**roles, "dtypes": dtypes, "devices": devices, "evidence": evidence}
-
-
-@dataclass(frozen=True)
-class ShowReport:
-    checkpoint: Checkpoint
-    entries: tuple[Entry, ...]  # after --role / --filter / --container selection
-    stats: dict[tuple[str, str], TensorStats] | None = None  # (container, key) -> stats
-
-    def to_dict(self) -> dict[str, Any]:
-        ck = self.checkpoint
-        out_entries = []
-        for e in self.entries:
-            d = e.to_dict()
-            if self.stats is not None:
-                st = self.stats.get((e.container, e.key))
-                d["stats"] = st.to_dict() if st else None
-            out_entries.append(d)
-        doc: dict[str, Any] = {
-            "schema": SCHEMA,
-            "command": "show",
-            "path": ck.path,
-            "format": ck.format.value,
-            "size": ck.size,
-            "containers": [c.to_dict() for c in ck.containers],
-            "entries": out_entries,
-            "summary": summarize(self.entries),
-        }
-        if ck.metadata:
-            doc["metadata"] = dict(ck.metadata)
-        if ck.foreign_globals:
-            doc["foreign_globals"] = list(ck.foreign_globals)
-        return doc
 
 
 def json_number(v: Any) -> Any:

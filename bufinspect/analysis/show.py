@@ -1,4 +1,5 @@
-"""Checkpoint -> ShowReport: selection by container, role and key glob, optional statistics."""
+"""Checkpoint -> ShowReport: selection by container, role and key glob, optional statistics
+(`scan.tensor_stats`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Callable, Iterable
 
 from bufinspect.errors import UsageError
 from bufinspect.model import Checkpoint, Entry, Role, ShowReport
+from bufinspect.parallel import Work
+from bufinspect.scan import tensor_stats
 
 
 def select(checkpoint: Checkpoint, *, containers: Iterable[str] = (), roles: Iterable[Role] = (),
@@ -32,13 +35,10 @@ def select(checkpoint: Checkpoint, *, containers: Iterable[str] = (), roles: Ite
 
 def show(checkpoint: Checkpoint, *, containers: Iterable[str] = (), roles: Iterable[Role] = (),
          filters: Iterable[str] = (), stats: bool = False,
-         progress: Callable[[int], None] | None = None, jobs: int = 1) -> ShowReport:
+         progress: Callable[[int], None] | None = None, jobs: int = 1,
+         work: Work | None = None) -> ShowReport:
     """Build the `show` report; with `stats`, stream the selected tensors once for statistics
-    (on `jobs` workers: the report is the same whatever `jobs` is)."""
+    (on `jobs` workers, or shared by `work`: the report is the same however it is split)."""
     entries = select(checkpoint, containers=containers, roles=roles, filters=filters)
-    table = None
-    if stats:
-        from bufinspect.numeric import tensor_stats
-
-        table = tensor_stats(entries, progress, jobs=jobs)
+    table = tensor_stats(entries, progress, jobs, work) if stats else None
     return ShowReport(checkpoint, tuple(entries), table)

@@ -1,0 +1,303 @@
+"""The findings of `check`: one function per family of problems, each naming the keys it
+concerns and saying what to do. Metadata findings read only the listing; numeric findings read
+what the scan layer measured (`scan.check_scan`).
+
+To add a finding: an id in `FINDINGS` (severity and the line --help prints), the rule that emits
+it below, and its row in the README's findings table (the JSON schema keeps ids open).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+from bufinspect import dtypes
+from bufinspect.model import Checkpoint, ContainerKind, Entry, Finding, Role, ScanStats, Severity
+
+if TYPE_CHECKING:
+    from bufinspect.analysis.policy import Policy
+
+# id -> (severity, one line for --help and the README)
+FINDINGS: dict[str, tuple[Severity, str]] = {
+    "mixed-devices": (Severity.ERROR, "module tensors were saved from more than one device"),
+    "gpu-saved": (Severity.WARNING, "tensors saved from a GPU (a CPU-only load needs map_location)"),
+    "missing-device": (Severity.ERROR, "a saved cuda index does not exist on this machine's GPUs"),
+    "mixed-param-dtypes": (Severity.WARNING, "floating-point parameters have more than one dtype"),
+    "buffer-dtype-mismatch": (Severity.WARNING, "a module's floating buffers differ from its "
+                                         "parameters' dtype"),
+    "nan": (Severity.ERROR, "NaN values"),
+    "inf": (Severity.ERROR, "infinite values"),
+    "negative-variance": (Severity.ERROR, "a normalization running_var holds negative values"),
+    "expected-dtype": (Severity.ERROR, "entries that break --expect-dtype"),
+    "expected-device": (Severity.ERROR, "entries that break --expect-device"),
+    "low-precision-stats": (Severity.WARNING, "running_mean/running_var in float16, bfloat16 or float8"),
+    "num-batches-tracked-dtype": (Severity.WARNING, "num_batches_tracked is not int64"),
+    "meta-tensor": (Severity.ERROR, "tensors saved from the meta device hold no values"),
+    "missing-num-batches-tracked": (Severity.WARNING, "running stats without num_batches_tracked "
+                                               "(info: old format)"),
+    "shared-storage": (Severity.INFO, "keys that share one storage (tied weights)"),
+    "non-persistent-buffer": (Severity.INFO, "buffers that a state dict of the module will not hold"),
+}
+
+_LOW_PRECISION = {"float16", "bfloat16"}
+_MODULE_KINDS = (ContainerKind.STATE_DICT, ContainerKind.MODULE)
+
+
+# ---- messages -------------------------------------------------------------------------------
+
+def name_keys(keys: Sequence[str], limit: int = 3) -> str:
+    """`a, b and c` or `a, b, c and 41 more`."""
+    keys = list(keys)
+    if len(keys) <= limit:
+        return keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
+    return ", ".join(keys[:limit]) + f" and {len(keys) - limit} more"
+
+
+def _qual(e: Entry) -> str:
+    """The key as a user finds it: `model/bn1.running_var` for a nested container."""
+    return f"{e.container}/{e.key}" if e.container else e.key
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+
+# ---- the checks -----------------------------------------------------------------------------
+
+def _cuda_index(device: str | None) -> int | None:
+    if device and device.startswith("cuda"):
+        _, _, idx = device.partition(":")
+        return int(idx) if idx.isdigit() else 0
+    return None
+
+
+def _by_value(entries: Iterable[Entry], attr: Callable[[Entry], Any]) -> dict[Any, list[Entry]]:
+    out: dict[Any, list[Entry]] = defaultdict(list)
+    for e in entries:
+        out[attr(e)].append(e)
+    return out
+
+
+def _split_summary(groups: dict[Any, list[Entry]]) -> str:
+    return "; ".join(f"{k} ({len(v)}: {name_keys([_qual(e) for e in v], 2)})"
+                     for k, v in sorted(groups.items(), key=lambda kv: -len(kv[1])))
+
+
+def _minority(groups: dict[Any, list[Entry]]) -> list[Entry]:
+    major = max(groups, key=lambda k: len(groups[k]))
+    return [e for k, v in groups.items() if k != major for e in v]
+
+
+def _are(n: int, one: str, many: str) -> str:
+    return one if n == 1 else many
+
+
+class _Findings:
+    """Collects one checkpoint's findings; each `add` names the keys and says what to do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.items: list[Finding] = []
+
+    def add(self, fid: str, entries_or_keys: Iterable[Entry | str], message: str,
+            severity: Severity | None = None) -> None:
+        keys = tuple(_qual(k) if isinstance(k, Entry) else k for k in entries_or_keys)
+        self.items.append(Finding(fid, severity or FINDINGS[fid][0], self.path, keys, message))
+
+
+def _keys(entries: Sequence[Entry], limit: int = 3) -> str:
+    return name_keys([_qual(e) for e in entries], limit)
+
+
+def _device_checks(out: _Findings, entries: list[Entry], module_entries: list[Entry],
+                   gpus: int | None) -> None:
+    meta = [e for e in entries if e.device == "meta"]
+    if meta:
+        out.add("meta-tensor", meta,
+                f"{_keys(meta)} {_are(len(meta), 'was', 'were')} saved from the meta device and "
+                f"hold no values: save after materializing the module (e.g. "
+                f"module.to_empty(device='cpu') and loading real weights)")
+    for cpath, own in _by_value(module_entries, lambda e: e.container).items():
+        devs = _by_value([e for e in own if e.device and e.device != "meta"], lambda e: e.device)
+        if len(devs) > 1:
+            where = f" in {cpath!r}" if cpath else ""
+            out.add("mixed-devices", _minority(devs),
+                    f"module tensors{where} were saved from {len(devs)} devices: "
+                    f"{_split_summary(devs)}; torch.load(..., map_location='cpu') puts them on "
+                    f"one device")
+    on_gpu = _by_value([e for e in entries if e.device not in (None, "cpu", "meta")],
+                       lambda e: e.device)
+    if on_gpu:
+        hit = [e for v in on_gpu.values() for e in v]
+        out.add("gpu-saved", hit,
+                f"{_plural(len(hit), 'tensor')} saved from {', '.join(sorted(on_gpu))} "
+                f"({_keys(hit)}): a CPU-only machine needs torch.load(path, map_location='cpu')")
+    if gpus is None:
+        return
+    missing = {d: v for d, v in on_gpu.items()
+               if (i := _cuda_index(d)) is not None and i >= gpus}
+    if missing:
+        hit = [e for v in missing.values() for e in v]
+        remap = ", ".join(f"'{d}': 'cuda:0'" for d in sorted(missing))
+        have = "cuda:0" if gpus == 1 else f"cuda:0..cuda:{gpus - 1}"
+        out.add("missing-device", hit,
+                f"{_keys(hit)} {_are(len(hit), 'was', 'were')} saved from "
+                f"{', '.join(sorted(missing))} but this machine has {_plural(gpus, 'GPU')} "
+                f"({have}): load with map_location={{{remap}}} or map_location='cpu'")
+
+
+def _dtype_checks(out: _Findings, module_entries: list[Entry]) -> None:
+    for own in _by_value(module_entries, lambda e: e.container).values():
+        own = [e for e in own if dtypes.is_floating(e.dtype)]
+        groups = _by_value([e for e in own if e.role in (Role.PARAMETER, Role.UNKNOWN)],
+                           lambda e: e.dtype)
+        if len(groups) > 1:
+            odd = _minority(groups)
+            note = (" (including tensors whose role is undecided)"
+                    if any(e.role is Role.UNKNOWN for e in odd) else "")
+            out.add("mixed-param-dtypes", odd,
+                    f"floating-point parameters have {len(groups)} dtypes{note}: "
+                    f"{_split_summary(groups)}")
+        odd, detail = [], []
+        for es in _by_value(own, lambda e: e.module).values():
+            pdt = {e.dtype for e in es if e.role is Role.PARAMETER}
+            if len(pdt) != 1:
+                continue
+            (want,) = pdt
+            bad = [e for e in es if e.role is Role.BUFFER and e.dtype != want]
+            if bad:
+                odd += bad
+                bad_dt = "/".join(sorted({e.dtype for e in bad}))
+                detail.append(f"{_keys(bad, 2)} {bad_dt} vs parameters {want}")
+        if odd:
+            more = f" and {len(detail) - 3} more modules" if len(detail) > 3 else ""
+            out.add("buffer-dtype-mismatch", odd,
+                    f"floating buffers differ in dtype from their module's parameters: "
+                    f"{'; '.join(detail[:3])}{more}; cast them to the parameters' dtype before "
+                    f"saving")
+
+
+def _norm_checks(out: _Findings, ck: Checkpoint, module_entries: list[Entry]) -> None:
+    low = [e for e in module_entries if e.name in ("running_mean", "running_var")
+           and (e.dtype in _LOW_PRECISION or e.dtype.startswith("float8"))]
+    if low:
+        out.add("low-precision-stats", low,
+                f"{_keys(low)} {_are(len(low), 'is', 'are')} stored in "
+                f"{'/'.join(sorted({e.dtype for e in low}))}: running statistics lose precision "
+                f"(and a float16 running_var can overflow); keep normalization buffers in float32")
+    nbt = [e for e in module_entries if e.name == "num_batches_tracked" and e.dtype != "int64"]
+    if nbt:
+        out.add("num-batches-tracked-dtype", nbt,
+                f"{_keys(nbt)} {_are(len(nbt), 'is', 'are')} "
+                f"{'/'.join(sorted({e.dtype for e in nbt}))}; torch keeps num_batches_tracked as "
+                f"int64 (load_state_dict copies it into an int64 buffer)")
+    versioned: list[str] = []  # `_metadata` says version 2: strict loading reports the key missing
+    old: list[str] = []  # version 1 or no `_metadata`: torch fills in 0 when loading
+    for cpath, own in _by_value(module_entries, lambda e: e.container).items():
+        versions = ck.container(cpath).module_versions or {}
+        for module, es in _by_value(own, lambda e: e.module).items():
+            names = {e.name for e in es}
+            if {"running_mean", "running_var"} <= names and "num_batches_tracked" not in names:
+                key = f"{module}.num_batches_tracked" if module else "num_batches_tracked"
+                key = f"{cpath}/{key}" if cpath else key
+                (versioned if (versions.get(module) or 0) >= 2 else old).append(key)
+    if versioned:
+        out.add("missing-num-batches-tracked", versioned,
+                f"{name_keys(versioned)} missing although `_metadata` marks the module as "
+                f"version 2 (the format that has it): load_state_dict(strict=True) will report "
+                f"{_are(len(versioned), 'it', 'them')} missing; re-save from the module or add "
+                f"torch.tensor(0) entries")
+    if old:
+        out.add("missing-num-batches-tracked", old,
+                f"{name_keys(old)} absent: an old (pre-version-2 or `_metadata`-less) "
+                f"normalization state; load_state_dict fills in 0", severity=Severity.INFO)
+
+
+def _storage_checks(out: _Findings, entries: list[Entry]) -> None:
+    groups = [v for v in _by_value([e for e in entries if e.data is not None],
+                                   lambda e: e.data.storage_id).values() if len(v) > 1]
+    if groups:
+        more = f" and {len(groups) - 3} more groups" if len(groups) > 3 else ""
+        out.add("shared-storage", [e for g in groups for e in g],
+                f"{_plural(len(groups), 'storage')} shared by several keys (tied or view "
+                f"tensors): {'; '.join(_keys(g) for g in groups[:3])}{more}")
+    # entries with persistent=False come from pickled modules, or (roles issue) a --model factory
+    npb = [e for e in entries if e.role is Role.BUFFER and e.persistent is False]
+    if npb:
+        it = _are(len(npb), "it", "them")
+        out.add("non-persistent-buffer", npb,
+                f"{_keys(npb)} {_are(len(npb), 'is a', 'are')} non-persistent "
+                f"{_are(len(npb), 'buffer', 'buffers')}: "
+                f"module.state_dict() will not hold {it}, so a consumer of the state dict must "
+                f"recompute {it}")
+
+
+def _policy_checks(out: _Findings, entries: list[Entry], policy: Policy) -> None:
+    if policy.expect_dtype:
+        expect = policy.expect_dtype
+        either = {expect.get("parameter"), expect.get("buffer")} - {None}
+        bad = []
+        for e in entries:
+            if not dtypes.is_floating(e.dtype):
+                continue  # integer and bool buffers cannot take a floating dtype
+            want = expect.get(e.role.value)
+            if want is not None:
+                bad += [e] if e.dtype != want else []
+            elif e.role is Role.UNKNOWN and either and e.dtype not in either:
+                bad.append(e)  # undecided: wrong only if neither a parameter nor a buffer fits
+        if bad:
+            want = ", ".join(f"{r}={d}" for r, d in expect.items())
+            out.add("expected-dtype", bad,
+                    f"{_keys(bad)} ({'/'.join(sorted({e.dtype for e in bad}))}) break the "
+                    f"expected dtype ({want})")
+    if policy.expect_device:
+        want = policy.expect_device
+        bad = [e for e in entries if e.device is not None and e.device != want
+               and not (":" not in want and e.device.partition(":")[0] == want)]
+        if bad:
+            hint = ("; re-save after model.to('cpu') or load with map_location='cpu'"
+                    if want == "cpu" else "")
+            out.add("expected-device", bad,
+                    f"{_keys(bad)} saved from {', '.join(sorted({e.device for e in bad}))}, "
+                    f"expected {want}{hint}")
+
+
+def metadata_findings(ck: Checkpoint, entries: list[Entry], gpus: int | None,
+                     policy: Policy) -> list[Finding]:
+    """Every finding that needs no tensor data, for one checkpoint's selected entries."""
+    out = _Findings(ck.path)
+    kinds = {c.path: c.kind for c in ck.containers}
+    module_entries = [e for e in entries if kinds.get(e.container) in _MODULE_KINDS]
+    _device_checks(out, entries, module_entries, gpus)
+    _dtype_checks(out, module_entries)
+    _norm_checks(out, ck, module_entries)
+    _storage_checks(out, entries)
+    _policy_checks(out, entries, policy)
+    return out.items
+
+
+def numeric_findings(path: str, entries: list[Entry], stats: dict[int, ScanStats]
+                      ) -> list[Finding]:
+    out = []
+    for fid, attr, word in (("nan", "nan", "NaN"), ("inf", "inf", "infinite value")):
+        hit = [(e, getattr(stats[id(e)], attr)) for e in entries
+               if id(e) in stats and getattr(stats[id(e)], attr)]
+        if hit:
+            total = sum(n for _, n in hit)
+            if len(hit) == 1:
+                msg = f"{_qual(hit[0][0])} holds {_plural(total, word)}"
+            else:
+                parts = [f"{_qual(e)} ({n})" for e, n in hit]
+                msg = f"{_plural(total, word)} in {len(hit)} tensors: {name_keys(parts)}"
+            out.append(Finding(fid, Severity.ERROR, path, tuple(_qual(e) for e, _ in hit), msg))
+    neg = [(e, stats[id(e)]) for e in entries if e.name == "running_var" and id(e) in stats
+           and stats[id(e)].negative]
+    if neg:
+        parts = [f"{_qual(e)} ({s.negative} of {e.numel}, min {s.min:.4g})" for e, s in neg]
+        out.append(Finding("negative-variance", Severity.ERROR, path, tuple(_qual(e) for e, _ in neg),
+                           f"negative running variance: {name_keys(parts)}; the statistics are "
+                           f"corrupt (re-estimate them, e.g. a pass in train mode)"))
+    return out
+
+

@@ -1,0 +1,151 @@
+"""Role metadata that bufinspect writes and reads back: a sidecar `<file>.bufinspect.json`
+beside a torch.save file (with a fingerprint, so a stale sidecar is ignored), or
+`bufinspect.roles` in a safetensors header's `__metadata__` (rewritten by streaming)."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any
+
+from bufinspect.errors import UsageError
+from bufinspect.model import Checkpoint, Format, Role
+
+SIDECAR_SUFFIX = ".bufinspect.json"
+META_KEY = "bufinspect.roles"
+ROLES_SCHEMA = "bufinspect-roles/1"
+
+
+def fingerprint(path: str) -> str:
+    """Size plus sha256 of the first and last MiB: detects a replaced file, cheaply."""
+    size = os.path.getsize(path)
+    import hashlib  # here: ~6 ms of import that only annotation files need
+
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(size - (1 << 20))
+            h.update(f.read())
+    return f"{size}:{h.hexdigest()[:32]}"
+
+
+def read_annotations(checkpoint: Checkpoint) -> dict[str, dict[str, Role]]:
+    """container path -> {key: role} from metadata bufinspect wrote, where it still fits."""
+    docs: dict[str, Any] = {}
+    raw = checkpoint.metadata.get(META_KEY)
+    if raw is not None:
+        docs = _parse(raw)
+    elif checkpoint.format in (Format.TORCH_ZIP, Format.TORCH_LEGACY):
+        side = checkpoint.path + SIDECAR_SUFFIX
+        if os.path.isfile(side):
+            try:
+                with open(side, encoding="utf-8") as f:
+                    doc = json.load(f)
+            except (OSError, ValueError):
+                return {}
+            if (isinstance(doc, dict) and doc.get("schema") == ROLES_SCHEMA
+                    and doc.get("fingerprint") == fingerprint(checkpoint.path)):
+                docs = doc.get("containers") or {}
+    out: dict[str, dict[str, Role]] = {}
+    for c in checkpoint.containers:
+        doc = docs.get(c.path) if isinstance(docs, dict) else None
+        if not isinstance(doc, dict) or not isinstance(doc.get("roles"), dict):
+            continue
+        keys = {e.key for e in c.entries}
+        roles = doc["roles"]
+        # verified against the file: same number of keys, every annotated key present
+        if doc.get("keys") != len(keys) or not all(k in keys for k in roles):
+            continue
+        if not all(v in ("parameter", "buffer") for v in roles.values()):
+            continue
+        out[c.path] = {k: Role(v) for k, v in roles.items()}
+    return out
+
+
+def _parse(raw: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(doc, dict) or doc.get("schema") != ROLES_SCHEMA:
+        return {}
+    return doc.get("containers") or {}
+
+
+def write_annotations(checkpoint: Checkpoint, containers: dict[str, Any]) -> str:
+    """Write role documents (container path -> `annotate.roles_doc`): into a safetensors header,
+    else a sidecar JSON beside the file. Returns the path written."""
+    if checkpoint.format is Format.SAFETENSORS:
+        doc = {"schema": ROLES_SCHEMA, "containers": containers}
+        rewrite_safetensors_metadata(checkpoint.path, {META_KEY: json.dumps(doc)})
+        return checkpoint.path
+    if checkpoint.format not in (Format.TORCH_ZIP, Format.TORCH_LEGACY):
+        raise UsageError(f"cannot annotate a {checkpoint.format.value} file (its roles are "
+                         "already exact)", checkpoint.path)
+    return _write_sidecar(checkpoint.path, {"schema": ROLES_SCHEMA, "containers": containers})
+
+
+def _write_sidecar(path: str, doc: dict[str, Any]) -> str:
+    from bufinspect.formats.outputs import save_text
+
+    side = path + SIDECAR_SUFFIX
+    doc = {"schema": doc["schema"], "file": os.path.basename(path),
+           "fingerprint": fingerprint(path), "containers": doc["containers"]}
+    save_text(side, json.dumps(doc, indent=1) + "\n")
+    return side
+
+
+def rewrite_safetensors_metadata(path: str, extra: dict[str, str]) -> None:
+    """Add string entries to a safetensors `__metadata__`, streaming the data into a new file."""
+    from bufinspect.formats import safetensors_fmt
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        safetensors_fmt.parse_header(path, f, size)  # validates the whole header
+        f.seek(0)
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        meta = dict(header.get("__metadata__") or {})
+        meta.update(extra)
+        header = {"__metadata__": meta, **{k: v for k, v in header.items()
+                                           if k != "__metadata__"}}
+        body = json.dumps(header, separators=(",", ":")).encode()
+        body += b" " * (-len(body) % 8)
+        tmp = f"{path}.bufinspect-tmp"
+        try:
+            with open(tmp, "wb") as out:
+                out.write(struct.pack("<Q", len(body)) + body)
+                while True:
+                    chunk = f.read(4 << 20)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def save_state_dict(state_dict: Any, roles: dict[str, str], path: str,
+                    metadata: dict[str, str] | None = None) -> str:
+    """Save a torch state dict with its roles (`bufinspect.save`): a safetensors file with the
+    roles in its header, or a `torch.save` file plus a sidecar. Returns the file holding roles."""
+    import torch
+
+    doc = {"schema": ROLES_SCHEMA,
+           "containers": {"": {"roles": roles, "keys": len(state_dict)}}}
+    if path.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        tensors, seen = {}, {}
+        for k, v in state_dict.items():  # safetensors refuses shared memory: copy tied tensors
+            ptr = v.untyped_storage().data_ptr()
+            tensors[k] = v.detach().clone().contiguous() if ptr in seen else v.contiguous()
+            seen[ptr] = k
+        save_file(tensors, path, metadata={**(metadata or {}), META_KEY: json.dumps(doc)})
+        return path
+    torch.save(state_dict, path)
+    return _write_sidecar(path, doc)
