@@ -139,29 +139,41 @@ def show_document(report: Any) -> str:
     return head.replace(marker, block)
 
 
+class _Encoded(dict):
+    """str -> its JSON text, encoded on first use (dtypes, roles, evidence repeat a lot)."""
+
+    def __missing__(self, k: str) -> str:
+        if type(k) is not str:
+            raise _Unusual
+        v = self[k] = _string(k)
+        return v
+
+
 def _entries(entries, stats) -> str:
-    """The `entries` list of a show document at its place in the top-level object."""
+    """The `entries` list of a show document at its place in the top-level object.
+
+    Shapes are laid out once per distinct shape (their dims are validated as ints, as every
+    reader builds them, on first sight)."""
     n6, n8 = "\n      ", ",\n        "
+    enc = _Encoded({None: "null"})
+    shapes: dict[tuple, str] = {(): "[]"}
     out = []
     for e in entries:
-        shape, persistent, device = e.shape, e.persistent, e.device
-        numel, nbytes = e.numel, e.nbytes
-        if type(numel) is not int or type(nbytes) is not int or (
-                persistent is not None and type(persistent) is not bool) or (
-                device is not None and type(device) is not str):
-            raise _Unusual
-        if shape:
-            if not all(type(d) is int for d in shape):
+        shape, persistent, numel, nbytes = e.shape, e.persistent, e.numel, e.nbytes
+        shape_text = shapes.get(shape)
+        if shape_text is None:
+            if type(shape) is not tuple or not all(type(d) is int for d in shape):
                 raise _Unusual
-            shape_text = "[\n        " + n8.join(map(_int, shape)) + "\n      ]"
-        else:
-            shape_text = "[]"
-        text = (f'{{\n      "container": {_string(e.container)},\n      "key": {_string(e.key)},'
-                f'\n      "module": {_string(e.module)},\n      "name": {_string(e.name)},'
-                f'\n      "role": {_string(e.role.value)},\n      "persistent": '
-                f'{_CONST[persistent]},\n      "evidence": {_string(e.evidence)},\n      "shape": '
-                f'{shape_text},\n      "dtype": {_string(e.dtype)},\n      "device": '
-                f'{"null" if device is None else _string(device)},\n      "numel": {_int(numel)},'
+            shape_text = shapes[shape] = "[\n        " + n8.join(map(_int, shape)) + "\n      ]"
+        if type(numel) is not int or type(nbytes) is not int or (
+                persistent is not None and type(persistent) is not bool):
+            raise _Unusual
+        text = (f'{{\n      "container": {enc[e.container]},\n      "key": {_string(e.key)},'
+                f'\n      "module": {_string(e.module)},\n      "name": {enc[e.name]},'
+                f'\n      "role": {enc[e.role.value]},\n      "persistent": '
+                f'{_CONST[persistent]},\n      "evidence": {enc[e.evidence]},\n      "shape": '
+                f'{shape_text},\n      "dtype": {enc[e.dtype]},\n      "device": '
+                f'{enc[e.device]},\n      "numel": {_int(numel)},'
                 f'\n      "nbytes": {_int(nbytes)}')
         if stats is not None:
             st = stats.get((e.container, e.key))
