@@ -10,7 +10,7 @@ from setuptools import Extension, setup
 
 # -ffp-contract=off: no FMA, so `rtol * |b| + atol` rounds as numpy's does (see _kernel.c);
 # -fopenmp-simd: vectorise the `omp simd` reductions without OpenMP's runtime or -ffast-math.
-args = [] if sys.platform == "win32" else ["-O3", "-ffp-contract=off", "-fopenmp-simd"]
+args = [] if sys.platform == "win32" else ["-O3", "-g0", "-ffp-contract=off", "-fopenmp-simd"]
 
 setup(ext_modules=[Extension("bufinspect._kernel", ["bufinspect/_kernel.c"],
                              extra_compile_args=args, optional=True)])

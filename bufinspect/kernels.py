@@ -15,7 +15,7 @@ memory, CPU ns per element, medians of 5, one thread): the numpy path took 4.8 (
 0.25 for stats and 0.31 / 0.19 for check's scan (float32 stats were already at memory speed).
 A fused numba loop measured 2.4-3.2 / 3.7 for diff (issue #16), but `import numba` costs 0.46 s,
 loading its cached kernel 0.21 s, a first compile 2.5-2.9 s, and it brings an LLVM wheel of
-~100 MB; torch ops measured 13.9 plus a 1.6 s import; numexpr 25.6. The extension is ~100 KB,
+~100 MB; torch ops measured 13.9 plus a 1.6 s import; numexpr 25.6. The extension is ~240 KB,
 imports in well under a millisecond (and only once bytes differ: `numeric` is only imported
 then), has no run-time dependency, and its absence costs speed, not function: setup.py marks it
 `optional`, so an install without a compiler still succeeds and runs the numpy path
