@@ -54,3 +54,15 @@ class INNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ln(self.norm(self.conv(x)))
+
+
+class Wrapper(nn.Module):
+    """What DistributedDataParallel looks like to a state dict: the model under `module.`."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+
+def wrapped() -> nn.Module:
+    return Wrapper(SmallCNN())

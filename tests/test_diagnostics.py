@@ -233,6 +233,20 @@ def test_instance_norm_and_sync_batchnorm(tmp_path):
     assert "stats-at-init" in found(doc)
 
 
+def test_only_per_channel_affine_tensors_count(tmp_path):
+    """A module with running statistics beside a kernel named `weight` (random at init, not an
+    affine parameter): a fresh one is not "trained"."""
+    class StandardizedConv(nn.Conv2d):
+        def __init__(self):
+            super().__init__(3, 4, 3)
+            self.register_buffer("running_mean", torch.zeros(4))
+            self.register_buffer("running_var", torch.ones(4))
+
+    torch.manual_seed(0)
+    _, doc = check(save(StandardizedConv().state_dict(), tmp_path / "ws.pt"), code=0)
+    assert found(doc) == {}
+
+
 def test_bundled_samples_are_healthy(samples):
     paths = sorted(str(p) for p in samples.iterdir()
                    if p.suffix in (".pt", ".safetensors"))
@@ -272,7 +286,7 @@ def test_ema_of_parameters_only(tmp_path):
 
 
 @pytest.mark.parametrize("layout", ["containers", "timm_prefix", "lightning_submodule",
-                                    "ema_pytorch"])
+                                    "ema_pytorch", "mmengine"])
 def test_ema_whose_buffers_never_moved(tmp_path, layout):
     m = fresh()
     e = copy.deepcopy(m)
@@ -286,6 +300,11 @@ def test_ema_whose_buffers_never_moved(tmp_path, layout):
         obj = {"model": m.state_dict(),
                "model_ema": {"module." + k: v for k, v in e.state_dict().items()}}
         where = "model_ema/module."
+    elif layout == "mmengine":  # EMAHook: ema_state_dict of an ExponentialMovingAverage
+        ema_sd = {"module." + k: v for k, v in e.state_dict().items()}
+        ema_sd["steps"] = torch.tensor(3)
+        obj = {"meta": {"epoch": 1}, "state_dict": m.state_dict(), "ema_state_dict": ema_sd}
+        where = "ema_state_dict/module."
     elif layout == "ema_pytorch":  # ema_pytorch.EMA: the copy under ema_model., two scalars
         ema_sd = {"ema_model." + k: v for k, v in e.state_dict().items()}
         ema_sd.update(initted=torch.tensor(True), step=torch.tensor(3))
@@ -664,3 +683,84 @@ def test_timm_models_and_emas_are_healthy(tmp_path):
                    "state_dict_ema": sd}
             _, doc = check(save(obj, tmp_path / f"timm_{kind}_{name}.pt"), code=0)
             assert found(doc) == {}, (kind, name, found(doc))
+
+
+@pytest.mark.slow
+def test_realworld_matrix_is_healthy(tmp_path):
+    """Every file of the real-model matrix (tests/realworld_helpers.py: torch utilities always,
+    torchvision/timm/transformers/peft/Lightning/accelerate where installed; all trained in
+    train mode or saved at init) is free of buffer diagnostics."""
+    import warnings
+
+    import realworld_helpers as rw
+
+    import bufinspect
+    from bufinspect.analysis.diagnostics import diagnose
+    from bufinspect.analysis.show import select
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cases = [c.case for c in rw.all_cases(tmp_path)]
+    assert cases
+    checked = 0
+    for p in sorted(tmp_path.rglob("*")):
+        if p.is_dir() or (p.parent / ".metadata").exists() and p.parent != tmp_path:
+            if not (p.is_dir() and (p / ".metadata").exists()):
+                continue
+        try:
+            ck = bufinspect.load(str(p))
+        except bufinspect.BufinspectError:
+            continue  # side files the matrix only reads (RNG state, a refused pickle)
+        checked += 1
+        assert diagnose([ck], [select(ck)]) == [], p.name
+    assert checked >= len(cases) // 2
+
+
+def test_ema_saved_in_a_file_of_its_own(tmp_path):
+    """`model_ema.pt` beside `model.pt`, both given to one check: paired by file name."""
+    m = fresh()
+    e = copy.deepcopy(m)
+    for step in range(3):
+        train(m, 1, seed=60 + step)
+        ema_update(e, m)
+    model = save(m.state_dict(), tmp_path / "model.pt")
+    ema = save(e.state_dict(), tmp_path / "model_ema.pt")
+    _, doc = check(model, ema, code=0)
+    hits = found(doc)
+    assert set(hits) == {"ema-buffers-stale"}  # and not stats-at-init for the copy as well
+    (f,) = hits["ema-buffers-stale"]
+    assert f["path"] == ema
+    assert f["keys"] == [f"{l}.{b}" for l in ("bn1", "norm2") for b in ("running_mean",
+                                                                         "running_var")]
+    assert f"'{ema}' (averaged copy of '{model}')" in f["message"]
+    # alone, the copy still shows statistics at init under trained parameters
+    _, doc = check(ema, code=0)
+    assert set(found(doc)) == {"stats-at-init"}
+    # a copy of parameters only, in its own file
+    params = save({n: p.detach() for n, p in e.named_parameters()}, tmp_path / "ema.pt")
+    _, doc = check(model, params, code=0)
+    (f,) = found(doc)["ema-buffers-stale"]
+    assert f["path"] == params and f["keys"][0] == f"{model}:bn1.running_mean"
+    # a healthy copy (a state_dict-wide EMA, counters averaged to 0 as timm's ModelEmaV2 does)
+    good = copy.deepcopy(m)
+    with torch.no_grad():
+        for k, v in good.state_dict().items():
+            if not v.is_floating_point():
+                v.zero_()
+    healthy = save(good.state_dict(), tmp_path / "last_ema.pt")
+    _, doc = check(model, healthy, code=0)
+    assert found(doc) == {}
+    _, doc = check(healthy, code=0)
+    assert found(doc) == {}
+
+
+def test_model_that_is_itself_wrapped(tmp_path):
+    """A DDP-wrapped model factory against a plain state dict: the prefix is on the model's
+    side, reported as such; the version-2 counter check still follows the file's _metadata."""
+    sd = train(fresh(), 2, seed=1).state_dict()
+    _, doc = check(save(sd, tmp_path / "plain.pt"), "--model", "diag_models:wrapped", code=0)
+    (f,) = found(doc)["key-prefix"]
+    assert "load into the unwrapped module" in f["message"]
+    del sd["bn1.num_batches_tracked"]  # _metadata says version 2: strict loading fails
+    _, doc = check(save(sd, tmp_path / "v2.pt"), "--model", "diag_models:wrapped", code=1)
+    assert found(doc)["missing-key"][0]["keys"] == ["module.bn1.num_batches_tracked"]

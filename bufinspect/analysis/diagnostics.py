@@ -51,8 +51,9 @@ _MODULE_KINDS = (ContainerKind.STATE_DICT, ContainerKind.MODULE)
 # `shadow`. Matched on whole words of a container path or of a key's first component, so a
 # buffer such as `schema` or a key `ema` (no dot) is not mistaken for one.
 _EMA_WORD = re.compile(r"(?<![a-z0-9])(ema|swa|avg|average|averaged|shadow|polyak)(?![a-z])")
-# scalars an averaging wrapper keeps beside the copy (AveragedModel, timm's ModelEmaV1..V3)
-_WRAPPER_SCALARS = ("n_averaged", "num_updates", "updates", "decay", "step", "initted")
+# scalars an averaging wrapper keeps beside the copy (AveragedModel, timm ModelEmaV1..V3,
+# ema_pytorch, mmengine ExponentialMovingAverage)
+_WRAPPER_SCALARS = ("n_averaged", "num_updates", "updates", "decay", "step", "steps", "initted")
 # a real file holds one or two copies and a few state dicts; a crafted one may hold thousands of
 # EMA-named containers, and pairing is copies x candidates key alignments: bound both
 _MAX_COPIES = 16
@@ -127,9 +128,12 @@ def norm_layers(entries: Iterable[Entry]) -> list[NormLayer]:
         if counter is not None and (counter.numel != 1 or counter.data is None
                                     or counter.role is Role.OTHER):
             counter = None
-        weight, bias = g.get("weight"), g.get("bias")
-        weight = weight if weight is not None and _floating(weight) else None
-        bias = bias if bias is not None and _floating(bias) else None
+        # per-channel affine tensors only: a module that keeps running statistics beside, say,
+        # a convolution (kernel `weight` and a `bias` both random at init) says nothing by them
+        weight, bias = (x if x is not None and _floating(x) and x.shape == mean.shape else None
+                        for x in (g.get("weight"), g.get("bias")))
+        if weight is None and "weight" in g:
+            bias = None
         out.append(NormLayer(container, module, mean, var, counter, weight, bias))
     return out
 
@@ -177,13 +181,14 @@ class View:
     container: str
     prefix: str
     entries: tuple[Entry, ...]
+    file: str = ""  # set when the pair spans two files of one check
 
     @property
     def label(self) -> str:
-        where = self.prefix.rstrip(".")
-        if self.container and where:
-            return f"{self.container}/{where}"
-        return self.container or where or "(top level)"
+        where = "/".join(p for p in (self.container, self.prefix.rstrip(".")) if p)
+        if self.file:
+            return f"{self.file}:{where}" if where else self.file
+        return where or "(top level)"
 
     def local(self, key: str) -> str:
         return key[len(self.prefix):]
@@ -311,14 +316,16 @@ class FileState:
     pairs: list[EmaPair]
 
 
-def _paired_layers(pair: EmaPair, layers: dict[tuple[str, str], LayerState]
+def _paired_layers(pair: EmaPair, layers: dict[tuple[str, str], LayerState],
+                   model_layers: dict[tuple[str, str], LayerState] | None = None
                    ) -> list[tuple[LayerState, LayerState]]:
-    """(EMA layer, model layer) for each normalization layer both sides hold."""
+    """(EMA layer, model layer) for each normalization layer both sides hold (`model_layers`:
+    the model's file's, when the copy is in another file)."""
     def name(names: dict[str, str], st: LayerState) -> str | None:
         return names.get(st.layer.mean.key)
 
     model_by_name = {}
-    for st in layers.values():
+    for st in (layers if model_layers is None else model_layers).values():
         if st.layer.container == pair.model.container:
             n = name(pair.model_names, st)
             if n is not None:
@@ -370,10 +377,12 @@ def analyze(ck: Checkpoint, entries: list[Entry]) -> tuple[list[Diagnosis], File
             f"normalizes with mean 0 / var 1. Usually: trained in eval mode or with frozen "
             f"norms, or statistics never loaded"))
 
-    # stats-never-tracked: every counter of a (non-EMA) state dict is 0 while it trained
+    # stats-never-tracked: every counter of a (non-EMA) state dict is 0 while it trained (an
+    # EMA's counters mean nothing: timm's ModelEmaV2 averages them and truncates to 0)
     by_container: dict[str, list[LayerState]] = defaultdict(list)
     for s in layers.values():
-        if not in_copy(s) and not is_ema_name(s.layer.container) and not any(
+        if not _copy_file(ck.path) and not in_copy(s) and not is_ema_name(
+                s.layer.container) and not any(
                 is_ema_name(p) for p in s.layer.module.split(".")[:1]):
             by_container[s.layer.container].append(s)
     classes = {c.path: c.module_classes or {} for c in ck.containers}
@@ -386,7 +395,8 @@ def analyze(ck: Checkpoint, entries: list[Entry]) -> tuple[list[Diagnosis], File
             where = f" in {container!r}" if container else ""
             out.append(Diagnosis(
                 "stats-never-tracked", tuple(_qual(s.layer.counter) for s in counted),
-                f"num_batches_tracked is 0 on all {_plural(len(counted), 'normalization layer')}"
+                f"num_batches_tracked is 0 on {'the' if len(counted) == 1 else 'all'} "
+                f"{_plural(len(counted), 'normalization layer')}"
                 f"{where} while the parameters trained: no train-mode forward pass counted a "
                 f"batch. Usually: trained in eval mode, or statistics copied or converted from "
                 f"elsewhere (InstanceNorm never counts); it matters with momentum=None"))
@@ -397,7 +407,9 @@ def analyze(ck: Checkpoint, entries: list[Entry]) -> tuple[list[Diagnosis], File
     return out, FileState(ck.path, layers, pairs)
 
 
-def _ema_findings(pair: EmaPair, layers: dict[tuple[str, str], LayerState]) -> list[Diagnosis]:
+def _ema_findings(pair: EmaPair, layers: dict[tuple[str, str], LayerState],
+                  model_layers: dict[tuple[str, str], LayerState] | None = None
+                  ) -> list[Diagnosis]:
     out = []
     copy, model = pair.ema.label, pair.model.label
     how = _alignment_text(pair.alignment, ("the copy", "the model"))
@@ -413,14 +425,15 @@ def _ema_findings(pair: EmaPair, layers: dict[tuple[str, str], LayerState]) -> l
         if is_buffer and e.role is not Role.PARAMETER and name.rpartition(".")[0] in ema_modules:
             lacking.append(e)
     if lacking:
+        where = f"{pair.model.file}:" if pair.model.file else ""
         out.append(Diagnosis(
-            "ema-buffers-stale", tuple(_qual(e) for e in lacking),
+            "ema-buffers-stale", tuple(where + _qual(e) for e in lacking),
             f"{copy!r} (averaged copy of {model!r}) lacks {_plural(len(lacking), 'buffer')} the "
             f"model has: {_names([pair.model.local(e.key) for e in lacking])}{how}, so loading "
             f"it keeps whatever statistics the target model holds. Usually: the EMA was built "
             f"from named_parameters() only (average the state_dict(), or use timm ModelEmaV3 / "
             f"AveragedModel)"))
-    stuck = [(e, m) for e, m in _paired_layers(pair, layers)
+    stuck = [(e, m) for e, m in _paired_layers(pair, layers, model_layers)
              if e.at_init and e.affine_trained and not m.at_init]
     if stuck:
         out.append(Diagnosis(
@@ -490,10 +503,56 @@ def diagnose(checkpoints: Sequence[Checkpoint], selections: Sequence[list[Entry]
 
     out: list[tuple[str, Diagnosis]] = []
     states = []
+    views = []
     for ck, entries in zip(checkpoints, selections, strict=True):
         found, state = analyze(ck, entries)
         states.append(state)
+        views.append(_file_view(ck, entries))
         out += [(ck.path, d) for d in found]
         if expected is not None:
             out += [(ck.path, d) for d in model_findings(ck, entries, expected, spec)]
-    return out + compare_files(states)
+    separate = _separate_copies(states, views)
+    # a copy in its own file: its stale layers are reported once, as ema-buffers-stale
+    covered = {(path, k) for path, d in separate for k in d.keys}
+    out = [(path, d) for path, d in out if d.id != "stats-at-init"
+           or not {(path, k) for k in d.keys} <= covered]
+    return out + compare_files(states) + separate
+
+
+def _copy_file(path: str) -> bool:
+    """A file (or folder) whose own name says it holds an EMA copy: `model_ema.pt`."""
+    import os
+
+    return is_ema_name(os.path.splitext(os.path.basename(os.path.normpath(path)))[0])
+
+
+def _file_view(ck: Checkpoint, entries: list[Entry]) -> View | None:
+    """A file's largest module state dict, as a view named by the file."""
+    kinds = {c.path: c.kind for c in ck.containers}
+    by_container: dict[str, list[Entry]] = defaultdict(list)
+    for e in entries:
+        if kinds.get(e.container) in _MODULE_KINDS:
+            by_container[e.container].append(e)
+    if not by_container:
+        return None
+    c, es = max(by_container.items(), key=lambda kv: len(kv[1]))
+    return View(c, "", tuple(es), file=ck.path)
+
+
+def _separate_copies(states: Sequence[FileState], views: Sequence[View | None]
+                     ) -> list[tuple[str, Diagnosis]]:
+    """`ema-buffers-stale` for a copy saved in a file of its own (`model_ema.pt` beside
+    `model.pt`, both given to one check): a file whose name says EMA and that holds no pair
+    itself is paired with the other file whose keys line up best."""
+    out = []
+    for i, (state, view) in enumerate(zip(states, views)):
+        if view is None or state.pairs or not _copy_file(state.path):
+            continue
+        others = {v.file: v for j, v in enumerate(views[:_MAX_CANDIDATES])
+                  if j != i and v is not None and not _copy_file(v.file)}
+        pair = _pair(view, {path: [v] for path, v in others.items()}, set())
+        if pair is None:
+            continue
+        model_state = next(s for s in states if s.path == pair.model.file)
+        out += [(state.path, d) for d in _ema_findings(pair, state.layers, model_state.layers)]
+    return out

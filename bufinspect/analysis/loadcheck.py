@@ -56,19 +56,20 @@ def _load_findings(container: str, es: list[Entry], ma: dict[str, str], mb: dict
         want = expected.shapes.get(key)
         tensors[key] = (want if want is not None and name in model_by_name else e.shape, e.dtype)
     strip = [op.removeprefix("strip ") for op in applied.get("a", ()) if op.startswith("strip ")]
-    if versions and strip:
+    wrap = [op.removeprefix("strip ") for op in applied.get("b", ()) if op.startswith("strip ")]
+    if versions and (strip or wrap):  # `_metadata` module names follow the keys' alignment
         renamed = {}
         for m, v in versions.items():
             for p in strip:
                 m = m[len(p):] if m.startswith(p) else ("" if m + "." == p else m)
+            for p in reversed(wrap):
+                m = p + m if m else p.rstrip(".")
             renamed[m] = v
         versions = renamed
     verdict = expected.verdict(tensors, versions) if expected.verdict is not None else None
     how = _alignment_text(applied, ("the file", "the model"))
     out = []
-    prefixes = [op.removeprefix("strip ") for op in applied.get("a", ()) if op.startswith("strip ")]
-    model_prefixes = [op.removeprefix("strip ") for op in applied.get("b", ())
-                      if op.startswith("strip ")]
+    prefixes, model_prefixes = strip, wrap
     if prefixes or model_prefixes:
         if prefixes:
             what = (f"every key of the state dict{where} starts with "
