@@ -25,6 +25,7 @@ from bufinspect.cli.runtime import (  # noqa: E402
     cpu_note, emit, handled, progress, silent, stderr, work,
 )
 from bufinspect.errors import UsageError  # noqa: E402
+from bufinspect.escape import excerpt, path_excerpt  # noqa: E402
 from bufinspect.model import Checkpoint, Scope  # noqa: E402
 from bufinspect.render import OutputFormat  # noqa: E402
 
@@ -176,7 +177,7 @@ def diff(
     approximate. Mismatch counts are only kept for unchanged tolerances.
     """
     from bufinspect.analysis import diff as diffing
-    from bufinspect.formats import metrics
+    from bufinspect.formats import metrics, outputs
 
     fmt = OutputFormat(format.value)
     with handled(from_metrics or a or b):
@@ -197,6 +198,9 @@ def diff(
             raise UsageError("diff needs two checkpoints A B (or --from-metrics FILE)")
         cpu_note(device.value if device else "auto", "diff")
     ck_a, ck_b = _load(a), _load(b)
+    if save_metrics is not None:  # refused before the data pass, not after it
+        with handled(save_metrics):
+            outputs.check_output(save_metrics, [a, b, *outputs.files_of((ck_a, ck_b))])
     with handled(a), work(jobs, distributed) as shared:
         with progress(sum(e.nbytes for e in ck_a.entries)
                       + sum(e.nbytes for e in ck_b.entries)) as tick:
@@ -210,7 +214,8 @@ def diff(
         if save_metrics is not None and not silent(shared):
             from bufinspect import render
 
-            metrics.write_metrics(render.to_json(report.to_dict(envelope=True)), save_metrics)
+            metrics.write_metrics(render.to_json(report.to_dict(envelope=True)), save_metrics,
+                                  inputs=[a, b, *outputs.files_of((ck_a, ck_b))])
     if silent(shared):
         raise typer.Exit(0)
     emit(report, fmt, show_equal=show_equal)
@@ -244,6 +249,7 @@ def trend(
         scope = _scope(all_, params)
         cpu_note(device.value if device else "auto", "trend")
         if plot is not None:
+            outputs.check_output(plot, paths)  # before any checkpoint is read
             try:
                 import matplotlib  # noqa: F401
             except ImportError:
@@ -256,8 +262,8 @@ def trend(
                      device=device.value if device else "auto")
         if plot is not None:
             image = render.plot(report, os.path.splitext(plot)[1].lstrip(".").lower() or "png")
-            outputs.save_bytes(plot, image)
-            stderr(f"bufinspect: wrote {plot}")
+            outputs.save_bytes(plot, image, inputs=[*paths, *outputs.files_of(checkpoints)])
+            stderr(f"bufinspect: wrote {path_excerpt(plot)}")
     emit(report, OutputFormat(format.value))
 
 
@@ -318,7 +324,7 @@ def check(
         settings, config_path, note = ({}, None, None) if no_config else \
             configuration.load_config()
         if note:
-            stderr(f"bufinspect: note: {config_path}: {note}")
+            stderr(f"bufinspect: note: {path_excerpt(config_path)}: {excerpt(note)}")
         policy = make_policy(expect_dtype=expect_dtype, expect_device=expect_device,
                              ignore=ignore or (), strict=strict, config=settings)
         where = device.value if device is not None else settings.get("device", "auto")
@@ -363,14 +369,17 @@ def _apply_model(ck: Checkpoint, spec: str | None, hf_config: bool = False):
     else:
         ck, matches = annotate.apply_model(ck, spec)
     for m in matches:
-        where = f" (container {m.container!r})" if m.container else ""
+        where = f" (container {excerpt(repr(m.container), 80)})" if m.container else ""
         if m.missing:
-            shown = ", ".join(m.missing[:5]) + (" ..." if len(m.missing) > 5 else "")
-            stderr(f"bufinspect: warning: {ck.path}{where}: the model has state the file lacks: "
-                   f"{shown}")
+            shown = ", ".join(excerpt(k, 120) for k in m.missing[:5]) \
+                + (" ..." if len(m.missing) > 5 else "")
+            stderr(f"bufinspect: warning: {path_excerpt(ck.path)}{where}: the model has state "
+                   f"the file lacks: {shown}")
         if m.file_only:
-            shown = ", ".join(m.file_only[:5]) + (" ..." if len(m.file_only) > 5 else "")
-            stderr(f"bufinspect: note: {ck.path}{where}: keys the model lacks: {shown}")
+            shown = ", ".join(excerpt(k, 120) for k in m.file_only[:5]) \
+                + (" ..." if len(m.file_only) > 5 else "")
+            stderr(f"bufinspect: note: {path_excerpt(ck.path)}{where}: keys the model lacks: "
+                   f"{shown}")
     return ck, matches
 
 
@@ -397,7 +406,8 @@ def annotate(
         if not matches or any(m.matched == 0 for m in matches):
             raise UsageError(f"the model {model} matches no key of the file", path)
         written = role_metadata.write_annotations(ck, ann.annotation_docs(ck))
-    stderr(f"bufinspect: wrote roles of {sum(m.matched for m in matches)} tensors to {written}")
+    stderr(f"bufinspect: wrote roles of {sum(m.matched for m in matches)} tensors to "
+           f"{path_excerpt(written)}")
 
 
 def main() -> None:

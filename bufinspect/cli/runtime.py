@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 import typer
 
 from bufinspect.errors import BufinspectError
+from bufinspect.escape import excerpt, path_excerpt
 from bufinspect.model import CheckReport
 from bufinspect.parallel import Work
 from bufinspect.render import OutputFormat, Report
@@ -49,17 +50,21 @@ def handled(path_hint: str | None = None) -> Iterator[None]:
         raise
     except BufinspectError as exc:
         _debug()
-        stderr(f"bufinspect: error: {exc}")
+        stderr(f"bufinspect: error: {exc}")  # str(exc) is escaped and bounded (errors.py)
         raise typer.Exit(2) from None
     except OSError as exc:
         _debug()
         where = exc.filename or path_hint or "input"
-        stderr(f"bufinspect: error: {where}: {exc.strerror or exc}")
+        stderr(f"bufinspect: error: {path_excerpt(where)}: {excerpt(exc.strerror or exc)}")
+        raise typer.Exit(2) from None
+    except MemoryError:  # a longer message could fail again: a fixed one
+        stderr(f"bufinspect: error: {path_excerpt(path_hint or 'input')}: needs more memory "
+               "than a checkpoint should; refusing it")
         raise typer.Exit(2) from None
     except Exception as exc:
         _debug()
-        stderr(f"bufinspect: internal error while reading {path_hint or 'input'} "
-               f"({type(exc).__name__}: {str(exc)[:160]}); this is a bug in bufinspect: "
+        stderr(f"bufinspect: internal error while reading {path_excerpt(path_hint or 'input')} "
+               f"({type(exc).__name__}: {excerpt(exc, 160)}); this is a bug in bufinspect: "
                f"BUFINSPECT_DEBUG=1 shows the traceback")
         raise typer.Exit(2) from None
 

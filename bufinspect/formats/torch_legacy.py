@@ -9,7 +9,7 @@ from typing import Any
 
 from bufinspect import dtypes
 from bufinspect.errors import InputError
-from bufinspect.formats import _torch_common, _unpickle
+from bufinspect.formats import _files, _torch_common, _unpickle
 from bufinspect.formats._unpickle import StorageRef, StorageType, Stub, brief
 from bufinspect.formats._walk import containers_of
 from bufinspect.model import Checkpoint, Format
@@ -42,8 +42,8 @@ def _persistent(pid: Any) -> Any:
 
 
 def read(path: str) -> Checkpoint:
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    with _files.open_file(path) as f:
+        size = _files.size_of(f)
         magic = _header(path, f)
         if magic != MAGIC:
             raise InputError("not a torch.save file (bad magic number)", path)

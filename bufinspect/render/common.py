@@ -4,7 +4,6 @@ formats, strict JSON, markdown cells and the plain wide table."""
 from __future__ import annotations
 
 import json
-import re
 from enum import Enum
 from typing import Any, Iterable, NoReturn
 
@@ -22,17 +21,14 @@ def assert_never(value: NoReturn) -> NoReturn:  # pragma: no cover - unreachable
     raise AssertionError(f"unhandled value: {value!r}")
 
 
-# C0/C1 controls, DEL, and the bidi embedding/override/isolate characters
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
-
-
-def clean(text: str) -> str:
-    """Make a name from a file safe to print: unsafe characters become visible escapes."""
-    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                       else f"\\u{ord(m.group()):04x}", text)
+# one escaping for tables, markdown, annotations and error messages: controls, bidi, lone
+# surrogates as visible escapes, and a bound on length (see bufinspect.escape)
+from bufinspect.escape import clean  # noqa: E402,F401
 
 
 def human_bytes(n: int) -> str:
+    if n.bit_length() > 80:  # an unbounded size (a hostile shape) would overflow float()
+        return f">2**{n.bit_length() - 1} B"
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if value < 1024 or unit == "TiB":
@@ -42,6 +38,8 @@ def human_bytes(n: int) -> str:
 
 
 def human_count(n: int) -> str:
+    if n.bit_length() > 80:
+        return f">2**{n.bit_length() - 1}"
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
             return f"{n / size:.1f}{unit}"
@@ -67,6 +65,8 @@ def to_json(doc: dict[str, Any]) -> str:
 
 
 def _finite(obj: Any) -> Any:
+    if type(obj) is int and obj.bit_length() > 10_000:  # json cannot print it (4300 digits)
+        return f"<{obj.bit_length()}-bit integer>"
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

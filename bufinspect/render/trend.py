@@ -63,19 +63,20 @@ def plot(report: TrendReport, image_format: str, *, top: int = 12) -> bytes:
     steps = list(range(len(report.paths)))
     for row in report.rows[:top]:
         ys = [math.nan if v is None or math.isinf(v) else v for v in row.values]
-        ax.plot(steps, ys, marker="o", label=row.key)
+        # a key is literal text: "$\\foo$" would be parsed as mathtext (and fail)
+        ax.plot(steps, ys, marker="o", label=row.key.replace("$", r"\$"))
     ax.set_xlabel("checkpoint")
     ax.set_xticks(steps)
     ax.set_ylabel(f"{report.metric} against checkpoint 0")
     ax.set_title(f"bufinspect trend ({report.scope.value})")
     if report.rows:
         ax.legend(fontsize="small", loc="upper left")
-    fig.tight_layout()
     out = io.BytesIO()
     try:
+        fig.tight_layout()
         fig.savefig(out, format=image_format)
-    except ValueError as exc:  # an extension matplotlib cannot write
-        raise UsageError(f"--plot: {exc}") from None
+    except ValueError as exc:  # an extension matplotlib cannot write, text it cannot lay out
+        raise UsageError(f"--plot: {str(exc).splitlines()[0][:160]}") from None
     finally:
         plt.close(fig)
     return out.getvalue()
