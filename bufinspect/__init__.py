@@ -98,13 +98,16 @@ def diff(a: str, b: str, **options: Any) -> DiffReport:
 
 def check(paths: str | Sequence[str], *, expect_dtype: str | None = None,
           expect_device: str | None = None, ignore: Sequence[str] = (), strict: bool = False,
-          **options: Any) -> CheckReport:
+          model: Any = None, **options: Any) -> CheckReport:
     """Load checkpoints and check devices, dtypes and values (`analysis.check.check`).
 
     Args:
         paths: one path or several (one report for all).
         expect_dtype, expect_device, ignore, strict: the policy, as the CLI flags take them
             (`[tool.bufinspect.check]` is not read here: pass what you expect).
+        model: your model, as `MODULE:FACTORY` (imported and built on meta: this runs your
+            code) or an `nn.Module`: exact roles, and whether each file loads strictly into it
+            (`missing-key`, `unexpected-key`, `shape-mismatch`, `key-prefix`).
         **options: `device` (`auto`, `cpu`, `cuda`), `containers`, `jobs`.
 
     Returns:
@@ -116,7 +119,15 @@ def check(paths: str | Sequence[str], *, expect_dtype: str | None = None,
     policy = make_policy(expect_dtype=expect_dtype, expect_device=expect_device,
                          ignore=ignore, strict=strict)
     paths = [paths] if isinstance(paths, str) else list(paths)
-    return run([load(p) for p in paths], policy, **options)
+    checkpoints = [load(p) for p in paths]
+    if model is not None:
+        from bufinspect import annotate
+
+        spec = model if isinstance(model, str) else type(model).__name__
+        module = annotate.build(model) if isinstance(model, str) else model
+        checkpoints = [annotate.apply_module(ck, module, "model:factory")[0] for ck in checkpoints]
+        options.update(model=annotate.expected_state(module), model_spec=spec)
+    return run(checkpoints, policy, **options)
 
 
 def trend(paths: Sequence[str], **options: Any) -> TrendReport:

@@ -171,6 +171,9 @@ class RankWork(Work):
         self._dist: Any = None
 
     def __enter__(self) -> "RankWork":
+        from bufinspect import _torch
+
+        _torch.require("sharing the work across torch.distributed ranks (torchrun, --distributed)")
         import torch.distributed as dist
 
         self._own = not dist.is_initialized()

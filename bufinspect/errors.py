@@ -4,12 +4,19 @@ from __future__ import annotations
 
 
 class BufinspectError(Exception):
-    """Base class: something about the input or the usage is wrong."""
+    """Base class: something about the input or the usage is wrong.
+
+    `path` and `message` keep the raw text; `str(error)` is one line, escaped and bounded
+    (`bufinspect.escape`): paths, keys and names from a file never reach a terminal raw.
+    """
 
     def __init__(self, message: str, path: str | None = None):
+        from bufinspect.escape import MESSAGE_LIMIT, excerpt, path_excerpt
+
         self.path = path
         self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
+        text = excerpt(message, MESSAGE_LIMIT)
+        super().__init__(f"{path_excerpt(path)}: {text}" if path else text)
 
 
 class InputError(BufinspectError):

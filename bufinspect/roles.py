@@ -8,11 +8,22 @@ roles. For plain state dicts the rules below decide what the file proves and lea
   against the file's keys;
 - `layer:<Class>`: a module's whole own key set, dimensions, dtype kinds, equal-shape groups and
   `_metadata` version match a torch.nn / torch.ao layer signature (bufinspect/data/layers.json,
-  built by introspecting torch: scripts/make_layer_table.py, read by `formats.package_data`);
+  built by introspecting torch: scripts/make_layer_table.py, read by `formats.package_data`). A
+  `bias` is optional in every signature that has one; besides torch.nn the table holds fused QAT
+  modules (`ConvBn`, version 2), converted quantized layers (`quantized.*`: `scale` and
+  `zero_point` are buffers), prune (`weight_orig` parameter, `weight_mask` buffer), old spectral /
+  weight norm on every layer rank, parametrization originals of any rank, and the FrozenBatchNorm
+  layout (running statistics are buffers; its weight and bias are left undecided: buffers there,
+  parameters in an old BatchNorm);
 - `dtype:<dtype>`: integer and bool tensors cannot be trainable parameters;
-- `optimizer:param_names` / `optimizer:state-shapes`: an optimizer saved beside the state dict
-  names its parameters, or its parameter ids and state shapes align with the state dict's keys in
-  exactly one way;
+- `optimizer:param_names` / `optimizer:state-names` / `optimizer:state-shapes`: an optimizer
+  saved beside the state dict names its parameters (`param_names`, or params keyed by name as
+  torch.distributed.checkpoint's get_state_dict writes them, or state keyed by name), or its
+  parameter ids and state shapes align with the state dict's keys: a key is a parameter when it
+  is one in EVERY order-preserving alignment (the entry lands on it, or on a later own key of its
+  module, since a module lists its parameters before its buffers);
+- `pickle:Parameter` / `pickle:keep_vars`: a `keep_vars=True` state dict pickles parameters as
+  `nn.Parameter`, so its plain tensors are buffers;
 - `order:after-buffer` / `order:before-parameter`: inside one module's own keys a state dict
   lists parameters before buffers, so keys after a known buffer are buffers and keys before a
   known parameter are parameters (only where the file kept the state dict's order).
@@ -23,6 +34,7 @@ Evidence strings are `kind:detail`; the kind (before the colon) is what the summ
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import re
 from collections import defaultdict
@@ -145,7 +157,8 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
     order_ok = ordered and _order_consistent(entries, by_module, layer_matched, votes,
                                              c.module_versions is not None)
     for opt in optimizers:
-        for key, (role, evidence) in _optimizer_evidence(entries, opt, votes, order_ok).items():
+        for key, (role, evidence) in _optimizer_evidence(entries, opt, votes, order_ok,
+                                                         order_ok).items():
             votes.add(key, role, evidence)
     if order_ok:
         for module, own in by_module.items():
@@ -184,10 +197,14 @@ def layer_table() -> dict[frozenset[str], list[dict[str, Any]]]:
     index: dict[frozenset[str], list[dict[str, Any]]] = defaultdict(list)
     for sig in doc["signatures"]:
         index[frozenset(sig["tensors"])].append(sig)
+        optional = sig.get("optional") or ()  # a layer built with bias=False lacks its bias
+        if optional:
+            index[frozenset(sig["tensors"]) - frozenset(optional)].append(sig)
     return dict(index)
 
 
-_KINDS = {"float": "float", "complex": "float", "int": "int", "uint": "int", "bool": "bool"}
+_KINDS = {"float": "float", "complex": "float", "int": "int", "uint": "int", "bool": "bool",
+          "quantized": "quantized"}
 
 
 @lru_cache(maxsize=256)
@@ -201,7 +218,7 @@ def _fits(sig: dict[str, Any], names: tuple[str, ...], ndims: tuple[int, ...],
     tensors = sig["tensors"]
     for name, nd, k in zip(names, ndims, kinds):
         _, ndim, kind = tensors[pattern(name)]
-        if nd != ndim or k != kind:
+        if (ndim is not None and nd != ndim) or k != kind:  # (None: any rank)
             return False
     if not sig["same_shape"]:
         return True
@@ -263,11 +280,17 @@ def _match(names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...], dtypes: 
     fitting = [candidates[i] for i in keep if _fits(candidates[i], names, ndims, kinds, same)]
     if not fitting:
         return (None,) * len(names)
-    evidence = "layer:" + _label(tuple(c for s in fitting for c in s["classes"]))
+    # named after the plainest fitting layers (lowest version: a Conv2d before a fused ConvBn2d,
+    # when the file kept no `_metadata` to tell them apart)
+    low = min(s["version"] for s in fitting)
+    evidence = "layer:" + _label(tuple(c for s in fitting if s["version"] == low
+                                       for c in s["classes"]))
     out: list[Decision | None] = []
     for name in names:
         roles = {s["tensors"][pattern(name)][0] for s in fitting}
-        out.append((Role(roles.pop()), evidence) if len(roles) == 1 else None)
+        # "unknown" in a signature: that layout does not decide this tensor
+        role = roles.pop() if len(roles) == 1 else None
+        out.append((Role(role), evidence) if role in ("parameter", "buffer") else None)
     return tuple(out)
 
 
@@ -341,20 +364,38 @@ def _by_order(own: list[Entry], votes: _Votes) -> dict[str, Decision]:
 
 
 def _names_fit(opt: Container, sd: Container) -> bool:
-    names = [n for g in opt.param_groups or () for n in g.get("param_names") or ()]
     keys = {e.key for e in sd.entries}
+    names, _ = _param_names(opt, keys)
     return bool(names) and all(n in keys for n in names)
 
 
-def _optimizer_evidence(entries: list[Entry], opt: Container, votes: _Votes, ordered: bool
-                        ) -> dict[str, Decision]:
+def _param_names(opt: Container, keys: set[str]) -> tuple[list[str], str]:
+    """Parameter names an optimizer states: its param groups' `param_names` (or `params` keyed
+    by name, as torch.distributed.checkpoint's get_state_dict writes), else its state keyed by
+    name (`state.<name>.<slot>`, a DCP folder whose param groups are not tensors) when every
+    such name is a key of the state dict."""
+    names = [n for g in opt.param_groups or () for n in g.get("param_names") or ()]
+    if names:
+        return names, "optimizer:param_names"
+    stated = []
+    for e in opt.entries:
+        name = e.key.removeprefix("state.").rpartition(".")[0]
+        if name and not name.lstrip("-").isdigit() and name not in stated:
+            stated.append(name)
+    if stated and all(n in keys for n in stated):
+        return stated, "optimizer:state-names"
+    return [], ""
+
+
+def _optimizer_evidence(entries: list[Entry], opt: Container, votes: _Votes, ordered: bool,
+                        by_order: bool = False) -> dict[str, Decision]:
     """Parameters named by the optimizer, or placed by aligning its ids and state shapes."""
     groups = opt.param_groups or ()
     keys = {e.key for e in entries}
-    names = [n for g in groups for n in g.get("param_names") or ()]
+    names, evidence = _param_names(opt, keys)
     if names:
         if all(n in keys for n in names):
-            return {n: (Role.PARAMETER, "optimizer:param_names") for n in names}
+            return {n: (Role.PARAMETER, evidence) for n in names}
         return {}
     if not ordered:
         return {}  # alignment needs the state dict's own order
@@ -386,6 +427,7 @@ def _optimizer_evidence(entries: list[Entry], opt: Container, votes: _Votes, ord
     def fits(i: int, j: int) -> bool:
         return want[i] is None or want[i] == cands[j].shape
 
+    # the leftmost and rightmost order-preserving placement of every optimizer parameter
     left, j = [], 0
     for i in range(n):
         while j < m and not fits(i, j):
@@ -400,6 +442,19 @@ def _optimizer_evidence(entries: list[Entry], opt: Container, votes: _Votes, ord
             j -= 1
         right[i] = j
         j -= 1
-    # every alignment puts optimizer parameter i between its leftmost and rightmost places
-    return {cands[lo].key: (Role.PARAMETER, "optimizer:state-shapes")
-            for lo, hi in zip(left, right) if lo == hi}
+    # A candidate is a parameter in an alignment when the optimizer entry lands on it, or (the
+    # state dict lists a module's parameters before its buffers) on a later own key of its
+    # module. It is decided when that holds in EVERY alignment, i.e. when no alignment avoids
+    # the run of candidates from it to its module's last one: entries 0..k-1 placed before
+    # the run and k..n-1 after it, for some k (left and right grow with i: two bisections).
+    last_of: dict[str, int] = {}
+    for idx, e in enumerate(cands):
+        last_of[e.module] = idx
+    out = {}
+    for idx, e in enumerate(cands):
+        end = last_of[e.module] if by_order else idx
+        most = bisect.bisect_left(left, idx)  # entries that fit before the run
+        fewest = bisect.bisect_right(right, end)  # entries that cannot go after it
+        if fewest > most:  # no k avoids the run: a parameter in every alignment
+            out[e.key] = (Role.PARAMETER, "optimizer:state-shapes")
+    return out

@@ -23,6 +23,8 @@ _EXTRA = {
     "LSTM": [{"input_size": 3, "hidden_size": 5, "proj_size": 2, "num_layers": 2,
               "bidirectional": True}],
     "MultiheadAttention": [{"kdim": 3, "vdim": 5}],
+    # fused QAT conv + BN: `bias=None` by default (not a boolean flag to toggle)
+    **{f"ConvBn{r}{d}d": [{"bias": True}] for r in ("", "ReLU") for d in (1, 2, 3)},
 }
 # classes whose constructor takes *args: their real arguments, with the flags to toggle
 _RNN = ({"input_size": 3, "hidden_size": 5, "num_layers": 2}, ("bias", "bidirectional"))
@@ -80,6 +82,12 @@ def _variants(cls: type) -> list[dict[str, Any]]:
     out = []
     for ints in _INT_SETS:
         base = dict(zip(required, ints))
+        # fused QAT conv + BN (ConvBn2d, ...: _metadata version 2) need a qconfig; the other QAT
+        # modules hold a plain Conv's or Linear's keys at version 1 and add nothing
+        if "qconfig" in sig.parameters and cls.__name__.startswith("ConvBn"):
+            import torch.ao.quantization as aoq
+
+            base["qconfig"] = aoq.get_default_qat_qconfig("fbgemm")
         if len(base) < len(required):
             continue
         toggles = [[(n, d), (n, not d)] for n, d in flags]
@@ -96,6 +104,8 @@ def _variants(cls: type) -> list[dict[str, Any]]:
 def _kind(dtype: Any) -> str:
     if dtype.is_floating_point or dtype.is_complex:
         return "float"
+    if str(dtype).removeprefix("torch.").startswith(("qint", "quint")):
+        return "quantized"
     return "bool" if str(dtype) == "torch.bool" else "int"
 
 
@@ -138,7 +148,8 @@ def _wrapped(make: Any, label: str) -> list[dict[str, Any]]:
     out = []
     with torch.device("meta"):
         for layer in (lambda: nn.Linear(3, 5), lambda: nn.Conv2d(3, 5, 2),
-                      lambda: nn.Linear(3, 5, bias=False), lambda: nn.Embedding(7, 3)):
+                      lambda: nn.Linear(3, 5, bias=False), lambda: nn.Embedding(7, 3),
+                      lambda: nn.Conv1d(3, 5, 2), lambda: nn.Conv3d(3, 5, 2)):
             try:
                 out += _signatures(make(layer()), label + ":" + type(layer()).__name__)
             except Exception:  # a wrapper that cannot build on meta is simply not in the table
@@ -171,6 +182,12 @@ def introspect() -> dict[str, Any]:
         found += _wrapped(nn.utils.parametrizations.spectral_norm, "parametrizations.spectral_norm")
         found += _wrapped(nn.utils.parametrizations.weight_norm, "parametrizations.weight_norm")
         found += _wrapped(nn.utils.weight_norm, "weight_norm")
+        from torch.nn.utils import prune
+        found += _wrapped(lambda m: prune.identity(m, "weight"), "prune")
+        found += _wrapped(lambda m: prune.identity(prune.identity(m, "weight"), "bias")
+                          if m.bias is not None else m, "prune")
+        found += _quantized()
+        found += _LAYOUTS
     # one signature per (version, tensors); equal shapes only where every variant agrees
     merged: dict[str, dict[str, Any]] = {}
     for s in found:
@@ -185,5 +202,86 @@ def introspect() -> dict[str, Any]:
     for s in merged.values():
         s["classes"].sort()
         table.append(s)
+    table = _optional_bias(_any_rank(table))
     table.sort(key=lambda s: (s["classes"][0], repr(s["tensors"]), s["version"]))
     return {"torch": torch.__version__.split("+")[0], "signatures": table}
+
+
+# Layouts that introspection of torch alone does not produce. Role "unknown": the layout does not
+# decide that tensor (it is a parameter in one layer with these keys and a buffer in another).
+_LAYOUTS: list[dict[str, Any]] = [
+    # torchvision.ops.FrozenBatchNorm2d, transformers' *FrozenBatchNorm2d (all four are buffers)
+    # and BatchNorm saved before num_batches_tracked existed (weight and bias parameters): the
+    # running statistics are buffers in every layer with this layout
+    {"class": "FrozenBatchNorm2d", "version": 1,
+     "tensors": {"weight": ["unknown", 1, "float"], "bias": ["unknown", 1, "float"],
+                 "running_mean": ["buffer", 1, "float"], "running_var": ["buffer", 1, "float"]},
+     "same_shape": [["bias", "running_mean"], ["bias", "running_var"], ["bias", "weight"],
+                    ["running_mean", "running_var"], ["running_mean", "weight"],
+                    ["running_var", "weight"]]},
+]
+
+
+def _quantized() -> list[dict[str, Any]]:
+    """Converted (torch.ao.nn.quantized) layers: their state dicts hold packed weights that are
+    neither parameters nor buffers (role "unknown") and `scale` / `zero_point`, which bufinspect
+    reports as buffers (state the layer restores on load, like a registered buffer)."""
+    import torch
+    import torch.ao.nn.intrinsic.quantized as iq
+    import torch.ao.nn.quantized as nnq
+
+    out = []
+    makers = [(nnq.Conv1d, (3, 5, 2)), (nnq.Conv2d, (3, 5, 2)), (nnq.Conv3d, (3, 5, 2)),
+              (nnq.ConvTranspose1d, (3, 5, 2)), (nnq.ConvTranspose2d, (3, 5, 2)),
+              (nnq.ConvTranspose3d, (3, 5, 2)), (iq.ConvReLU1d, (3, 5, 2)),
+              (iq.ConvReLU2d, (3, 5, 2)), (iq.ConvReLU3d, (3, 5, 2)), (nnq.Linear, (3, 5)),
+              (iq.LinearReLU, (3, 5)), (nnq.Quantize, (0.1, 2, torch.quint8))]
+    for cls, args in makers:
+        flag = None if cls is nnq.Quantize else "bias_" if "Linear" in cls.__name__ else "bias"
+        for bias in ((True, False) if flag else (None,)):
+            try:
+                m = cls(*args, **({flag: bias} if flag else {}))
+            except Exception:  # a build without the quantized engine: left out of the table
+                continue
+            own = {k: v for k, v in m.state_dict().items()
+                   if "." not in k and isinstance(v, torch.Tensor)}
+            tensors = {pattern(k): ["buffer" if k in ("scale", "zero_point") else "unknown",
+                                    v.dim(), _kind(v.dtype)] for k, v in sorted(own.items())}
+            out.append({"class": "quantized." + cls.__name__,
+                        "version": getattr(cls, "_version", 1), "tensors": tensors,
+                        "same_shape": []})
+    return out
+
+
+def _any_rank(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A parametrization's originals have the rank of whatever tensor was parametrized: the
+    ParametrizationList rows keep no dimension (null), one row per key set."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in table:
+        if s["classes"] == ["ParametrizationList"]:
+            s = {**s, "tensors": {k: [r, None, kind] for k, (r, _, kind) in s["tensors"].items()},
+                 "same_shape": []}
+        key = repr((s["version"], sorted(s["tensors"].items()), s["classes"]))
+        out.setdefault(key, s)
+    return list(out.values())
+
+
+def _optional_bias(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A layer's `bias` parameter is optional (`bias=False`): rows that hold one say so, and the
+    row of the same layers without it is folded in, instead of one row per combination."""
+    def without_bias(s: dict[str, Any]) -> str:
+        tensors = {k: v for k, v in s["tensors"].items() if k != "bias"}
+        return repr((s["version"], sorted(tensors.items())))
+
+    with_bias = {}
+    for s in table:
+        if s["tensors"].get("bias", [None])[0] == "parameter" and len(s["tensors"]) > 1:
+            s["optional"] = ["bias"]
+            with_bias.setdefault(without_bias(s), []).append(s)
+    out = []
+    for s in table:
+        rows = [] if "bias" in s["tensors"] else with_bias.get(without_bias(s), [])
+        if any(set(s["classes"]) <= set(r["classes"]) for r in rows):
+            continue  # the same layers, bias=False: covered by the row with an optional bias
+        out.append(s)
+    return out

@@ -11,6 +11,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_checkpoints"
 sys.path.insert(0, str(SAMPLES))  # sample_modules, for live modules and pickled-module samples
 
+from realworld_helpers import stub_torchvision_registrations  # noqa: E402
+
+stub_torchvision_registrations()  # a CUDA torchvision wheel beside a CPU torch (transformers, timm)
+
 
 @pytest.fixture
 def samples() -> Path:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from bufinspect.analysis.findings import metadata_findings, numeric_findings
+from bufinspect.analysis.diagnostics import diagnose
+from bufinspect.analysis.findings import FINDINGS, metadata_findings, numeric_findings
 from bufinspect.analysis.policy import Policy
 from bufinspect.analysis.show import select
-from bufinspect.model import Checkpoint, CheckReport, Finding, ScanStats, Severity
+from bufinspect.model import Checkpoint, CheckReport, Finding, ModelState, ScanStats, Severity
 from bufinspect.parallel import Work
 from bufinspect.scan import check_scan, cuda_available, cuda_device_count, resolve_device, scannable
 
@@ -23,7 +24,8 @@ from bufinspect.scan import check_scan, cuda_available, cuda_device_count, resol
 def check(checkpoints: Sequence[Checkpoint], policy: Policy | None = None, *,
           device: str = "auto", containers: Sequence[str] = (),
           progress: Callable[[int], None] | None = None, jobs: int = 1,
-          work: Work | None = None) -> CheckReport:
+          work: Work | None = None, model: ModelState | None = None,
+          model_spec: str = "the model") -> CheckReport:
     """Check one or more checkpoints and return one report.
 
     Args:
@@ -37,6 +39,10 @@ def check(checkpoints: Sequence[Checkpoint], policy: Policy | None = None, *,
         jobs: CPU workers for the numeric scan (the GPU path streams on one).
         work: how the scan is shared (`parallel.Work(jobs)` by default;
             `bufinspect.distributed.RankWork` shares it across torch.distributed ranks).
+        model: what the user's model expects (`annotate.expected_state`): adds the
+            `missing-key` / `unexpected-key` / `shape-mismatch` / `key-prefix` findings (apply
+            its roles to the checkpoints first with `annotate.apply_module`).
+        model_spec: how messages name the model (`MODULE:FACTORY`).
 
     Returns:
         A `CheckReport`; `report.ok` is the CI verdict, `report.to_dict()` the JSON document.
@@ -60,6 +66,9 @@ def check(checkpoints: Sequence[Checkpoint], policy: Policy | None = None, *,
         for e in entries:
             if id(e) in measured:
                 stats[(ck.path, e.container, e.key)] = measured[id(e)]
+    # buffer diagnostics: stats-at-init, stats-never-tracked, ema-buffers-stale, --model keys
+    findings += [Finding(d.id, FINDINGS[d.id][0], path, d.keys, d.message)
+                 for path, d in diagnose(cks, selected, model, model_spec)]
     order = {s: i for i, s in enumerate(Severity)}
     path_order = {ck.path: i for i, ck in enumerate(cks)}
     kept = [f for f in findings if f.id not in policy.ignore]

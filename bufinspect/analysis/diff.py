@@ -14,10 +14,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 from bufinspect.analysis.align import align, module_state
 from bufinspect.errors import InputError, UsageError
-from bufinspect.model import (SCOPE_ROLES, Checkpoint, DiffEntry, DiffReport, Entry, Role, Scope,
-                              Status, Tolerance, tolerances_for)
+from bufinspect.model import (SCOPE_ROLES, Checkpoint, DiffEntry, DiffNote, DiffReport, Entry,
+                              Role, Scope, Status, Tolerance, tolerances_for)
 from bufinspect.parallel import Work
-from bufinspect.scan import Engine, compare_pairs
+from bufinspect.scan import Engine, castloss, compare_pairs
 
 
 def diff(ck_a: Checkpoint, ck_b: Checkpoint, *, scope: Scope | str = Scope.BUFFERS,
@@ -26,7 +26,8 @@ def diff(ck_a: Checkpoint, ck_b: Checkpoint, *, scope: Scope | str = Scope.BUFFE
          add_prefix: Sequence[str] = (), rename: Sequence[tuple[str, str] | str] = (),
          auto_align: bool = True, device: str = "cpu", save_envelope: bool = False,
          progress: Callable[[int], None] | None = None, jobs: int = 1,
-         work: Work | None = None) -> DiffReport:
+         work: Work | None = None, notes: bool = True,
+         keep: Callable[[str, str | None, Role], bool] | None = None) -> DiffReport:
     """Compare the module state of two checkpoints.
 
     Args:
@@ -48,6 +49,11 @@ def diff(ck_a: Checkpoint, ck_b: Checkpoint, *, scope: Scope | str = Scope.BUFFE
         jobs: CPU threads for the data sweep (the report does not depend on it).
         work: how the data pass is shared (`parallel.Work(jobs)` by default;
             `bufinspect.distributed.RankWork` shares it across torch.distributed ranks).
+        notes: add the running-statistics notes (`analysis.diffnotes.notes_for_diff`; with
+            the default buffers scope this may byte-compare parameters, stopping at the first
+            difference).
+        keep: `keep(key, key_b, role)` says which in-scope entries to compare (`diff --filter`
+            / `--role`, see `analysis.views.selector`); the others are not read at all.
 
     Returns:
         A `DiffReport`: entries in A's key order (added keys last), with statuses and metrics.
@@ -86,6 +92,8 @@ def diff(ck_a: Checkpoint, ck_b: Checkpoint, *, scope: Scope | str = Scope.BUFFE
         if ea.role not in roles and (eb is None or eb.role not in roles):
             continue
         role = ea.role if ea.role is not Role.UNKNOWN or eb is None else eb.role
+        if keep is not None and not keep(ea.key, eb.key if eb is not None else None, role):
+            continue
         r, t = tolerances_for(ea.key, rtol, atol, tols)
         fields = {"key": ea.key, "role": role, "status": Status.EQUAL, "shape": ea.shape,
                   "dtype": ea.dtype, "key_b": eb.key if eb is not None else None, "rtol": r,
@@ -97,12 +105,15 @@ def diff(ck_a: Checkpoint, ck_b: Checkpoint, *, scope: Scope | str = Scope.BUFFE
                           dtype_b=eb.dtype if eb.dtype != ea.dtype else None)
         elif ea.dtype != eb.dtype:
             fields.update(status=Status.DTYPE, dtype_b=eb.dtype)
+            if castloss.measurable(ea, eb):  # what the cast lost (scan.castloss)
+                fields.update(castloss.measure(ea, eb, r, t))
         else:
             slots.append((len(results), r, t))
             pairs.append((ea, eb))
         results.append(fields)
     for eb in ents_b:
-        if mb[eb.key] not in seen_b and eb.role in roles:
+        if mb[eb.key] not in seen_b and eb.role in roles and \
+                (keep is None or keep(eb.key, None, eb.role)):
             results.append({"key": eb.key, "role": eb.role, "status": Status.ADDED,
                             "shape": eb.shape, "dtype": eb.dtype, "rtol": rtol, "atol": atol})
     measured = compare_pairs(pairs, [(r, t) for _, r, t in slots], engine, save_envelope,
@@ -110,8 +121,13 @@ def diff(ck_a: Checkpoint, ck_b: Checkpoint, *, scope: Scope | str = Scope.BUFFE
     for (pos, _, _), f in zip(slots, measured):
         results[pos].update(f)
     entries = tuple(DiffEntry(**f) for f in results)
+    remarks: tuple[Any, ...] = ()
+    if notes:
+        from bufinspect.analysis.diffnotes import notes_for_diff
+
+        remarks = notes_for_diff(entries, scope, ents_a, by_b, ma)
     return DiffReport((ck_a.path, ck_b.path), scope, rtol, atol, entries, tols,
-                      (path_a, path_b), applied, engine.name)
+                      (path_a, path_b), applied, engine.name, notes=remarks)
 
 
 # ---- saved metrics (read by `formats.metrics`) -------------------------------------------
@@ -175,9 +191,12 @@ def rejudge_report(doc: dict[str, Any], *, rtol: float | None = None, atol: floa
                             approximate=approx,
                             envelope=tuple(tuple(p) for p in env) if env else None)
             entries.append(e)
+        notes = tuple(DiffNote(n["id"], n["message"], tuple(n.get("keys", ())))
+                      for n in doc.get("notes") or ())
         return DiffReport(tuple(doc["paths"]), Scope(doc["scope"]), rtol, atol, tuple(entries),
                           tols, tuple(doc.get("containers") or (None, None)),
-                          doc.get("alignment") or {}, doc.get("device", "cpu"), from_metrics=True)
+                          doc.get("alignment") or {}, doc.get("device", "cpu"), from_metrics=True,
+                          notes=notes)
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"not a bufinspect metrics file ({type(exc).__name__}: {exc})",
                          source) from None

@@ -17,26 +17,42 @@ from bufinspect.model import Checkpoint, ContainerKind, Entry, Finding, Role, Sc
 if TYPE_CHECKING:
     from bufinspect.analysis.policy import Policy
 
+_ERROR, _WARNING, _INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
+
 # id -> (severity, one line for --help and the README)
 FINDINGS: dict[str, tuple[Severity, str]] = {
-    "mixed-devices": (Severity.ERROR, "module tensors were saved from more than one device"),
-    "gpu-saved": (Severity.WARNING, "tensors saved from a GPU (a CPU-only load needs map_location)"),
-    "missing-device": (Severity.ERROR, "a saved cuda index does not exist on this machine's GPUs"),
-    "mixed-param-dtypes": (Severity.WARNING, "floating-point parameters have more than one dtype"),
-    "buffer-dtype-mismatch": (Severity.WARNING, "a module's floating buffers differ from its "
-                                         "parameters' dtype"),
-    "nan": (Severity.ERROR, "NaN values"),
-    "inf": (Severity.ERROR, "infinite values"),
-    "negative-variance": (Severity.ERROR, "a normalization running_var holds negative values"),
-    "expected-dtype": (Severity.ERROR, "entries that break --expect-dtype"),
-    "expected-device": (Severity.ERROR, "entries that break --expect-device"),
-    "low-precision-stats": (Severity.WARNING, "running_mean/running_var in float16, bfloat16 or float8"),
-    "num-batches-tracked-dtype": (Severity.WARNING, "num_batches_tracked is not int64"),
-    "meta-tensor": (Severity.ERROR, "tensors saved from the meta device hold no values"),
-    "missing-num-batches-tracked": (Severity.WARNING, "running stats without num_batches_tracked "
-                                               "(info: old format)"),
-    "shared-storage": (Severity.INFO, "keys that share one storage (tied weights)"),
-    "non-persistent-buffer": (Severity.INFO, "buffers that a state dict of the module will not hold"),
+    "mixed-devices": (_ERROR, "module tensors were saved from more than one device"),
+    "gpu-saved": (_WARNING, "tensors saved from a GPU (a CPU-only load needs map_location)"),
+    "missing-device": (_ERROR, "a saved cuda index does not exist on this machine's GPUs"),
+    "mixed-param-dtypes": (_WARNING, "floating-point parameters have more than one dtype"),
+    "buffer-dtype-mismatch": (_WARNING, "a module's floating buffers differ from its "
+                                        "parameters' dtype"),
+    "nan": (_ERROR, "NaN values"),
+    "inf": (_ERROR, "infinite values"),
+    "negative-variance": (_ERROR, "a normalization running_var holds negative values"),
+    "expected-dtype": (_ERROR, "entries that break --expect-dtype"),
+    "expected-device": (_ERROR, "entries that break --expect-device"),
+    "low-precision-stats": (_WARNING, "running_mean/running_var in float16, bfloat16 or float8"),
+    "num-batches-tracked-dtype": (_WARNING, "num_batches_tracked is not int64"),
+    "meta-tensor": (_ERROR, "tensors saved from the meta device hold no values"),
+    "missing-num-batches-tracked": (_WARNING, "running stats without num_batches_tracked "
+                                              "(info: old format)"),
+    "shared-storage": (_INFO, "keys that share one storage (tied weights)"),
+    "non-persistent-buffer": (_INFO, "buffers that a state dict of the module will not hold"),
+    "pickle-calls": (_WARNING, "the pickle calls globals when loaded by torch.load (listed; "
+                               "none is run here)"),
+    # buffer diagnostics (analysis.diagnostics)
+    "stats-at-init": (_WARNING, "running statistics still at init while the affine "
+                                "parameters trained"),
+    "stats-never-tracked": (_INFO, "num_batches_tracked 0 on every norm layer while the "
+                                   "parameters trained"),
+    "ema-buffers-stale": (_WARNING, "an EMA copy's running statistics at init, stale or missing"),
+    "missing-key": (_ERROR, "with --model: keys the model expects are absent (strict loading "
+                            "fails)"),
+    "unexpected-key": (_WARNING, "with --model: keys the model does not have"),
+    "shape-mismatch": (_ERROR, "with --model: tensors whose shape differs from the model's"),
+    "key-prefix": (_WARNING, "with --model: a wrapper prefix (module., _orig_mod.) only one "
+                             "side has"),
 }
 
 _LOW_PRECISION = {"float16", "bfloat16"}
@@ -211,7 +227,7 @@ def _norm_checks(out: _Findings, ck: Checkpoint, module_entries: list[Entry]) ->
     if old:
         out.add("missing-num-batches-tracked", old,
                 f"{name_keys(old)} absent: an old (pre-version-2 or `_metadata`-less) "
-                f"normalization state; load_state_dict fills in 0", severity=Severity.INFO)
+                f"normalization state; load_state_dict fills in 0", severity=_INFO)
 
 
 def _storage_checks(out: _Findings, entries: list[Entry]) -> None:
@@ -274,7 +290,17 @@ def metadata_findings(ck: Checkpoint, entries: list[Entry], gpus: int | None,
     _norm_checks(out, ck, module_entries)
     _storage_checks(out, entries)
     _policy_checks(out, entries, policy)
+    if ck.calls:
+        _pickle_calls(out, ck)
     return out.items
+
+
+def _pickle_calls(out: _Findings, ck: Checkpoint) -> None:
+    shown = ", ".join(f"{name} x{count}" for name, count in ck.calls[:8])
+    more = f" and {len(ck.calls) - 8} more" if len(ck.calls) > 8 else ""
+    out.add("pickle-calls", [name for name, _ in ck.calls],
+            f"torch.load(weights_only=False) would call {shown}{more} (none was run here); "
+            f"load it that way only from a source you trust, or save a state dict instead")
 
 
 def numeric_findings(path: str, entries: list[Entry], stats: dict[int, ScanStats]
@@ -290,12 +316,12 @@ def numeric_findings(path: str, entries: list[Entry], stats: dict[int, ScanStats
             else:
                 parts = [f"{_qual(e)} ({n})" for e, n in hit]
                 msg = f"{_plural(total, word)} in {len(hit)} tensors: {name_keys(parts)}"
-            out.append(Finding(fid, Severity.ERROR, path, tuple(_qual(e) for e, _ in hit), msg))
+            out.append(Finding(fid, _ERROR, path, tuple(_qual(e) for e, _ in hit), msg))
     neg = [(e, stats[id(e)]) for e in entries if e.name == "running_var" and id(e) in stats
            and stats[id(e)].negative]
     if neg:
         parts = [f"{_qual(e)} ({s.negative} of {e.numel}, min {s.min:.4g})" for e, s in neg]
-        out.append(Finding("negative-variance", Severity.ERROR, path, tuple(_qual(e) for e, _ in neg),
+        out.append(Finding("negative-variance", _ERROR, path, tuple(_qual(e) for e, _ in neg),
                            f"negative running variance: {name_keys(parts)}; the statistics are "
                            f"corrupt (re-estimate them, e.g. a pass in train mode)"))
     return out

@@ -35,7 +35,7 @@ def trend(checkpoints: Sequence[Checkpoint], *, metric: str = "max_abs",
     roles: dict[str, Role] = {}
     notes: dict[str, str] = {}
     for i, ck in enumerate(checkpoints[1:], start=1):
-        report = diff(first, ck, scope=scope, progress=progress, **diff_options)
+        report = diff(first, ck, scope=scope, progress=progress, notes=False, **diff_options)
         for e in report.entries:
             values = series.setdefault(e.key, [0.0] + [None] * (i - 1))
             roles.setdefault(e.key, e.role)

@@ -18,11 +18,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import typer  # noqa: E402
 
 from bufinspect import __version__  # noqa: E402
-from bufinspect.cli.options import (All, Containers, DeviceOption, Distributed, Jobs,  # noqa: E402
-                                    ModelSpec, Params, ReportFormat, Roles, ShowFormat,
-                                    TrendFormat)
-from bufinspect.cli.runtime import emit, handled, progress, silent, stderr, work  # noqa: E402
+from bufinspect.cli.options import (All, ColorOption, Containers, DeviceOption,  # noqa: E402
+                                    Distributed, Filters, Jobs, ModelSpec, Params, PlotScale,
+                                    ReportFormat, Roles, ShowFormat, TrendFormat, TrendMetric)
+from bufinspect.cli.runtime import (apply_model, cpu_note, emit, emit_diff,  # noqa: E402
+                                    handled, load_each, progress, silent, stderr, work)
+from bufinspect.cli.options import Color, Command, finding_ids_epilog  # noqa: E402
 from bufinspect.errors import UsageError  # noqa: E402
+from bufinspect.escape import excerpt, path_excerpt  # noqa: E402
 from bufinspect.model import Checkpoint, Scope  # noqa: E402
 from bufinspect.render import OutputFormat  # noqa: E402
 
@@ -31,8 +34,9 @@ app = typer.Typer(
     help="Open PyTorch checkpoints: which tensors are parameters and which are buffers, "
          "what changed between two checkpoints, and whether devices and dtypes are consistent. "
          "Nothing in a checkpoint is ever run.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -78,15 +82,15 @@ def _main(
     """bufinspect: parameters vs buffers in PyTorch checkpoints."""
 
 
-@app.command()
+@app.command(cls=Command, short_help="List every tensor: buffers, parameters by module, values.")
 def show(
-    path: str = typer.Argument(..., help="Checkpoint file (.pt .pth .bin .ckpt .safetensors)."),
+    path: str = typer.Argument(..., metavar="PATH", help="Checkpoint file (.pt .pth .bin .ckpt "
+                               ".safetensors) or sharded/DCP folder."),
     format: ShowFormat = typer.Option("table", "--format", "-f", help="Output format."),
     stats: bool = typer.Option(False, "--stats", help="Stream tensor data for min/max/mean/std, "
                                "NaN, Inf and zero counts."),
     role: Roles = None,
-    filter: Optional[List[str]] = typer.Option(None, "--filter", help="Only keys matching this "
-                                               "glob, e.g. 'layer1.*' (repeatable)."),
+    filter: Filters = None,
     container: Containers = None,
     depth: Optional[int] = typer.Option(None, "--depth", min=0, help="Group parameters by the "
                                         "first N components of their module path."),
@@ -99,6 +103,7 @@ def show(
                                    "never code from the checkpoint's folder)."),
     jobs: Jobs = None,
     distributed: Distributed = None,
+    color: ColorOption = Color.AUTO,
 ) -> None:
     """List every tensor of a checkpoint: buffers first, then parameters by module.
 
@@ -115,7 +120,7 @@ def show(
             raise UsageError("give --model or --hf-config, not both")
         matches: tuple = ()
         if model is not None or hf_config:
-            ck, matches = _apply_model(ck, model, hf_config)
+            ck, matches = apply_model(ck, model, hf_config)
         chosen = dict(containers=container or (), roles=role or (), filters=filter or ())
         with work(jobs, distributed if stats else False) as shared:
             total = sum(e.nbytes for e in select(ck, **chosen)) if stats else 0
@@ -127,7 +132,10 @@ def show(
             report = replace(report, model=model or "hf-config", matches=tuple(matches))
     if silent(shared):
         return
-    emit(report, OutputFormat(format.value), depth=depth, explain=explain)
+    if filter and not report.entries:
+        stderr(f"bufinspect: note: {path}: no key matches --filter "
+               + " ".join(repr(g) for g in filter))
+    emit(report, OutputFormat(format.value), color=color.value, depth=depth, explain=explain)
 
 
 # ---- diff -----------------------------------------------------------------------------------
@@ -138,10 +146,10 @@ _TOL_HELP = ("Per-key tolerance override GLOB=RTOL[,ATOL] (repeatable; the last 
              "global --atol applies.")
 
 
-@app.command()
+@app.command(cls=Command, short_help="Compare the buffers (or all tensors) of two checkpoints.")
 def diff(
-    a: Optional[str] = typer.Argument(None, help="The checkpoint before (A)."),
-    b: Optional[str] = typer.Argument(None, help="The checkpoint after (B)."),
+    a: Optional[str] = typer.Argument(None, metavar="A", help="The checkpoint before."),
+    b: Optional[str] = typer.Argument(None, metavar="B", help="The checkpoint after."),
     all_: All = False,
     params: Params = False,
     rtol: Optional[float] = typer.Option(None, "--rtol", min=0, help="Relative tolerance "
@@ -155,6 +163,17 @@ def diff(
                                              "(workflow annotations, one ::error per differing "
                                              "entry)."),
     show_equal: bool = typer.Option(False, "--show-equal", help="List equal entries too."),
+    filter: Filters = None,
+    role: Roles = None,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing; the exit code says "
+                               "whether anything differs (like cmp -s / diff -q)."),
+    stat: bool = typer.Option(False, "--stat", help="A per-module summary instead of the table: "
+                              "changed/total tensors and the largest change (like git diff "
+                              "--stat)."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, metavar="N",
+                                        help="List at most N entries in the table, the largest "
+                                        "changes first (JSON keeps every entry)."),
+    color: ColorOption = Color.AUTO,
     container: Containers = None,
     strip_prefix: Optional[List[str]] = typer.Option(None, "--strip-prefix", help="Remove this "
                                                      "key prefix on both sides (repeatable)."),
@@ -187,11 +206,15 @@ def diff(
     approximate. Mismatch counts are only kept for unchanged tolerances.
     """
     from bufinspect.analysis import diff as diffing
-    from bufinspect.formats import metrics
+    from bufinspect.analysis.views import selector
+    from bufinspect.formats import metrics, outputs
 
     fmt = OutputFormat(format.value)
+    shown = dict(show_equal=show_equal, stat=stat, limit=limit)
     with handled(from_metrics or a or b):
         scope = _scope(all_, params)
+        if role and not (all_ or params):
+            scope = Scope.ALL  # --role picks from every role
         if from_metrics is not None:
             if a is not None or b is not None:
                 raise UsageError("--from-metrics takes no checkpoints")
@@ -202,11 +225,14 @@ def diff(
                 stderr(f"bufinspect: note: {approx} entr{'y is' if approx == 1 else 'ies are'} "
                        "too close to the new tolerance to decide from saved metrics; reported "
                        "changed (diff the checkpoints for an exact verdict)")
-            emit(report, fmt, show_equal=show_equal)
-            raise typer.Exit(1 if report.has_differences else 0)
+            emit_diff(report, fmt, quiet, color.value, filter, role, shown)
         if a is None or b is None:
             raise UsageError("diff needs two checkpoints A B (or --from-metrics FILE)")
+        cpu_note(device.value if device else "auto", "diff")
     ck_a, ck_b = _load(a), _load(b)
+    if save_metrics is not None:  # refused before the data pass, not after it
+        with handled(save_metrics):
+            outputs.check_output(save_metrics, [a, b, *outputs.files_of((ck_a, ck_b))])
     with handled(a), work(jobs, distributed) as shared:
         with progress(sum(e.nbytes for e in ck_a.entries)
                       + sum(e.nbytes for e in ck_b.entries)) as tick:
@@ -216,30 +242,39 @@ def diff(
                 containers=container or (), strip_prefix=strip_prefix or (),
                 add_prefix=add_prefix or (), rename=rename or (), auto_align=not no_auto_align,
                 device=device.value if device else "auto",
-                save_envelope=save_metrics is not None, progress=tick, work=shared)
+                save_envelope=save_metrics is not None, progress=tick, work=shared,
+                keep=selector(filters=filter or (), roles=role or ()))
         if save_metrics is not None and not silent(shared):
             from bufinspect import render
 
-            metrics.write_metrics(render.to_json(report.to_dict(envelope=True)), save_metrics)
+            metrics.write_metrics(render.to_json(report.to_dict(envelope=True)), save_metrics,
+                                  inputs=[a, b, *outputs.files_of((ck_a, ck_b))])
     if silent(shared):
         raise typer.Exit(0)
-    emit(report, fmt, show_equal=show_equal)
-    raise typer.Exit(1 if report.has_differences else 0)
+    emit_diff(report, fmt, quiet, color.value, filter, role, shown)
 
 
-@app.command()
+@app.command(cls=Command, short_help="How each buffer drifts across a series of checkpoints.")
 def trend(
-    paths: List[str] = typer.Argument(..., help="Two or more checkpoints, in order."),
-    metric: str = typer.Option("max_abs", "--metric", help="Change measure per step: max_abs, "
-                               "rel_l2 (||a-b|| / ||b||; always 1 for a buffer that started at "
-                               "zero), mean_abs or max_rel."),
+    paths: List[str] = typer.Argument(..., metavar="PATH...",
+                                      help="Two or more checkpoints, in order."),
+    metric: TrendMetric = typer.Option(TrendMetric.MAX_ABS, "--metric", help="Change measure "
+                                       "per step: rel_l2 is ||a-b|| / ||b|| (always 1 for a "
+                                       "buffer that started at zero)."),
     all_: All = False,
     params: Params = False,
-    plot: Optional[str] = typer.Option(None, "--plot", help="Also write a line chart (PNG, SVG, "
-                                       "PDF by extension); needs bufinspect[plot] (matplotlib)."),
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="FILE",
+                                       help="Also write a line chart (PNG, SVG, PDF by "
+                                       "extension); needs bufinspect[plot] (matplotlib)."),
+    top: int = typer.Option(12, "--top", min=0, metavar="N", help="Lines in the --plot chart: "
+                            "the N keys that drift most (0: all)."),
+    scale: PlotScale = typer.Option(PlotScale.NORMALIZED, "--scale", help="Y axis of the "
+                                    "--plot chart: each key over its own peak, symmetric log, "
+                                    "or as measured."),
     format: TrendFormat = typer.Option("table", "--format", "-f", help="Output format."),
     container: Containers = None,
     device: DeviceOption = None,
+    color: ColorOption = Color.AUTO,
 ) -> None:
     """Show how each buffer drifts across a series of checkpoints (e.g. one per epoch).
 
@@ -252,7 +287,9 @@ def trend(
 
     with handled(paths[0] if paths else None):
         scope = _scope(all_, params)
+        cpu_note(device.value if device else "auto", "trend")
         if plot is not None:
+            outputs.check_output(plot, paths)  # before any checkpoint is read
             try:
                 import matplotlib  # noqa: F401
             except ImportError:
@@ -260,30 +297,28 @@ def trend(
                     from None
     checkpoints = [_load(p) for p in paths]
     with handled(paths[0] if paths else None):
-        report = run(checkpoints, metric=metric, scope=scope,
+        report = run(checkpoints, metric=metric.value, scope=scope,
                      containers=container[:1] if container else (),
                      device=device.value if device else "auto")
         if plot is not None:
-            image = render.plot(report, os.path.splitext(plot)[1].lstrip(".").lower() or "png")
-            outputs.save_bytes(plot, image)
-            stderr(f"bufinspect: wrote {plot}")
-    emit(report, OutputFormat(format.value))
+            image = render.plot(report, os.path.splitext(plot)[1].lstrip(".").lower() or "png",
+                                top=top or None, scale=scale.value)
+            outputs.save_bytes(plot, image, inputs=[*paths, *outputs.files_of(checkpoints)])
+            drawn = min(top or len(report.rows), len(report.rows))
+            stderr(f"bufinspect: wrote {path_excerpt(plot)} ({drawn} of {len(report.rows)} keys"
+                   + (f"; --top {top}" if drawn < len(report.rows) else "") + ")")
+    emit(report, OutputFormat(format.value), color=color.value)
 
 
 # ---- check ----------------------------------------------------------------------------------
 
 
-def _check_epilog() -> str:
-    from bufinspect.analysis.findings import FINDINGS
-
-    width = max(len(k) for k in FINDINGS)
-    rows = [f"  {k:<{width}}  {sev.value:<7}  {what}" for k, (sev, what) in FINDINGS.items()]
-    return "Finding ids:\n\n\b\n" + "\n".join(rows)  # \b: click keeps the lines as they are
-
-
-@app.command(epilog=_check_epilog())
+@app.command(cls=Command, epilog=finding_ids_epilog(),
+             short_help="Check devices, dtypes and values of checkpoints, for CI.")
 def check(
-    paths: List[str] = typer.Argument(..., help="Checkpoint files; several give one report."),
+    paths: List[str] = typer.Argument(..., metavar="PATH...", help="Checkpoint files or "
+                                      "folders; several give one report. A folder stands for "
+                                      "the checkpoints in it (a sharded or DCP folder is one)."),
     expect_dtype: Optional[str] = typer.Option(
         None, "--expect-dtype", help="Expected floating dtype of module tensors: one dtype "
         "(bfloat16) or per role (parameter=bfloat16,buffer=float32; roles parameter, buffer, "
@@ -304,6 +339,14 @@ def check(
                                    "in the nearest pyproject.toml."),
     jobs: Jobs = None,
     distributed: Distributed = None,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="List every key a finding "
+                                 "concerns (messages cut long lists to '... and N more')."),
+    color: ColorOption = Color.AUTO,
+    model: Optional[str] = typer.Option(
+        None, "--model", metavar="MODULE:FACTORY", help="Also check that each file loads "
+        "strictly into your model (missing-key, unexpected-key, shape-mismatch, key-prefix) and "
+        "take roles from it: imports MODULE and calls FACTORY (or CLASS) with no arguments on "
+        "the meta device. This RUNS YOUR CODE (never the checkpoint's)."),
 ) -> None:
     """Check devices, dtypes and values of checkpoints, for CI.
 
@@ -322,69 +365,85 @@ def check(
         settings, config_path, note = ({}, None, None) if no_config else \
             configuration.load_config()
         if note:
-            stderr(f"bufinspect: note: {config_path}: {note}")
+            stderr(f"bufinspect: note: {path_excerpt(config_path)}: {excerpt(note)}")
         policy = make_policy(expect_dtype=expect_dtype, expect_device=expect_device,
                              ignore=ignore or (), strict=strict, config=settings)
         where = device.value if device is not None else settings.get("device", "auto")
-    checkpoints = [_load(p) for p in paths]
+        cpu_note(where, "check")
+        built = None
+        if model is not None:
+            from bufinspect import annotate
+
+            built = annotate.build(model)
+    from bufinspect.formats.folders import expand
+
+    with handled(paths[0] if paths else None):
+        paths = expand(list(paths))
+    # an unreadable file is that file's error: the others are still checked, exit 2 at the end
+    checkpoints, errors = load_each(paths)
+    if not checkpoints:  # nothing could be checked: bad input, nothing on stdout
+        raise typer.Exit(2)
+    expected = None
+    if built is not None:  # exact roles, and what strict loading expects
+        with handled(model):
+            checkpoints = [annotate.apply_module(ck, built, "model:factory")[0]
+                           for ck in checkpoints]
+            expected = annotate.expected_state(built)
     with handled(paths[0]), work(jobs, distributed) as shared:
         total = sum(e.nbytes for ck in checkpoints for e in ck.entries if scannable(e))
         with progress(total) as tick:
             report = run(checkpoints, policy, device=where, containers=container or (),
-                         progress=tick, work=shared)
+                         progress=tick, work=shared, model=expected,
+                         model_spec=model or "the model")
+    if errors:
+        from dataclasses import replace
+
+        report = replace(report, paths=tuple(paths), errors=tuple(errors))
     if silent(shared):
         raise typer.Exit(0)
-    emit(report, OutputFormat(format.value))
-    raise typer.Exit(0 if report.ok else 1)
+    emit(report, OutputFormat(format.value), color=color.value, verbose=verbose)
+    raise typer.Exit(2 if errors else 0 if report.ok else 1)
 
 
 # ---- roles from a model ---------------------------------------------------------------------
 
 
-def _apply_model(ck: Checkpoint, spec: str | None, hf_config: bool = False):
-    """Roles from the user's model (or the HF config's); missing persistent state is a warning."""
-    from bufinspect import annotate
-
-    if hf_config:
-        ck, matches = annotate.apply_module(ck, annotate.build_hf(ck.path), "model:hf-config")
-    else:
-        ck, matches = annotate.apply_model(ck, spec)
-    for m in matches:
-        where = f" (container {m.container!r})" if m.container else ""
-        if m.missing:
-            shown = ", ".join(m.missing[:5]) + (" ..." if len(m.missing) > 5 else "")
-            stderr(f"bufinspect: warning: {ck.path}{where}: the model has state the file lacks: "
-                   f"{shown}")
-        if m.file_only:
-            shown = ", ".join(m.file_only[:5]) + (" ..." if len(m.file_only) > 5 else "")
-            stderr(f"bufinspect: note: {ck.path}{where}: keys the model lacks: {shown}")
-    return ck, matches
-
-
-@app.command()
+@app.command(cls=Command, short_help="Record every tensor's role from your model.")
 def annotate(
-    path: str = typer.Argument(..., help="Checkpoint to annotate (.pt .pth .bin .ckpt "
-                               ".safetensors)."),
+    path: str = typer.Argument(..., metavar="PATH", help="Checkpoint to annotate (.pt .pth .bin "
+                               ".ckpt .safetensors)."),
     model: str = typer.Option(..., "--model", metavar="MODULE:FACTORY",
                               help="Your model: imports MODULE and calls FACTORY (or CLASS) with "
                               "no arguments on the meta device. This RUNS YOUR CODE."),
+    partial: bool = typer.Option(False, "--partial", help="Write the roles of the keys that "
+                                 "match even when the model and the file differ."),
 ) -> None:
     """Record every tensor's role from your model, so later reads need no model.
 
     A .safetensors file gets the roles in its header metadata (`bufinspect.roles`, rewritten by
     streaming); any other file gets a sidecar `<file>.bufinspect.json` that carries a fingerprint
-    of the file, so a stale sidecar is ignored. Exit 2 when the model does not fit the file.
+    of the file, so a stale sidecar is ignored. Exit 2, writing nothing, when the model does not
+    fit the file: it matches no key, or some key is only in the model or only in the file
+    (--partial writes the roles of the keys that match anyway).
     """
     from bufinspect import annotate as ann
     from bufinspect.formats import role_metadata
 
     ck = _load(path)
     with handled(path):
-        ck, matches = _apply_model(ck, model)
+        ck, matches = apply_model(ck, model)
         if not matches or any(m.matched == 0 for m in matches):
             raise UsageError(f"the model {model} matches no key of the file", path)
+        missing = sum(len(m.missing) for m in matches)
+        extra = sum(len(m.file_only) for m in matches)
+        if (missing or extra) and not partial:
+            raise UsageError(f"the model {model} does not fit the file ({missing} of its keys "
+                             f"missing from the file, {extra} keys of the file not in the "
+                             "model); nothing written (--partial writes the roles of the "
+                             "keys that match)", path)
         written = role_metadata.write_annotations(ck, ann.annotation_docs(ck))
-    stderr(f"bufinspect: wrote roles of {sum(m.matched for m in matches)} tensors to {written}")
+    stderr(f"bufinspect: wrote roles of {sum(m.matched for m in matches)} tensors to "
+           f"{path_excerpt(written)}")
 
 
 def main() -> None:

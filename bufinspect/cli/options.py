@@ -1,5 +1,5 @@
-"""The options several commands share, declared once (Typer `Annotated` aliases), and the enums
-behind every choice option."""
+"""The options several commands share, declared once (Typer `Annotated` aliases), the enums
+behind every choice option, and how help reads (usage line, the finding-id table)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from enum import Enum
 from typing import Annotated, List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from bufinspect.model import Role
 from bufinspect.render import OutputFormat
@@ -19,7 +20,8 @@ def _formats(name: str, *members: OutputFormat) -> type[Enum]:
 
 
 ShowFormat = _formats("ShowFormat", OutputFormat.TABLE, OutputFormat.JSON, OutputFormat.MARKDOWN)
-TrendFormat = _formats("TrendFormat", OutputFormat.TABLE, OutputFormat.JSON)
+TrendFormat = _formats("TrendFormat", OutputFormat.TABLE, OutputFormat.JSON,
+                       OutputFormat.MARKDOWN)
 ReportFormat = _formats("ReportFormat", *OutputFormat)
 
 
@@ -27,6 +29,25 @@ class Device(str, Enum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
+
+
+class Color(str, Enum):
+    AUTO = "auto"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+class TrendMetric(str, Enum):
+    MAX_ABS = "max_abs"
+    REL_L2 = "rel_l2"
+    MEAN_ABS = "mean_abs"
+    MAX_REL = "max_rel"
+
+
+class PlotScale(str, Enum):
+    NORMALIZED = "normalized"
+    LOG = "log"
+    LINEAR = "linear"
 
 
 Containers = Annotated[Optional[List[str]], typer.Option(
@@ -43,7 +64,8 @@ DeviceOption = Annotated[Optional[Device], typer.Option(
     "--device", help="Where numeric work runs: cpu (numpy), cuda (a GPU; exit 2 without one), "
     "or auto (a GPU when torch sees one; the default).")]
 Roles = Annotated[Optional[List[Role]], typer.Option(
-    "--role", help="Only entries of this role (repeatable).")]
+    "--role", help="Only entries of this role (repeatable; diff: without --all or --params, "
+    "from every role).")]
 All = Annotated[bool, typer.Option("--all", help="Every module-state tensor.")]
 Params = Annotated[bool, typer.Option(
     "--params", help="Parameters (and entries whose role is unknown) instead of buffers.")]
@@ -51,3 +73,37 @@ ModelSpec = Annotated[Optional[str], typer.Option(
     "--model", metavar="MODULE:FACTORY", help="Take roles from your model: imports MODULE and "
     "calls FACTORY (or CLASS) with no arguments on the meta device. This RUNS YOUR CODE (never "
     "the checkpoint's); it is the only option that does.")]
+ColorOption = Annotated[Color, typer.Option(
+    "--color", help="Styling of tables: auto (on a terminal, unless the NO_COLOR environment "
+    "variable is set), always, or never.")]
+Filters = Annotated[Optional[List[str]], typer.Option(
+    "--filter", metavar="GLOB", help="Only keys matching this glob, e.g. 'layer1.*' "
+    "(repeatable).")]
+
+
+class Command(TyperCommand):
+    """Usage lines with arguments as users write them: `diff [OPTIONS] A B`, `check PATH...`
+    (Typer wraps required arguments in braces and optional ones in brackets)."""
+
+    def collect_usage_pieces(self, ctx):  # type: ignore[no-untyped-def]
+        pieces = []
+        for piece in super().collect_usage_pieces(ctx):
+            if piece != "[OPTIONS]" and piece[:1] + piece[-1:] in ("{}", "[]"):
+                piece = piece[1:-1]
+            pieces.append(piece)
+        return pieces
+
+
+def finding_ids_epilog(width: int = 77) -> str:  # click indents the epilog by 2
+    """The finding-id table for `check --help`, wrapped to fit 80 columns."""
+    import textwrap
+
+    from bufinspect.analysis.findings import FINDINGS
+
+    key = max(len(k) for k in FINDINGS)
+    indent = " " * (2 + key + 2 + 7 + 2)
+    rows = []
+    for k, (sev, what) in FINDINGS.items():
+        first = f"  {k:<{key}}  {sev.value:<7}  "
+        rows += textwrap.wrap(what, width, initial_indent=first, subsequent_indent=indent)
+    return "Finding ids:\n\n\b\n" + "\n".join(rows)  # \b: click keeps the lines as they are

@@ -22,8 +22,10 @@ def sniff(path: str) -> str:
         return _sniff_folder(path)
     if path.endswith(".safetensors.index.json") and os.path.isfile(path):
         return "safetensors-sharded"
+    from bufinspect.formats import _files
+
     try:
-        with open(path, "rb") as f:
+        with _files.open_file(path) as f:  # a regular file: a FIFO would block here forever
             head = f.read(64)
     except OSError as exc:
         raise InputError(f"cannot read ({exc.strerror})", path) from None

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from bufinspect import dtypes
 from bufinspect.errors import InputError, UnsafeInputError
-from bufinspect.formats import _unpickle
+from bufinspect.formats import _prescan, _unpickle
 from bufinspect.formats._unpickle import TensorRef
 from bufinspect.model import TensorData
 
@@ -16,6 +16,37 @@ from bufinspect.model import TensorData
 _ITEMSIZE = {name: dtypes.itemsize(name) for name in dtypes.DTYPES}  # (0: unknown dtype)
 # a view may repeat its storage (stride 0, as `expand` makes) up to this many bytes in all
 _MAX_VIEW_BYTES = 1 << 30
+
+
+class ViewBudget:
+    """Bounds the data passes (`show --stats`, `check`, `diff`) by the bytes a file stores.
+
+    Every entry that points at a storage is charged its logical bytes (numel x itemsize), once
+    per place the checkpoint lists it. In all, views may cover at most `_VIEW_FACTOR` times
+    the distinct storage bytes plus `_VIEW_SLACK`: tied weights and split views cost 1-3x;
+    1000 stride-0 views of one float (a 91 KB file) asked for 3 GB and a timeout, and 40,000
+    full views of one 4 MB storage for 160 GB of reads.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.stored = 0
+        self.viewed = 0
+        self.seen: set[str] = set()
+
+    def charge(self, storage: str, storage_bytes: int, view_bytes: int) -> None:
+        if storage not in self.seen:
+            self.seen.add(storage)
+            self.stored += storage_bytes
+        self.viewed += view_bytes
+        if self.viewed > _VIEW_FACTOR * self.stored + _VIEW_SLACK:
+            raise InputError(f"tensors view their storages {self.viewed} bytes' worth, more "
+                             f"than {_VIEW_FACTOR}x the {self.stored} bytes the file stores; "
+                             "refusing it (overlapping or stride-0 views)", self.path)
+
+
+_VIEW_FACTOR = 16
+_VIEW_SLACK = 1 << 30
 
 
 @lru_cache(maxsize=4096)
@@ -36,10 +67,14 @@ def make_locator(path: str, file: str, storages: Callable[[str], tuple[int, int]
 
     spans: dict[str, tuple[int, int] | None] = {}  # a storage shared by many tensors: one read
     seen: dict[int, tuple[TensorRef, TensorData | None]] = {}  # a tensor listed many times
+    budget = ViewBudget(path)
 
     def locate(t: TensorRef) -> TensorData | None:
         found = seen.get(id(t))
         if found is not None:
+            if found[1] is not None:  # listed again: a data pass reads it again
+                budget.charge(t.storage.key, found[1].storage_nbytes,
+                              t.numel * _ITEMSIZE.get(t.dtype, 0))
             return found[1]
         if t.storage is None or t.layout not in ("strided", "quantized"):
             seen[id(t)] = (t, None)
@@ -62,6 +97,7 @@ def make_locator(path: str, file: str, storages: Callable[[str], tuple[int, int]
         if numel * size > max(nbytes, _MAX_VIEW_BYTES):
             raise InputError(f"a tensor of shape {list(shape)} repeats its {nbytes}-byte "
                              "storage beyond any real checkpoint; refusing it", path)
+        budget.charge(key, nbytes, numel * size)
         data = TensorData(file, offset, nbytes, t.storage_offset, None if contiguous else stride)
         seen[id(t)] = (t, data)  # (t kept alive: its id is not reused while this map lives)
         return data
@@ -70,12 +106,15 @@ def make_locator(path: str, file: str, storages: Callable[[str], tuple[int, int]
 
 
 def refuse_calls(path: str, log: _unpickle.UnpickleLog) -> None:
-    calls = _unpickle.dangerous_calls(log)
-    names = calls or _unpickle.denied_globals(log)
-    if names:
-        shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
-        verb = "asks to call" if calls else "names"
-        raise UnsafeInputError(f"the pickle {verb} {shown}; refusing it (nothing was run)", path)
+    """Refuse a pickle that names or calls a code-execution primitive (`_policy`); any other
+    call is read (as an inert stub) and reported."""
+    refused = _unpickle.refusals(log)
+    if refused:
+        name, rule, called = refused[0]
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        verb = "asks to call" if called else "names"
+        raise UnsafeInputError(f"the pickle {verb} {name}{more}, which {rule.reason}; refusing "
+                               "it (nothing was run)", path)
 
 
 def unpickle(path: str, file: Any, persistent: Callable[[Any], Any]) -> tuple[Any, _unpickle.UnpickleLog]:
@@ -84,6 +123,9 @@ def unpickle(path: str, file: Any, persistent: Callable[[Any], Any]) -> tuple[An
         return _unpickle.load(file, persistent)
     except InputError:
         raise
+    except _prescan.Refused as exc:
+        raise InputError(f"refusing a pickle built to exhaust time or memory: {exc}",
+                         path) from None
     except RecursionError:
         raise InputError("the pickle is nested too deeply", path) from None
     except MemoryError:

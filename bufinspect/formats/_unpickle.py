@@ -1,10 +1,9 @@
 """A pickle reader that never imports or runs anything the file names.
 
-Every global outside a small allowlist becomes an inert stub type; the allowlist holds only
-bufinspect's own stand-ins (tensor placeholders, a dict that keeps `_metadata`, sets, dtypes),
-wrapped so that a pickle cannot mutate them. Calling a stub (REDUCE, INST, OBJ) is recorded:
-that is a request to run code, and readers refuse such files. Creating a stub instance without
-a call (NEWOBJ, as a pickled nn.Module does) is allowed and only recorded as a foreign global.
+Every global outside a small allowlist (bufinspect's own frozen stand-ins) becomes an inert stub
+type. A call to a stub (REDUCE, INST, OBJ, or a stub instance called) builds another stub that
+records callee and arguments: the calls `torch.load(weights_only=False)` would make. NEWOBJ and
+BUILD only fill a stub. Which names make a reader refuse the file is `_policy`'s decision.
 """
 
 # Long on purpose (~520 lines): the opcode-level reader, its stand-in types and the allowlist
@@ -17,49 +16,12 @@ import io
 import math
 import os
 import pickle
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from bufinspect import dtypes
-
-# globals whose real implementation only builds plain data; calling their stub is not "running
-# code" in any sense a user would worry about (numpy arrays and scalars, paths, dates in
-# Lightning hyper-parameters)
-_INERT_CALLS = {
-    "numpy.core.multiarray._reconstruct",
-    "numpy._core.multiarray._reconstruct",
-    "numpy.core.multiarray.scalar",
-    "numpy._core.multiarray.scalar",
-    "numpy.dtype",
-    "numpy.ndarray",
-    "pathlib.PosixPath",
-    "pathlib.WindowsPath",
-    "pathlib.PurePosixPath",
-    "pathlib.PureWindowsPath",
-    "datetime.datetime",
-    "datetime.date",
-    "datetime.timedelta",
-    "builtins.complex",
-    "builtins.slice",
-    "builtins.range",
-    "builtins.bytearray",
-    "collections.defaultdict",
-}
-
-
-# modules no checkpoint needs a global from: a pickle that merely names one (even without calling
-# it) is refused. A second layer only: calls to any stub are refused anyway.
-_DENY_MODULES = (
-    "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy", "pty",
-    "code", "codeop", "ctypes", "pickle", "_pickle", "marshal", "shelve", "webbrowser", "signal",
-    "multiprocessing", "asyncio", "pdb", "timeit", "functools", "operator", "types", "io", "_io",
-    "tempfile", "urllib", "http", "dill", "cloudpickle", "joblib", "torch.hub", "torch._C",
-    "torch.jit", "torch.ops", "torch._ops", "torch.serialization", "torch.utils.cpp_extension",
-)
-_DENY_NAMES = {"torch.load", "torch.save", "torch.compile"}
-# builtins a checkpoint may name (plain data types); every other builtin is refused
-_SAFE_BUILTINS = {"object", "complex", "slice", "range", "bytearray", "int", "float", "str",
-                  "bytes", "bool", "dict", "list", "tuple", "set", "frozenset", "NoneType"}
+from bufinspect.formats import _policy, _prescan
 
 
 def brief(v: Any) -> str:
@@ -148,13 +110,21 @@ class Stub:
     def __new__(cls, *args: Any, **kwargs: Any) -> "Stub":
         self = object.__new__(cls)
         object.__setattr__(self, "_stub_args", args)
+        object.__setattr__(self, "_stub_kwargs", kwargs)
         object.__setattr__(self, "_stub_state", {})
         object.__setattr__(self, "_stub_items", [])
         return self
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # only reached through a call (REDUCE/INST/OBJ), never through NEWOBJ
-        type(self).__stub_log__.calls.append(type(self).__stub_name__)
+        type(self).__stub_log__.called(type(self).__stub_name__, args)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "Stub":
+        # REDUCE on an instance (a stored partial called later): the result is another stub
+        name = type(self).__stub_name__ + "()"
+        log = type(self).__stub_log__
+        log.called(name, args)
+        return log.stub_class(name).__new__(log.stub_class(name), *args)
 
     def __setstate__(self, state: Any) -> None:
         if isinstance(state, tuple) and len(state) == 2:
@@ -231,18 +201,34 @@ class _Safe:
 # ---- stand-ins for torch's rebuild functions -------------------------------------------------
 
 
+_DIM_LIMIT = 1 << 63  # torch sizes and strides are int64
+
+
 def _ints(v: Any, what: str) -> tuple[int, ...]:
     if type(v) is tuple and len(v) <= 64:  # the usual case, checked without a generator
         for x in v:
-            if type(x) is not int or x < 0:
+            if type(x) is not int or x < 0 or x >= _DIM_LIMIT:
                 break
         else:
             return v
-    if not isinstance(v, (tuple, list)) or not all(type(x) is int and x >= 0 for x in v):
+    if not isinstance(v, (tuple, list)) or len(v) > 1 << 16 or not all(
+            type(x) is int and x >= 0 for x in v):
         raise pickle.UnpicklingError(f"bad tensor {what}: {brief(v)}")
     if len(v) > 64:
         raise pickle.UnpicklingError(f"tensor {what} has {len(v)} dimensions")
+    if any(x >= _DIM_LIMIT for x in v):
+        raise pickle.UnpicklingError(f"tensor {what} has a dimension beyond 2**63")
     return tuple(v)
+
+
+def _shape(v: Any) -> tuple[int, ...]:
+    """A tensor size: `_ints`, and at most 2**63 elements (a bound every later formatter and
+    product relies on: an unbounded shape crashed the size formatter and JSON)."""
+    shape = _ints(v, "size")
+    if len(shape) > 1 and math.prod(n for n in shape if n) >= _DIM_LIMIT:
+        raise pickle.UnpicklingError(f"tensor size {brief(shape)} holds more than 2**63 "
+                                     "elements")
+    return shape
 
 
 def _strided(storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None,
@@ -251,7 +237,7 @@ def _strided(storage: Any, offset: Any, size: Any, stride: Any, dtype: str | Non
         raise pickle.UnpicklingError("tensor without a storage placeholder")
     if type(offset) is not int or offset < 0:
         raise pickle.UnpicklingError(f"bad storage offset {brief(offset)}")
-    shape = _ints(size, "size")
+    shape = _shape(size)
     strides = _ints(stride, "stride")
     if len(strides) != len(shape):
         raise pickle.UnpicklingError("tensor stride and size disagree")
@@ -298,7 +284,7 @@ def _rebuild_qtensor(storage: Any, storage_offset: Any, size: Any, stride: Any,
 
 def _rebuild_meta(dtype: Any, size: Any, stride: Any, requires_grad: Any = False) -> TensorRef:
     name = dtype.name if isinstance(dtype, DTypeRef) else "float32"
-    return TensorRef(None, 0, _ints(size, "size"), _ints(stride, "stride"), name,
+    return TensorRef(None, 0, _shape(size), _ints(stride, "stride"), name,
                      bool(requires_grad), layout="meta", device="meta")
 
 
@@ -306,7 +292,7 @@ def _rebuild_wrapper_subclass(cls: Any, dtype: Any, size: Any, stride: Any, stor
                               layout: Any, device: Any, requires_grad: Any) -> TensorRef:
     name = dtype.name if isinstance(dtype, DTypeRef) else "float32"
     dev = device if isinstance(device, str) else None
-    return TensorRef(None, 0, _ints(size, "size"), None, name, bool(requires_grad),
+    return TensorRef(None, 0, _shape(size), None, name, bool(requires_grad),
                      layout="other", device=dev)
 
 
@@ -334,6 +320,10 @@ def _encode(text: Any, encoding: Any = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+def _torch_size(v: Any = ()) -> tuple[int, ...]:
+    return _shape(v)
+
+
 def _set(items: Any = ()) -> set:
     return set(items)
 
@@ -343,7 +333,9 @@ def _frozenset(items: Any = ()) -> frozenset:
 
 
 def _layout(name: Any = None) -> str:
-    return str(name)
+    if name is not None and not isinstance(name, str):  # str() of a shared tower never ends
+        raise pickle.UnpicklingError("bad layout name")
+    return str(name)[:64]
 
 
 _TORCH_UTILS = {
@@ -362,10 +354,46 @@ _TORCH_UTILS = {
 }
 
 
+def _reconstructor(cls: Any, base: Any = None, state: Any = None) -> Any:
+    return _newobj(cls)
+
+
+def _newobj(cls: Any, *args: Any) -> Any:
+    if isinstance(cls, type) and issubclass(cls, Stub):
+        return cls.__new__(cls, *args)
+    raise pickle.UnpicklingError("object of an unexpected class")
+
+
+def _newobj_ex(cls: Any, args: Any = (), kwargs: Any = None) -> Any:
+    if not isinstance(args, tuple) or not isinstance(kwargs, (dict, type(None))):
+        raise pickle.UnpicklingError("bad copyreg.__newobj_ex__ arguments")
+    return _newobj(cls, *args)
+
+
 class UnpickleLog:
+    """What a pickle named and asked to call: read by the readers, never acted upon."""
+
     def __init__(self) -> None:
-        self.calls: list[str] = []  # stub globals that were called
+        self.calls: list[str] = []  # stub globals (or stub instances, `name()`) that were called
         self.globals: list[str] = []  # every global outside the allowlist
+        self.call_args: dict[str, str] = {}  # callee -> a short description of its first call
+        self._stubs: dict[str, type] = {}
+
+    def called(self, name: str, args: tuple[Any, ...]) -> None:
+        self.calls.append(name)
+        if name not in self.call_args:
+            self.call_args[name] = ", ".join(brief(a) for a in args[:4]) + (
+                ", ..." if len(args) > 4 else "")
+
+    def stub_class(self, full: str) -> type:
+        """The one inert stub type standing for the global `full` in this pickle."""
+        cls = self._stubs.get(full)
+        if cls is None:
+            cls = _StubMeta(full.rpartition(".")[2] or "stub", (Stub,),
+                            {"__stub_name__": full, "__stub_log__": self,
+                             "__module__": "bufinspect.stub"})
+            self._stubs[full] = cls
+        return cls
 
 
 class _Unpickler(pickle.Unpickler):
@@ -374,7 +402,6 @@ class _Unpickler(pickle.Unpickler):
         # the C unpickler calls this directly (no method frame in between), once per storage
         self.persistent_load = persistent
         self._log = log
-        self._stubs: dict[str, type] = {}
         self._allowed = self._allowlist()
 
     def _allowlist(self) -> dict[tuple[str, str], Any]:
@@ -383,13 +410,18 @@ class _Unpickler(pickle.Unpickler):
             ("builtins", "set"): _Safe("set", _set),
             ("builtins", "frozenset"): _Safe("frozenset", _frozenset),
             ("_codecs", "encode"): _Safe("_codecs.encode", _encode),
-            ("torch", "Size"): _Safe("torch.Size", lambda v=(): _ints(v, "size")),
+            ("torch", "Size"): _Safe("torch.Size", _torch_size),
             ("torch", "device"): _Safe("torch.device", _device),
             ("torch.serialization", "_get_layout"): _Safe("_get_layout", _layout),
             ("torch._tensor", "_rebuild_from_type_v2"):
                 _Safe("_rebuild_from_type_v2", _rebuild_from_type_v2),
-            ("copyreg", "_reconstructor"): _Safe("copyreg._reconstructor", self._reconstructor),
-            ("copyreg", "__newobj__"): _Safe("copyreg.__newobj__", self._newobj),
+            # plain functions, never bound methods: a bound method in the allowlist would keep
+            # every unpickler alive in a reference cycle while `load` has the collector off
+            # (a DCP folder of 20,000 items peaked at 2.8 GB)
+            ("copyreg", "_reconstructor"): _Safe("copyreg._reconstructor", _reconstructor),
+            ("copyreg", "__newobj__"): _Safe("copyreg.__newobj__", _newobj),
+            # protocol 2's spelling of NEWOBJ_EX (objects with __getnewargs_ex__)
+            ("copyreg", "__newobj_ex__"): _Safe("copyreg.__newobj_ex__", _newobj_ex),
             ("torch.storage", "UntypedStorage"): StorageType(None),
             ("torch", "UntypedStorage"): StorageType(None),
         }
@@ -398,14 +430,6 @@ class _Unpickler(pickle.Unpickler):
         for cls, dt in dtypes.STORAGE_TYPES.items():
             allowed[("torch", cls)] = StorageType(dt)
         return allowed
-
-    def _reconstructor(self, cls: Any, base: Any = None, state: Any = None) -> Any:
-        return self._newobj(cls)
-
-    def _newobj(self, cls: Any, *args: Any) -> Any:
-        if isinstance(cls, type) and issubclass(cls, Stub):
-            return cls.__new__(cls, *args)
-        raise pickle.UnpicklingError("object of an unexpected class")
 
     def find_class(self, module: str, name: str) -> Any:
         module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
@@ -418,14 +442,9 @@ class _Unpickler(pickle.Unpickler):
         return self._stub(f"{module}.{name}")
 
     def _stub(self, full: str) -> type:
-        cls = self._stubs.get(full)
-        if cls is None:
+        if full not in self._log._stubs:
             self._log.globals.append(full)
-            cls = _StubMeta(full.rpartition(".")[2] or "stub", (Stub,),
-                            {"__stub_name__": full, "__stub_log__": self._log,
-                             "__module__": "bufinspect.stub"})
-            self._stubs[full] = cls
-        return cls
+        return self._log.stub_class(full)
 
 
 def torch_dtype(module: str, name: str) -> DTypeRef | None:
@@ -443,6 +462,7 @@ def load(file: io.BufferedIOBase, persistent: Callable[[Any], Any]) -> tuple[Any
     Raises whatever the pickle machine raises on corrupt input; callers turn that into InputError.
     """
     log = UnpickleLog()
+    _prescan.scan_file(file)  # refuses what would blow up hashing before anything is built
     budget = _budget_for(file)
     if isinstance(file, io.BytesIO):
         # the C unpickler prefetches only from a stream with peek(); a bare BytesIO costs it a
@@ -491,21 +511,21 @@ def _memory_budget(nbytes: int) -> Iterator[None]:
             resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
-def dangerous_calls(log: UnpickleLog) -> list[str]:
-    """Stub globals the pickle called that are not known to build plain data."""
-    return sorted({c for c in log.calls if c not in _INERT_CALLS})
+def call_counts(log: UnpickleLog) -> tuple[tuple[str, int], ...]:
+    """(callee, times) for every call to a foreign global, most frequent first."""
+    return tuple(sorted(Counter(log.calls).items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def denied_globals(log: UnpickleLog) -> list[str]:
-    """Globals the pickle names that no checkpoint needs (shells, importers, evaluators)."""
-    def denied(full: str) -> bool:
-        module, _, name = full.rpartition(".")
-        if module == "builtins":
-            return name not in _SAFE_BUILTINS
-        return full in _DENY_NAMES or any(module == m or module.startswith(m + ".")
-                                          for m in _DENY_MODULES)
-
-    return sorted({g for g in log.globals if denied(g)})
+def refusals(log: UnpickleLog) -> list[tuple[str, _policy.Rule, bool]]:
+    """(global, the policy rule it breaks, whether it was called) for every refused global."""
+    called = {c.removesuffix("()") for c in log.calls}
+    out = []
+    for g in sorted(set(log.globals)):
+        rule = _policy.denied(g)
+        if rule is not None:
+            out.append((g, rule, g in called))
+    out.sort(key=lambda r: not r[2])  # calls first: they are the payload
+    return out
 
 
 def storage_from_pid(pid: Any) -> StorageRef:

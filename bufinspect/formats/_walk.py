@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from bufinspect import dtypes
 from bufinspect.errors import InputError
-from bufinspect.formats._unpickle import PickledDict, Stub, TensorRef, stub_state
+from bufinspect.formats._unpickle import PickledDict, Stub, TensorRef, stub_name, stub_state
 from bufinspect.model import Container, ContainerKind, Entry, Role, TensorData
 
 # budget for walking the object graph: a pickle can share one list a billion times over
@@ -67,10 +67,17 @@ class Walker:
     def mapping(self, obj: dict, path: list[str], depth: int) -> None:
         here = "/".join(path)
         if _is_state_dict(obj):
-            # a keep_vars=True state dict pickles nn.Parameter objects: exact evidence
+            # a keep_vars=True state dict pickles nn.Parameter objects: exact evidence, and then
+            # its plain tensors are the buffers (keep_vars keeps every parameter a Parameter)
+            # (not a converted quantized model: its packed biases are Parameter objects while its
+            # quantized weights are neither parameters nor buffers)
+            tensors = [v for v in obj.values() if isinstance(v, TensorRef)]
+            keep_vars = any(t.is_parameter for t in tensors) and not any(
+                t.layout == "quantized" for t in tensors)
+            plain = (Role.BUFFER, "pickle:keep_vars") if keep_vars else (Role.UNKNOWN, "none")
             entries = tuple(
                 self.entry(here, k, v, Role.PARAMETER, "pickle:Parameter") if v.is_parameter
-                else self.entry(here, k, v, Role.UNKNOWN, "none")
+                else self.entry(here, k, v, *plain, persistent=True if keep_vars else None)
                 for k, v in obj.items() if isinstance(v, TensorRef))
             meta = getattr(obj, "_metadata", None) if isinstance(obj, PickledDict) else None
             versions = None
@@ -109,8 +116,10 @@ class Walker:
                             entries.append(self.entry(here, f"state.{pid}.{name}", t, Role.OTHER,
                                                       "container:optimizer"))
         groups = tuple(g for g in obj.get("param_groups") or () if isinstance(g, dict))
+        # torch.distributed.checkpoint's get_state_dict keys params by name: names, not ids
         clean = tuple({"params": [p for p in g.get("params", []) if type(p) is int],
-                       "param_names": [n for n in g.get("param_names", []) if isinstance(n, str)]}
+                       "param_names": [n for n in g.get("param_names", []) if isinstance(n, str)]
+                       or [p for p in g.get("params", []) if isinstance(p, str)]}
                       for g in groups)
         self.containers.append(Container(here, ContainerKind.OPTIMIZER, tuple(entries),
                                          param_groups=clean))
@@ -118,6 +127,7 @@ class Walker:
     def module(self, root: Stub, here: str) -> None:
         """A pickled nn.Module: roles are exact, non-persistent buffers included."""
         entries: list[Entry] = []
+        classes: dict[str, str] = {}
         stack: list[tuple[str, Any, int]] = [("", root, 0)]
         while stack:
             prefix, mod, depth = stack.pop()
@@ -126,6 +136,7 @@ class Walker:
                 raise InputError("the pickled module tree is too large or too deep", self.path)
             if not isinstance(mod, Stub):
                 continue
+            classes[prefix] = stub_name(mod) or "?"
             st = stub_state(mod)
             params = st.get("_parameters") if isinstance(st.get("_parameters"), dict) else {}
             buffers = st.get("_buffers") if isinstance(st.get("_buffers"), dict) else {}
@@ -143,17 +154,26 @@ class Walker:
             for name, child in reversed(list(children.items())):
                 if isinstance(name, str):
                     stack.append((dot + name, child, depth + 1))
-        self.containers.append(Container(here, ContainerKind.MODULE, tuple(entries)))
+        self.containers.append(Container(here, ContainerKind.MODULE, tuple(entries),
+                                         module_classes=classes))
+
+
+# module state that a state dict may hold besides tensors: get_extra_state(), and what converted
+# quantized layers write (`_packed_params.dtype`, the packed-param tuple, qscheme and dtype)
+_NON_TENSOR_STATE = ("_extra_state", "_packed_params", "weight_qscheme", "weight_dtype")
 
 
 def _is_state_dict(obj: dict) -> bool:
+    """Tensors under string keys; other values only where a module writes them, or anywhere
+    when the dict carries a state dict's `_metadata` (a converted quantized model's None bias)."""
     tensors = 0
+    meta = isinstance(obj, PickledDict) and isinstance(getattr(obj, "_metadata", None), dict)
     for k, v in obj.items():
         if not isinstance(k, str):
             return False
         if isinstance(v, TensorRef):
             tensors += 1
-        elif not k.endswith("_extra_state"):
+        elif not meta and not any(part in _NON_TENSOR_STATE for part in k.split(".")):
             return False
     return tensors > 0
 

@@ -41,10 +41,12 @@ def load_config(path: str | None = None) -> tuple[dict[str, Any], str | None, st
             import tomli as tomllib  # type: ignore[no-redef]
         except ModuleNotFoundError:
             return {}, path, "pyproject.toml not read (python 3.10 needs the `tomli` package)"
+    from bufinspect.formats import _files
+
     try:
-        with open(path, "rb") as f:
+        with _files.open_file(path) as f:  # a regular file only (a FIFO would block)
             doc = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, tomllib.TOMLDecodeError, RecursionError) as exc:
         raise UsageError(f"cannot read [tool.bufinspect]: {exc}", path) from None
     section = doc.get("tool", {}).get("bufinspect", {}).get("check", {})
     if not isinstance(section, dict):

@@ -18,13 +18,16 @@ import io
 import math
 import os
 import pickle
+import struct
 import zipfile
+import zlib
 from typing import Any
 
 from bufinspect import dtypes
 from bufinspect.errors import InputError, UnsafeInputError
-from bufinspect.formats import _torch_common
-from bufinspect.formats._unpickle import DTypeRef, TensorRef, _Safe, storage_from_pid, torch_dtype
+from bufinspect.formats import _files, _prescan, _torch_common
+from bufinspect.formats._unpickle import (DTypeRef, TensorRef, _Safe, brief, storage_from_pid,
+                                          torch_dtype)
 from bufinspect.model import (Checkpoint, Container, ContainerKind, Entry, Format, Role,
                               TensorData)
 
@@ -38,8 +41,10 @@ _SMALL_ITEM = 256 << 10
 
 
 def looks_like(folder: str) -> bool:
-    """True when `folder` holds a DCP `.metadata` file."""
-    return os.path.isfile(os.path.join(folder, METADATA))
+    """True when `folder` holds a DCP `.metadata` file (a FIFO or a link there counts: it is
+    refused by `read`, with a reason, rather than skipped)."""
+    md = os.path.join(folder, METADATA)
+    return os.path.lexists(md) and not os.path.isdir(md)
 
 
 # ---- .metadata ------------------------------------------------------------------------------
@@ -73,7 +78,9 @@ class _Record:
 def _size(v: Any = ()) -> tuple[int, ...]:
     if not isinstance(v, (tuple, list)) or len(v) > 64 or not all(
             type(x) is int and 0 <= x < 1 << 62 for x in v):
-        raise pickle.UnpicklingError(f"bad torch.Size {v!r:.60}")
+        raise pickle.UnpicklingError(f"bad torch.Size {brief(v)}")  # never a repr: see brief
+    if math.prod(x for x in v if x) >= 1 << 63:
+        raise pickle.UnpicklingError(f"torch.Size {brief(v)} holds more than 2**63 elements")
     return tuple(v)
 
 
@@ -122,17 +129,24 @@ class _Refused(pickle.UnpicklingError):
 
 def read_metadata(path: str) -> _Record:
     """The `Metadata` record of a `.metadata` file, read without running anything."""
-    if os.path.getsize(path) > _MAX_METADATA:
-        raise InputError("DCP metadata is too large", path)
-    with open(path, "rb") as f:
+    with _files.open_file(path, within=os.path.dirname(path) or ".") as f:
+        if _files.size_of(f) > _MAX_METADATA:
+            raise InputError("DCP metadata is too large", path)
         raw = f.read()
     try:
+        _prescan.scan(raw)  # before anything is hashed: deep keys, tuple towers, collisions
         md = _MetadataUnpickler(io.BufferedReader(io.BytesIO(raw))).load()  # (peek: prefetch)
     except _Refused as exc:
         raise UnsafeInputError(f"DCP metadata names {str(exc)[:100]}, which a DCP checkpoint "
                                "never needs; refusing it (nothing was run)", path) from None
+    except _prescan.Refused as exc:
+        raise InputError(f"refusing DCP metadata built to exhaust time or memory: {exc}",
+                         path) from None
     except RecursionError:
         raise InputError("the pickle is nested too deeply", path) from None
+    except MemoryError:
+        raise InputError("the pickle needs more memory than a checkpoint should", path) \
+            from None
     except Exception as exc:  # the pickle machine raises many types on corrupt input
         msg = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise InputError(f"corrupt DCP metadata ({msg})", path) from None
@@ -183,12 +197,14 @@ class _Files:
         if not isinstance(name, str) or not name or os.path.isabs(name) \
                 or ".." in name.replace("\\", "/").split("/") or "\x00" in name:
             raise InputError(f"DCP metadata names a data file outside the folder: "
-                             f"{name!r:.80}", where)
+                             f"{brief(name)}", where)
         path = os.path.join(self.folder, name)
         if path not in self.fds:
-            if not os.path.isfile(path):
-                raise InputError(f"DCP data file {name!r:.80} is missing", self.folder)
-            fd = os.open(path, os.O_RDONLY)
+            if not os.path.lexists(path):
+                raise InputError(f"DCP data file {brief(name)} is missing", self.folder)
+            # resolved inside the folder (a symlinked file or sub-folder is refused), and a
+            # regular file (a FIFO would block)
+            fd = _files.open_fd(path, within=self.folder, where=self.folder)
             self.fds[path] = (fd, os.fstat(fd).st_size)
         fd, size = self.fds[path]
         return path, fd, size
@@ -211,8 +227,9 @@ def _item_tensor(path: str, fd: int, start: int, length: int, key: str) -> tuple
             if pkl is None or infos[pkl].file_size > 1 << 20:
                 raise InputError("item is not a torch.save archive", where)
             raw = z.read(pkl)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
-        raise InputError(f"item is not a readable zip ({exc})", where) from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
+            RuntimeError, zlib.error, struct.error) as exc:  # encrypted, broken deflate, ...
+        raise InputError(f"item is not a readable zip ({str(exc)[:120]})", where) from None
     obj, log = _torch_common.unpickle(where, io.BytesIO(raw), storage_from_pid)
     _torch_common.refuse_calls(where, log)
     if not isinstance(obj, TensorRef) or obj.storage is None or obj.layout != "strided":
@@ -239,6 +256,16 @@ def _item_tensor(path: str, fd: int, start: int, length: int, key: str) -> tuple
 # ---- the checkpoint -----------------------------------------------------------------------
 
 
+def _dims(v: Any) -> tuple[int, ...] | None:
+    """`v` as a tuple of at most 64 dimensions (ints in [0, 2**62)), else None."""
+    if type(v) is not tuple or len(v) > 64:
+        return None
+    for x in v:
+        if type(x) is not int or not 0 <= x < 1 << 62:
+            return None
+    return v
+
+
 def _place(key: str, planner: Any) -> tuple[str, str, bool]:
     """(container, key inside it, is optimizer state) from DCP's flattened key."""
     path = planner.get(key) if isinstance(planner, dict) else None
@@ -262,17 +289,21 @@ def _dtype_of(props: Any) -> str | None:
 
 def read(folder: str) -> Checkpoint:
     """Read a DCP folder's metadata and item headers as one checkpoint (no tensor data)."""
+    with _files.reported_as(folder):  # the user named the folder: report it, the file in the text
+        return _read(folder)
+
+
+def _read(folder: str) -> Checkpoint:
     md_path = os.path.join(folder, METADATA)
-    try:
-        md = read_metadata(md_path)
-    except InputError as exc:  # the user named the folder: report it, with the file in the text
-        raise type(exc)(f"{METADATA}: {exc.message}", folder) from None
+    md = read_metadata(md_path)
     storage: dict[tuple[str, tuple[int, ...]], Any] = {}
     items = md.get("storage_data")
     for idx, info in (items.items() if isinstance(items, dict) else ()):
         if isinstance(idx, _Record) and isinstance(info, _Record):
-            off = idx.get("offset")
-            storage[(idx.get("fqn"), tuple(off) if isinstance(off, tuple) else ())] = info
+            off, fqn = idx.get("offset"), idx.get("fqn")
+            # only plain keys are hashed: an offset tuple tower would cost 2**n per lookup
+            if isinstance(fqn, str) and _dims(off) is not None:
+                storage[(fqn, off)] = info
     files = _Files(folder)
     by_container: dict[str, list[Entry]] = {}
     optimizers: set[str] = set()
@@ -322,14 +353,32 @@ def _entry(key: str, tmd: _Record, storage: dict, files: _Files, md_path: str,
     chunks = tmd.get("chunks")
     if dtype is None or not isinstance(shape, tuple) or not isinstance(chunks, list):
         raise InputError(f"tensor {key!r:.80} has incomplete metadata", md_path)
+    shape = _dims(shape)
+    if shape is None:
+        raise InputError(f"tensor {key!r:.80} has a size that is not a list of dimensions "
+                         f"({brief(tmd.get('size'))})", md_path)
+    if math.prod(n for n in shape if n) >= 1 << 63:
+        raise InputError(f"tensor {key!r:.80} claims more than 2**63 elements", md_path)
+    # every chunk's offsets and sizes are checked BEFORE they are sorted or compared: equal
+    # but distinct list towers would take 2**32 comparisons to sort
+    checked = []
+    for chunk in chunks:
+        if not isinstance(chunk, _Record):
+            raise InputError(f"tensor {key!r:.80} has a chunk that is not chunk metadata",
+                             md_path)
+        offsets, sizes = _dims(chunk.get("offsets")), _dims(chunk.get("sizes"))
+        if offsets is None or sizes is None:
+            raise InputError(f"tensor {key!r:.80} has chunk offsets or sizes that are not "
+                             f"lists of dimensions ({brief(chunk.get('offsets'))}, "
+                             f"{brief(chunk.get('sizes'))})", md_path)
+        checked.append((offsets, sizes))
+    checked.sort()
     parts: list[TensorData] = []
     numels: list[int] = []
     boxes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     device = None
-    for chunk in sorted(chunks, key=lambda c: c.get("offsets") or ()):
-        offsets, sizes = chunk.get("offsets"), chunk.get("sizes")
-        if not (isinstance(offsets, tuple) and isinstance(sizes, tuple)
-                and len(offsets) == len(sizes) == len(shape)
+    for offsets, sizes in checked:
+        if not (len(offsets) == len(sizes) == len(shape)
                 and all(o + s <= n for o, s, n in zip(offsets, sizes, shape))):
             raise InputError(f"tensor {key!r:.80} has a chunk outside its shape", md_path)
         info = storage.get((key, offsets))
@@ -337,7 +386,7 @@ def _entry(key: str, tmd: _Record, storage: dict, files: _Files, md_path: str,
             raise InputError(f"tensor {key!r:.80} has a chunk with no stored data", md_path)
         path, fd, size = files.open(info.get("relative_path"), md_path)
         start, length = info.get("offset"), info.get("length")
-        if not (type(start) is int and type(length) is int and 0 <= start
+        if not (type(start) is int and type(length) is int and 0 <= start and 0 <= length
                 and start + length <= size):
             raise InputError(f"tensor {key!r:.80} points past the end of its data file", path)
         ref, data = _item_tensor(path, fd, start, length, key)

@@ -9,7 +9,7 @@ import os
 import struct
 from typing import Any
 
-from bufinspect.errors import UsageError
+from bufinspect.errors import BufinspectError, UsageError
 from bufinspect.model import Checkpoint, Format, Role
 
 SIDECAR_SUFFIX = ".bufinspect.json"
@@ -38,12 +38,14 @@ def read_annotations(checkpoint: Checkpoint) -> dict[str, dict[str, Role]]:
     if raw is not None:
         docs = _parse(raw)
     elif checkpoint.format in (Format.TORCH_ZIP, Format.TORCH_LEGACY):
+        from bufinspect.formats import _files
+
         side = checkpoint.path + SIDECAR_SUFFIX
-        if os.path.isfile(side):
+        if _files.is_regular(side) and not os.path.islink(side):  # never a FIFO or a link
             try:
-                with open(side, encoding="utf-8") as f:
-                    doc = json.load(f)
-            except (OSError, ValueError):
+                with _files.open_file(side) as f:
+                    doc = json.loads(f.read(64 << 20))
+            except (OSError, ValueError, RecursionError, BufinspectError):
                 return {}
             if (isinstance(doc, dict) and doc.get("schema") == ROLES_SCHEMA
                     and doc.get("fingerprint") == fingerprint(checkpoint.path)):
@@ -93,16 +95,16 @@ def _write_sidecar(path: str, doc: dict[str, Any]) -> str:
     side = path + SIDECAR_SUFFIX
     doc = {"schema": doc["schema"], "file": os.path.basename(path),
            "fingerprint": fingerprint(path), "containers": doc["containers"]}
-    save_text(side, json.dumps(doc, indent=1) + "\n")
+    save_text(side, json.dumps(doc, indent=1) + "\n", inputs=[path])  # never through a link
     return side
 
 
 def rewrite_safetensors_metadata(path: str, extra: dict[str, str]) -> None:
     """Add string entries to a safetensors `__metadata__`, streaming the data into a new file."""
-    from bufinspect.formats import safetensors_fmt
+    from bufinspect.formats import _files, safetensors_fmt, write
 
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    with _files.open_file(path) as f:
+        size = _files.size_of(f)
         safetensors_fmt.parse_header(path, f, size)  # validates the whole header
         f.seek(0)
         (n,) = struct.unpack("<Q", f.read(8))
@@ -113,20 +115,17 @@ def rewrite_safetensors_metadata(path: str, extra: dict[str, str]) -> None:
                                            if k != "__metadata__"}}
         body = json.dumps(header, separators=(",", ":")).encode()
         body += b" " * (-len(body) % 8)
-        tmp = f"{path}.bufinspect-tmp"
-        try:
-            with open(tmp, "wb") as out:
-                out.write(struct.pack("<Q", len(body)) + body)
-                while True:
-                    chunk = f.read(4 << 20)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+
+        def copy(out: Any) -> None:
+            out.write(struct.pack("<Q", len(body)) + body)
+            while True:
+                chunk = f.read(4 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
+
+        # an exclusive temp file beside it, then one rename (never a fixed, plantable name)
+        write.write_atomic(path, copy, inputs=[path], replace_input=path)
 
 
 def save_state_dict(state_dict: Any, roles: dict[str, str], path: str,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from typing import Any
 
@@ -103,6 +102,8 @@ def parse_header(path: str, f: Any, size: int) -> tuple[dict[str, Any], dict[str
                 and 0 <= offs[0] <= offs[1] <= data_size):
             raise InputError(f"tensor {key!r:.80} has offsets outside the file", path)
         numel = math.prod(shape)
+        if numel >= 1 << 63:  # (a float product of it would overflow)
+            raise InputError(f"tensor {key!r:.80} claims more than 2**63 elements", path)
         per = dtypes.SAFETENSORS_PACKED.get(code) or dtypes.itemsize(dtypes.SAFETENSORS[code])
         if math.ceil(numel * per) != offs[1] - offs[0]:
             raise InputError(f"tensor {key!r:.80}: shape and dtype need {math.ceil(numel * per)} "
@@ -133,8 +134,10 @@ def entries_of(path: str, header: dict[str, Any], data_start: int, container: st
 
 
 def read(path: str) -> Checkpoint:
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    from bufinspect.formats import _files
+
+    with _files.open_file(path) as f:
+        size = _files.size_of(f)
         header, meta, data_start = parse_header(path, f, size)
     entries = entries_of(path, header, data_start)
     return Checkpoint(path=path, format=Format.SAFETENSORS, size=size,

@@ -13,7 +13,8 @@ import os
 from typing import Any
 
 from bufinspect.errors import InputError
-from bufinspect.formats import safetensors_fmt
+from bufinspect.formats import _files, safetensors_fmt
+from bufinspect.formats._unpickle import brief
 from bufinspect.model import Checkpoint, Container, ContainerKind, Entry, Format
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -34,30 +35,33 @@ def index_of(folder: str) -> str | None:
 def shards_of(folder: str) -> list[str]:
     """The `*.safetensors` files directly inside `folder`, sorted by name."""
     return sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                  if n.endswith(".safetensors") and os.path.isfile(os.path.join(folder, n)))
+                  if n.endswith(".safetensors") and os.path.lexists(os.path.join(folder, n))
+                  and not os.path.isdir(os.path.join(folder, n)))
 
 
 def _inside(folder: str, name: Any, index: str) -> str:
     """The shard path for an index entry, refused unless it is a plain file name in the folder."""
     if not isinstance(name, str) or not name or "\x00" in name:
-        raise InputError(f"weight_map names a shard that is not a file name: {name!r:.80}", index)
+        raise InputError(f"weight_map names a shard that is not a file name: {brief(name)}",
+                         index)
     if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/") or "\\" in name:
-        raise InputError(f"weight_map points outside the folder: {name!r:.80}", index)
+        raise InputError(f"weight_map points outside the folder: {brief(name)}", index)
     path = os.path.join(folder, name)
-    if os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) \
-            != os.path.realpath(folder):
-        raise InputError(f"weight_map points outside the folder: {name!r:.80}", index)
-    if not os.path.isfile(path):
-        raise InputError(f"weight_map names a missing shard {name!r:.80}", index)
+    if not _files.inside(path, folder):
+        raise InputError(f"weight_map points outside the folder: {brief(name)}", index)
+    if not os.path.lexists(path):
+        raise InputError(f"weight_map names a missing shard {brief(name)}", index)
     return path
 
 
-def _read_index(index: str, folder: str) -> tuple[dict[str, str], dict[str, Any]]:
-    """(key -> shard path, index metadata) from a validated index file."""
-    if os.path.getsize(index) > _MAX_INDEX:
-        raise InputError("index file is too large", index)
+def _read_index(index: str, folder: str, found: bool
+                ) -> tuple[dict[str, str], dict[str, Any]]:
+    """(key -> shard path, index metadata) from a validated index file (`found`: named by the
+    folder's listing, not by the user: then it must resolve inside the folder too)."""
     try:
-        with open(index, "rb") as f:
+        with _files.open_file(index, within=folder if found else None) as f:
+            if _files.size_of(f) > _MAX_INDEX:
+                raise InputError("index file is too large", index)
             doc = json.loads(f.read().decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InputError(f"invalid JSON in the index ({str(exc)[:120]})", index) from None
@@ -75,9 +79,11 @@ def _read_index(index: str, folder: str) -> tuple[dict[str, str], dict[str, Any]
     return weight_map, meta
 
 
-def _shard(path: str) -> tuple[dict[str, Any], dict[str, str], int, int]:
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+def _shard(path: str, folder: str) -> tuple[dict[str, Any], dict[str, str], int, int]:
+    # a shard is named by the folder's listing or its index: it must resolve inside the folder
+    # (`b.safetensors -> ../outside/secret.safetensors` is refused) and be a regular file
+    with _files.open_file(path, within=folder, where=folder) as f:
+        size = _files.size_of(f)
         header, meta, data_start = safetensors_fmt.parse_header(path, f, size)
     return header, meta, data_start, size
 
@@ -87,13 +93,17 @@ def read(path: str) -> Checkpoint:
 
     `path` is the folder, or one `*.safetensors.index.json` inside it.
     """
-    if os.path.isfile(path) and path.endswith(INDEX_SUFFIX):
-        folder, index = os.path.dirname(path) or ".", path
-    else:
-        folder, index = path, index_of(path)
+    if not os.path.isdir(path) and path.endswith(INDEX_SUFFIX):
+        return _read(path, os.path.dirname(path) or ".", path, False)
+    with _files.reported_as(path):  # the user named the folder: report it
+        return _read(path, path, index_of(path), True)
+
+
+def _read(path: str, folder: str, index: str | None, found: bool) -> Checkpoint:
+    given = path  # the Checkpoint's path: what the user named (the loop below reuses `path`)
     metadata: dict[str, str] = {}
     if index is not None:
-        weight_map, index_meta = _read_index(index, folder)
+        weight_map, index_meta = _read_index(index, folder, found)
         if not weight_map:
             raise InputError("index weight_map is empty", index)
         shards = list(dict.fromkeys(weight_map.values()))  # first-mention order
@@ -108,7 +118,7 @@ def read(path: str) -> Checkpoint:
     owner: dict[str, str] = {}
     size = 0
     for path in shards:
-        header, meta, data_start, shard_size = _shard(path)
+        header, meta, data_start, shard_size = _shard(path, folder)
         size += shard_size
         for k, v in meta.items():
             metadata.setdefault(k, v)
@@ -129,6 +139,6 @@ def read(path: str) -> Checkpoint:
             if owner.get(key) != path:
                 raise InputError(f"the index maps {key!r:.80} to {os.path.basename(path)}, "
                                  "which does not hold it", index)
-    return Checkpoint(path=path, format=Format.SAFETENSORS_SHARDED, size=size,
+    return Checkpoint(path=given, format=Format.SAFETENSORS_SHARDED, size=size,
                       containers=(Container("", ContainerKind.STATE_DICT, tuple(entries)),),
                       metadata=metadata)

@@ -108,7 +108,9 @@ class _Files:
     def fd(self, file: str) -> int:
         fd = self.fds.get(file)
         if fd is None:
-            fd = self.fds[file] = os.open(file, os.O_RDONLY)
+            from bufinspect.formats._files import open_fd
+
+            fd = self.fds[file] = open_fd(file)  # a regular file (never blocks on a FIFO)
         return fd
 
     def read_into(self, w: _Window, buf: mmap.mmap) -> None:

@@ -21,7 +21,7 @@ from bufinspect import dtypes
 from bufinspect.errors import InputError
 from bufinspect.formats import _torch_common
 from bufinspect.formats._torch_common import contiguous_strides
-from bufinspect.formats._unpickle import storage_from_pid
+from bufinspect.formats._unpickle import brief, storage_from_pid
 from bufinspect.formats.torch_zip import ZipArchive
 from bufinspect.model import Checkpoint, Container, ContainerKind, Entry, Format, Role, TensorData
 
@@ -43,13 +43,19 @@ def _json(arc: ZipArchive, name: str) -> Any:
 
 
 def _ints(v: Any, what: str, path: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(x["as_int"]) for x in v)
-    except (TypeError, KeyError, ValueError):
-        raise InputError(f"bad {what} in the weights config", path) from None
-    if any(n < 0 for n in out) or len(out) > 64:
+    if not isinstance(v, list) or len(v) > 64:
         raise InputError(f"bad {what} in the weights config", path)
-    return out
+    out = []
+    for x in v:
+        n = x.get("as_int") if isinstance(x, dict) else None
+        # an int, never a float: `as_int: Infinity` (JSON allows it) or 1e308 are refused
+        if type(n) is not int or not 0 <= n < 1 << 63:
+            raise InputError(f"bad {what} in the weights config (expected integers in "
+                             f"[0, 2**63), got {brief(n)})", path)
+        out.append(n)
+    if what == "sizes" and math.prod(d for d in out if d) >= 1 << 63:
+        raise InputError(f"bad {what} in the weights config (more than 2**63 elements)", path)
+    return tuple(out)
 
 
 def _device(d: Any) -> str | None:
@@ -62,6 +68,7 @@ def _device(d: Any) -> str | None:
 def read(path: str, arc: ZipArchive | None = None) -> Checkpoint:
     """Read the archive's metadata (`arc`: the already opened zip, closed here)."""
     arc = arc or ZipArchive(path)
+    arc.view_budget = _torch_common.ViewBudget(path)  # type: ignore[attr-defined]
     try:
         fmt = next(n for n in arc.infos if n.endswith("archive_format"))
         arc.prefix = fmt[: -len("archive_format")]
@@ -167,7 +174,7 @@ def _entry(arc: ZipArchive, here: str, key: str, role: Role, evidence: str,
     path = arc.path
     meta = info.get("tensor_meta")
     if not isinstance(meta, dict):
-        raise InputError(f"{key!r} has no tensor_meta", path)
+        raise InputError(f"{brief(key)} has no tensor_meta", path)
     dtype = SCALAR_TYPES.get(meta.get("dtype"))
     if dtype is None:
         raise InputError(f"{key!r} has an unknown dtype code {meta.get('dtype')!r:.20}", path)
@@ -187,6 +194,7 @@ def _entry(arc: ZipArchive, here: str, key: str, role: Role, evidence: str,
             last = offset + sum((n - 1) * s for n, s in zip(shape, stride))
             if (last + 1) * size > nbytes:
                 raise InputError(f"{key!r} does not fit in {folder}/{file}", path)
+        arc.view_budget.charge(f"{folder}/{file}", nbytes, math.prod(shape) * size)
         strided = None if stride == contiguous_strides(shape) else stride
         data = TensorData(path, start, nbytes, offset, strided)
     return Entry(container=here, key=key, role=role, evidence=evidence, shape=shape, dtype=dtype,

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import struct
 from typing import Any
 
 from bufinspect import dtypes
 from bufinspect.errors import InputError
-from bufinspect.formats import _torch_common
+from bufinspect.formats import _files, _torch_common, _unpickle
 from bufinspect.formats._unpickle import StorageRef, StorageType, Stub, brief
+from bufinspect.formats._values import values_of
 from bufinspect.formats._walk import containers_of
 from bufinspect.model import Checkpoint, Format
 
@@ -42,8 +42,8 @@ def _persistent(pid: Any) -> Any:
 
 
 def read(path: str) -> Checkpoint:
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    with _files.open_file(path) as f:
+        size = _files.size_of(f)
         magic = _header(path, f)
         if magic != MAGIC:
             raise InputError("not a torch.save file (bad magic number)", path)
@@ -83,7 +83,9 @@ def read(path: str) -> Checkpoint:
     locate = _torch_common.make_locator(path, path, spans.get)
     containers = containers_of(obj, path, locate)
     return Checkpoint(path=path, format=Format.TORCH_LEGACY, size=size, containers=containers,
-                      foreign_globals=tuple(sorted(set(log.globals))))
+                      foreign_globals=tuple(sorted(set(log.globals))),
+                          values=values_of(obj),
+                          calls=_unpickle.call_counts(log))
 
 
 def _header(path: str, f: Any) -> Any:

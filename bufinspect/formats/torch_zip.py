@@ -11,8 +11,9 @@ import zlib
 from typing import Any, NamedTuple
 
 from bufinspect.errors import InputError
-from bufinspect.formats import _torch_common
+from bufinspect.formats import _files, _torch_common, _unpickle
 from bufinspect.formats._unpickle import brief, storage_from_pid
+from bufinspect.formats._values import values_of
 from bufinspect.formats._walk import containers_of
 from bufinspect.model import Checkpoint, Format
 
@@ -129,16 +130,14 @@ class ZipArchive:
     def __init__(self, path: str):
         self.path = path
         self.zip: zipfile.ZipFile | None = None
+        self._zip_file: Any = None
         self._map: mmap.mmap | None = None
-        try:
-            self.fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise InputError(f"not a readable zip archive ({exc})", path) from None
+        self.fd = _files.open_fd(path)  # a regular file only (never a FIFO or a device)
         try:
             self.size = os.fstat(self.fd).st_size
             infos: dict[str, Any] | None = _directory(self.fd, self.size)
             if infos is None:  # anything unusual: zipfile reads it, or says what is wrong
-                self.zip = zipfile.ZipFile(path)
+                self.zip = self._open_zipfile()
                 listed = self.zip.infolist()
                 infos = {i.filename: i for i in listed}
                 if len(infos) != len(listed):
@@ -159,9 +158,16 @@ class ZipArchive:
         names = list(self.infos)
         self.prefix = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else ""
 
+    def _open_zipfile(self) -> zipfile.ZipFile:
+        """zipfile over the already opened descriptor (the name is not opened twice)."""
+        self._zip_file = os.fdopen(os.dup(self.fd), "rb")
+        return zipfile.ZipFile(self._zip_file)
+
     def close(self) -> None:
         if self.zip is not None:
             self.zip.close()
+        if self._zip_file is not None:
+            self._zip_file.close()
         if self._map is not None:
             self._map.close()
         os.close(self.fd)
@@ -183,7 +189,7 @@ class ZipArchive:
                     and info.compress_size == info.file_size:
                 return self._read_stored(info)
             if self.zip is None:  # deflated (never from torch.save): zipfile inflates it
-                self.zip = zipfile.ZipFile(self.path)
+                self.zip = self._open_zipfile()
             return self.zip.read(name)
         except _ZIP_ERRORS as exc:
             raise InputError(f"cannot read {name} ({exc})", self.path) from None
@@ -257,6 +263,8 @@ def read(path: str, arc: ZipArchive | None = None) -> Checkpoint:
             path, path, arc.storage_span)
         containers = containers_of(obj, path, locate)
         return Checkpoint(path=path, format=Format.TORCH_ZIP, size=arc.size,
-                          containers=containers, foreign_globals=tuple(sorted(set(log.globals))))
+                          containers=containers, foreign_globals=tuple(sorted(set(log.globals))),
+                          values=values_of(obj),
+                          calls=_unpickle.call_counts(log))
     finally:
         arc.close()

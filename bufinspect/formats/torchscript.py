@@ -8,14 +8,14 @@ TorchScript, so buffers carry `persistent=None`.
 
 from __future__ import annotations
 
-import ast
 import io
 import re
 from typing import Any
 
 from bufinspect.errors import InputError
 from bufinspect.formats import _torch_common
-from bufinspect.formats._unpickle import Stub, TensorRef, storage_from_pid, stub_name, stub_state
+from bufinspect.formats._unpickle import (Stub, TensorRef, brief, storage_from_pid, stub_name,
+                                          stub_state)
 from bufinspect.formats._walk import MAX_DEPTH, MAX_NODES, Walker
 from bufinspect.formats.torch_zip import ZipArchive
 from bufinspect.model import Checkpoint, Container, ContainerKind, Format, Role
@@ -23,8 +23,14 @@ from bufinspect.model import Checkpoint, Container, ContainerKind, Format, Role
 _JIT_DATA = {f"torch.jit._pickle.{n}" for n in (
     "build_tensorlist", "build_intlist", "build_doublelist", "build_boollist",
     "build_tensor_from_id", "restore_type_tag")}
-_CLASS = re.compile(r"^class\s+(\w+)\s*\(", re.M)
-_DECL = re.compile(r"^\s+__(parameters|buffers)__\s*=\s*(\[[^\]]*\])", re.M)
+# Linear-time patterns: `^\s+` let every line start scan on across all the blank lines after it
+# (400 KB of newlines took over a minute); indentation is spaces and tabs only.
+_CLASS = re.compile(r"^class[ \t]+(\w+)[ \t]*\(", re.M)
+_DECL = re.compile(r"^[ \t]+__(parameters|buffers)__[ \t]*=[ \t]*\[([^\]\n]*)\]", re.M)
+# the declaration's list: quoted attribute names, commas, spaces, nothing else
+_NAME_LIST = re.compile(r"""[ \t]*(?:(?:"[^"\\\n]*"|'[^'\\\n]*')[ \t]*,[ \t]*)*"""
+                        r"""(?:(?:"[^"\\\n]*"|'[^'\\\n]*')[ \t]*)?""")
+_QUOTED = re.compile(r""""([^"\\\n]*)"|'([^'\\\n]*)'""")
 
 
 def is_torchscript(names: list[str]) -> bool:
@@ -47,12 +53,12 @@ def declarations(arc: ZipArchive) -> dict[str, tuple[list[str], list[str]]]:
             body = text[m.end(): classes[i + 1].start() if i + 1 < len(classes) else len(text)]
             found: dict[str, list[str]] = {"parameters": [], "buffers": []}
             for d in _DECL.finditer(body):
-                try:
-                    names = ast.literal_eval(d.group(2))
-                except (ValueError, SyntaxError):
-                    raise InputError(f"unreadable {d.group(1)} declaration in {name}",
-                                     arc.path) from None
-                found[d.group(1)] = [n for n in names if isinstance(n, str)]
+                # parsed by pattern, never by ast.literal_eval (`[---...1]` recursed in the
+                # compiler until it ran out of stack)
+                if _NAME_LIST.fullmatch(d.group(2)) is None:
+                    raise InputError(f"unreadable {d.group(1)} declaration in {brief(name)} "
+                                     "(expected a list of quoted names)", arc.path)
+                found[d.group(1)] = [a or b for a, b in _QUOTED.findall(d.group(2))]
             out[f"{module}.{m.group(1)}"] = (found["parameters"], found["buffers"])
     return out
 

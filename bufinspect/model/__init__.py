@@ -7,13 +7,15 @@ from __future__ import annotations
 from bufinspect.model.checkpoint import (SCHEMA, Checkpoint, Container, ContainerKind, Entry,
                                          Format, Role, TensorData, TensorStats, json_number,
                                          summarize)
-from bufinspect.model.reports import (DIFFERENT, SCOPE_ROLES, CheckReport, DiffEntry, DiffReport,
-                                      Finding, ModelMatch, ScanStats, Scope, Severity, ShowReport, Status,
-                                      Tolerance, TrendReport, TrendRow, tolerances_for)
+from bufinspect.model.reports import (DIFFERENT, SCOPE_ROLES, CheckReport, DiffEntry, DiffNote,
+                                      DiffReport, FileError, Finding, ModelMatch, ModelState, ScanStats,
+                                      Scope, Severity, ShowReport, Status, Tolerance, TrendReport,
+                                      TrendRow, tolerances_for)
 
 __all__ = [
     "DIFFERENT", "SCHEMA", "SCOPE_ROLES", "CheckReport", "Checkpoint", "Container",
-    "ContainerKind", "DiffEntry", "DiffReport", "Entry", "Finding", "Format", "ModelMatch", "Role", "ScanStats",
-    "Scope", "Severity", "ShowReport", "Status", "TensorData", "TensorStats", "Tolerance",
-    "TrendReport", "TrendRow", "json_number", "summarize", "tolerances_for",
+    "ContainerKind", "DiffEntry", "DiffNote", "DiffReport", "Entry", "FileError", "Finding", "Format",
+    "ModelMatch", "ModelState", "Role",
+    "ScanStats", "Scope", "Severity", "ShowReport", "Status", "TensorData", "TensorStats",
+    "Tolerance", "TrendReport", "TrendRow", "json_number", "summarize", "tolerances_for",
 ]

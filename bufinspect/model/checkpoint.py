@@ -158,6 +158,9 @@ class Container:
     entries: tuple[Entry, ...]
     # module prefix -> version from the state dict's `_metadata`, when the file kept it
     module_versions: dict[str, int] | None = field(default=None, compare=False)
+    # module prefix -> class name, when the file holds the module itself (a pickled module);
+    # the buffer diagnostics tell InstanceNorm (which never counts batches) from BatchNorm by it
+    module_classes: dict[str, str] | None = field(default=None, compare=False)
     # for optimizer containers: the param groups' parameter ids and names, as saved
     param_groups: tuple[dict[str, Any], ...] | None = field(default=None, compare=False)
 
@@ -176,6 +179,10 @@ class Checkpoint:
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
     # globals the pickle named that bufinspect did not allow (shown, never imported)
     foreign_globals: tuple[str, ...] = ()
+    # non-tensor values of a training dict: (path joined with "/", value), e.g. ("epoch", 3)
+    values: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
+    # (callee, times): the calls `torch.load(weights_only=False)` would make (none is run here)
+    calls: tuple[tuple[str, int], ...] = ()
 
     @property
     def entries(self) -> list[Entry]:

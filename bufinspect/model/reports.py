@@ -36,6 +36,19 @@ class ModelMatch:
 
 
 @dataclass(frozen=True)
+class ModelState:
+    """What `load_state_dict(strict=True)` of the user's model (`--model`) expects, key by key
+    (`annotate.expected_state` builds it from the module, on meta)."""
+
+    shapes: dict[str, tuple[int, ...] | None]  # key -> shape; None: lazy (uninitialized)
+    buffers: frozenset[str]  # persistent buffers (the other keys are parameters)
+    aliases: dict[str, tuple[str, ...]]  # tied tensors: every name of the same tensor
+    # (tensors: key -> (shape, dtype), versions: `_metadata` versions or None) -> (missing,
+    # unexpected) keys as the model's own load_state_dict(strict=False) reports them, or None
+    verdict: Any = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class ShowReport:
     """What `show` lists: the selected entries, optional statistics, and where roles came from
     a model (`--model`, `--hf-config`): its spec and how it matched each state dict."""
@@ -69,6 +82,10 @@ class ShowReport:
             doc["metadata"] = dict(ck.metadata)
         if ck.foreign_globals:
             doc["foreign_globals"] = list(ck.foreign_globals)
+        if ck.values:
+            doc["values"] = dict(ck.values)
+        if ck.calls:
+            doc["calls"] = [{"name": n, "count": c} for n, c in ck.calls]
         if self.model is not None:
             doc["model"] = {"spec": self.model, "containers": [m.to_dict() for m in self.matches]}
         return doc
@@ -174,6 +191,7 @@ class DiffEntry:
     note: str | None = None
     envelope: tuple[tuple[float, float, float], ...] | None = field(default=None, repr=False)
     approximate: bool = False  # re-judged from saved metrics and too close to call exactly
+    cast: dict[str, Any] | None = None  # status dtype: A against A cast (scan.castloss)
 
     @property
     def moved(self) -> float:
@@ -204,6 +222,11 @@ class DiffEntry:
                 d[k] = getattr(self, k)
             if self.old is not None:
                 d["old"], d["new"] = self.old, self.new
+        if self.status is Status.DTYPE and self.max_abs is not None:  # what the cast lost
+            d.update(rtol=self.rtol, atol=self.atol, cast=self.cast)
+            for k in ("max_abs", "max_rel", "mean_abs", "mismatched", "numel", "nonfinite",
+                      "rel_l2", "cosine"):
+                d[k] = getattr(self, k)
         if self.note:
             d["note"] = self.note
         if self.approximate:
@@ -211,6 +234,18 @@ class DiffEntry:
         if envelope and self.envelope is not None:
             d["envelope"] = [list(p) for p in self.envelope]
         return d
+
+
+@dataclass(frozen=True)
+class DiffNote:
+    """A remark on a diff as a whole (`analysis.diagnostics`); it does not change the verdict."""
+
+    id: str
+    message: str
+    keys: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "message": self.message, "keys": list(self.keys)}
 
 
 @dataclass(frozen=True)
@@ -227,6 +262,9 @@ class DiffReport:
     alignment: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     from_metrics: bool = False
+    # remarks on running statistics (analysis.diagnostics): statistics that did not move while
+    # parameters trained, statistics that moved without their counter (or the reverse)
+    notes: tuple["DiffNote", ...] = ()
 
     @property
     def summary(self) -> dict[str, int]:
@@ -257,6 +295,8 @@ class DiffReport:
             "summary": self.summary,
             "identical": self.identical,
         }
+        if self.notes:  # only when there is something to say: documents stay as they were
+            doc["notes"] = [n.to_dict() for n in self.notes]
         if self.from_metrics:
             doc["from_metrics"] = True
         return doc
@@ -300,6 +340,17 @@ class ScanStats:
 
 
 @dataclass(frozen=True)
+class FileError:
+    """A file `check` could not read; the other files are still checked (exit 2 at the end)."""
+
+    path: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "message": self.message}
+
+
+@dataclass(frozen=True)
 class CheckReport:
     """The result of `check`: findings sorted by severity, and where the numeric scan ran.
 
@@ -313,6 +364,7 @@ class CheckReport:
     strict: bool = False
     stats: dict[tuple[str, str, str], ScanStats] = field(default_factory=dict, compare=False,
                                                          repr=False)
+    errors: tuple[FileError, ...] = ()  # files that could not be read (the others were checked)
 
     def count(self, severity: Severity) -> int:
         return sum(1 for f in self.findings if f.severity is severity)
@@ -320,12 +372,15 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         failing = (Severity.ERROR, Severity.WARNING) if self.strict else (Severity.ERROR,)
-        return not any(f.severity in failing for f in self.findings)
+        return not self.errors and not any(f.severity in failing for f in self.findings)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "command": "check", "paths": list(self.paths),
-                "device": self.device, "ok": self.ok,
-                "findings": [f.to_dict() for f in self.findings]}
+        doc = {"schema": SCHEMA, "command": "check", "paths": list(self.paths),
+               "device": self.device, "ok": self.ok,
+               "findings": [f.to_dict() for f in self.findings]}
+        if self.errors:
+            doc["errors"] = [e.to_dict() for e in self.errors]
+        return doc
 
 
 # ---- trend ---------------------------------------------------------------------------------

@@ -22,12 +22,17 @@ from bufinspect.render.common import (OutputFormat, assert_never, clean, fmt_flo
 
 # the per-report renderers load on first use (PEP 562): a JSON run never imports them
 _LAZY = {
-    "check_rows": "check", "check_verdict": "check", "render_check_github": "check",
-    "render_check_markdown": "check", "render_check_table": "check",
-    "diff_alignment": "diff", "diff_rows": "diff", "diff_verdict": "diff",
-    "render_diff_github": "diff", "render_diff_markdown": "diff", "render_diff_table": "diff",
+    "check_file_results": "check", "check_rows": "check", "check_verdict": "check",
+    "render_check_github": "check", "render_check_markdown": "check",
+    "render_check_table": "check",
+    "diff_alignment": "diff", "diff_rows": "diff", "diff_stat_rows": "diff",
+    "diff_verdict": "diff", "render_diff_github": "diff", "render_diff_markdown": "diff",
+    "render_diff_table": "diff",
     "render_show_markdown": "show", "render_show_table": "show", "show_header": "show",
-    "show_sections": "show", "plot": "trend", "render_trend_table": "trend", "sparkline": "trend",
+    "show_sections": "show", "values_rows": "show",
+    "line_style": "trend", "plot": "trend", "plot_series": "trend",
+    "render_trend_markdown": "trend", "render_trend_table": "trend", "sparkline": "trend",
+    "trend_rows": "trend",
 }
 
 
@@ -55,7 +60,7 @@ def table(report: Report, console: Any, **options: Any) -> None:
     elif isinstance(report, CheckReport):
         from bufinspect.render.check import render_check_table
 
-        render_check_table(report, console)
+        render_check_table(report, console, **options)
     elif isinstance(report, TrendReport):
         from bufinspect.render.trend import render_trend_table
 
@@ -65,7 +70,7 @@ def table(report: Report, console: Any, **options: Any) -> None:
 
 
 def markdown(report: Report, **options: Any) -> str:
-    """GitHub-flavoured markdown of a report (show, diff, check)."""
+    """GitHub-flavoured markdown of any report."""
     if isinstance(report, ShowReport):
         from bufinspect.render.show import render_show_markdown
 
@@ -77,11 +82,15 @@ def markdown(report: Report, **options: Any) -> str:
     if isinstance(report, CheckReport):
         from bufinspect.render.check import render_check_markdown
 
-        return render_check_markdown(report)
-    raise UsageError("trend prints table or json")
+        return render_check_markdown(report, **options)
+    if isinstance(report, TrendReport):
+        from bufinspect.render.trend import render_trend_markdown
+
+        return render_trend_markdown(report)
+    assert_never(report)
 
 
-def github(report: Report) -> str:
+def github(report: Report, **options: Any) -> str:
     """GitHub Actions workflow commands for a report (diff, check)."""
     if isinstance(report, DiffReport):
         from bufinspect.render.diff import render_diff_github
@@ -90,16 +99,17 @@ def github(report: Report) -> str:
     if isinstance(report, CheckReport):
         from bufinspect.render.check import render_check_github
 
-        return render_check_github(report)
+        return render_check_github(report, **options)
     raise UsageError("--format github is for diff and check")
 
 
 __all__ = [
     "OutputFormat", "Report", "assert_never", "check_rows", "check_verdict", "clean",
-    "diff_alignment", "diff_rows", "diff_verdict", "fmt_float", "fmt_shape", "github",
+    "check_file_results", "diff_alignment", "diff_rows", "diff_stat_rows", "diff_verdict",
+    "fmt_float", "fmt_shape", "github",
     "human_bytes", "human_count", "markdown", "markdown_table", "plot", "render_check_github",
     "render_check_markdown", "render_check_table", "render_diff_github", "render_diff_markdown",
-    "render_diff_table", "render_show_markdown", "render_show_table", "render_trend_table",
-    "report_json",
-    "show_header", "show_sections", "sparkline", "table", "to_json",
+    "render_diff_table", "render_show_markdown", "render_show_table", "render_trend_markdown",
+    "render_trend_table", "report_json", "show_header", "show_sections", "sparkline", "table",
+    "to_json", "trend_rows", "values_rows",
 ]

@@ -1,5 +1,5 @@
 """What every renderer shares: output formats, escaping of names from files, number and size
-formats, strict JSON, markdown cells and the plain wide table."""
+formats, strict JSON, markdown cells and code spans."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from enum import Enum
 from typing import Any, Iterable, NoReturn
 
 from bufinspect.model import json_number
+from bufinspect.render.layout import fmt_num
 
 
 class OutputFormat(str, Enum):
@@ -22,17 +23,14 @@ def assert_never(value: NoReturn) -> NoReturn:  # pragma: no cover - unreachable
     raise AssertionError(f"unhandled value: {value!r}")
 
 
-# C0/C1 controls, DEL, and the bidi embedding/override/isolate characters
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
-
-
-def clean(text: str) -> str:
-    """Make a name from a file safe to print: unsafe characters become visible escapes."""
-    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                       else f"\\u{ord(m.group()):04x}", text)
+# one escaping for tables, markdown, annotations and error messages: controls, bidi, lone
+# surrogates as visible escapes, and a bound on length (see bufinspect.escape)
+from bufinspect.escape import clean  # noqa: E402,F401
 
 
 def human_bytes(n: int) -> str:
+    if n.bit_length() > 80:  # an unbounded size (a hostile shape) would overflow float()
+        return f">2**{n.bit_length() - 1} B"
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if value < 1024 or unit == "TiB":
@@ -42,6 +40,8 @@ def human_bytes(n: int) -> str:
 
 
 def human_count(n: int) -> str:
+    if n.bit_length() > 80:
+        return f">2**{n.bit_length() - 1}"
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
             return f"{n / size:.1f}{unit}"
@@ -53,9 +53,8 @@ def fmt_shape(shape: Iterable[int]) -> str:
 
 
 def fmt_float(v: float | None) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4g}"
+    """A measured float in four significant digits, never wider than 10 cells (layout.fmt_num)."""
+    return fmt_num(v)
 
 
 def to_json(doc: dict[str, Any]) -> str:
@@ -82,6 +81,8 @@ def report_json(report: Any) -> str:
 
 
 def _finite(obj: Any) -> Any:
+    if type(obj) is int and obj.bit_length() > 10_000:  # json cannot print it (4300 digits)
+        return f"<{obj.bit_length()}-bit integer>"
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -89,31 +90,26 @@ def _finite(obj: Any) -> Any:
     return json_number(obj)
 
 
-# rich lays a table out cell by cell (~1.4 ms a row here); past this many rows a section prints
-# as plain aligned columns, so a 300-buffer ResNet lists in the time a 30-row table takes
+# past this many rows a section prints without per-line styling: a 50,000-row section lists in
+# linear time (rich took ~1.4 ms a row to lay out and style, measured)
 PLAIN_ROWS = 100
-NUMERIC = {"size", "tensors", "elements", "min", "max", "mean", "std", "nan/inf", "zeros"}
-
-
-def plain_table(console: Any, title: str, header: list[str], rows: list[list[str]]) -> None:
-    """Aligned columns without rich's layout engine: linear time for 50,000-row sections."""
-    columns = list(zip(*rows))  # (rows all have the header's length)
-    widths = [max(len(h), *map(len, col)) if col else len(h)
-              for h, col in zip(header, columns or [()] * len(header))]
-    justify = [str.rjust if h in NUMERIC else str.ljust for h in header]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join([j(c, w) for j, c, w in zip(justify, cells, widths)]).rstrip()
-
-    console.print(title, style="bold", markup=False, highlight=False)
-    console.print(line(header), style="dim", markup=False, highlight=False)
-    console.file.write("\n".join(line(r) for r in rows) + "\n")
 
 
 def md_cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`") \
         .replace("<", "&lt;").replace(">", "&gt;").replace("*", "\\*").replace("_", "\\_") \
         .replace("[", "\\[").replace("]", "\\]")
+
+
+def md_code(text: str) -> str:
+    """`text` as an inline code span: never backslash-escaped (GitHub shows backslashes in code
+    literally); a fence one backtick longer than the longest run of backticks inside, padded
+    with spaces when the text starts or ends with one (CommonMark 6.1)."""
+    text = text.replace("\n", " ")
+    longest = max((len(m) for m in re.findall("`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

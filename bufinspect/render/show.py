@@ -1,15 +1,18 @@
-"""The `show` report as text: a header of facts, then buffers, undecided entries, parameters
-grouped by module and other tensors, as rich tables (plain columns past PLAIN_ROWS rows) or
-markdown."""
+"""The `show` report as text: a header of facts, the training values, then buffers, undecided
+entries, parameters grouped by module and other tensors, as tables fitted to the terminal
+(`render.layout`) or markdown."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from bufinspect.model import Entry, Role, ShowReport, TensorStats, summarize
-from bufinspect.render.common import (NUMERIC, PLAIN_ROWS, clean, fmt_float, fmt_shape, human_bytes,
-                                      human_count, markdown_table, md_cell, plain_table)
+from bufinspect.render import layout
+from bufinspect.render.common import (clean, fmt_float, fmt_shape, human_bytes, human_count,
+                                      markdown_table, md_cell, md_code)
+from bufinspect.render.layout import KEY, LABEL, NUM, PATH, TEXT, Column
+from bufinspect.render.tables import print_lines, print_table
 
 
 _ROLE_ORDER = (Role.BUFFER, Role.UNKNOWN, Role.PARAMETER, Role.OTHER)
@@ -93,6 +96,45 @@ def show_sections(report: ShowReport, *, depth: int | None = None, explain: bool
     return sections
 
 
+def _count(n: int) -> str:
+    """`11,689,512 (11.7M)`: exact, with the short form when it helps."""
+    return f"{n:,}" + (f" ({human_count(n)})" if n >= 10_000 else "")
+
+
+def metadata_summary(metadata: dict[str, str]) -> str:
+    """File metadata for the header: role metadata bufinspect wrote summarised, the rest cut."""
+    import json
+
+    parts = []
+    for k, v in metadata.items():
+        if k == "bufinspect.roles":
+            try:
+                doc = json.loads(v)
+                roles: dict[str, int] = {}
+                for c in (doc.get("containers") or {}).values():
+                    for r in (c.get("roles") or {}).values():
+                        roles[str(r)] = roles.get(str(r), 0) + 1
+                n = sum(roles.values())
+                detail = ", ".join(f"{r} {roles[r]}" for r in sorted(roles))
+                parts.append(f"roles of {n} tensors written by bufinspect annotate ({detail})")
+            except (ValueError, AttributeError, TypeError):
+                parts.append("bufinspect.roles (unreadable)")
+        else:
+            text = f"{k}={v}"
+            parts.append(text if len(text) <= 80 else text[:77] + "...")
+    return clean(", ".join(parts))[:400]
+
+
+def value_text(v: object) -> str:
+    """A training value as Python writes it (`0.01`, `[0.9, 0.999]`, `adam`)."""
+    return clean(v if isinstance(v, str) else repr(v))
+
+
+def values_rows(report: ShowReport) -> list[list[str]]:
+    """The training values (epoch, step, learning rates...) as (name, value) rows."""
+    return [[clean(k), value_text(v)] for k, v in report.checkpoint.values]
+
+
 def show_header(report: ShowReport) -> list[tuple[str, str]]:
     ck = report.checkpoint
     s = summarize(report.entries)
@@ -108,45 +150,56 @@ def show_header(report: ShowReport) -> list[tuple[str, str]]:
         ("devices", clean(", ".join(f"{k} {v}" for k, v in sorted(s["devices"].items())))),
         ("evidence", ", ".join(f"{k} {v}" for k, v in sorted(s["evidence"].items()))),
     ]
+    counts = [(r.value, s[r.value]["numel"]) for r in _ROLE_ORDER if s[r.value]["count"]]
+    if counts:  # total elements per role, after "tensors"
+        lines.insert(4, ("elements", ", ".join(f"{role} {_count(n)}" for role, n in counts)))
     if ck.metadata:
-        lines.append(("metadata", clean(", ".join(f"{k}={v}" for k, v in ck.metadata.items()))[:200]))
+        lines.append(("metadata", metadata_summary(ck.metadata)))
     if ck.foreign_globals:
         lines.append(("classes", clean(", ".join(ck.foreign_globals))[:300]))
+    if ck.calls:
+        lines.append(("calls", clean(calls_line(ck.calls))[:300]))
     return lines
+
+
+# column kinds and priorities (0: never dropped; larger numbers drop first at narrow widths)
+_COLUMNS = {c.name: c for c in (
+    Column("container", LABEL, 0), Column("key", KEY, 0), Column("module", KEY, 0),
+    Column("shape", LABEL, 2), Column("dtype", LABEL, 1), Column("device", LABEL, 4),
+    Column("size", NUM, 3), Column("persistent", LABEL, 5), Column("evidence", TEXT, 1),
+    Column("min", NUM, 1), Column("max", NUM, 1), Column("mean", NUM, 3), Column("std", NUM, 3),
+    Column("nan/inf", NUM, 1), Column("zeros", NUM, 5), Column("tensors", NUM, 1),
+    Column("elements", NUM, 2), Column("dtypes", TEXT, 3), Column("devices", TEXT, 4))}
+_VALUE_COLUMNS = [Column("name", PATH, 0), Column("value", TEXT, 0)]
+
+
+def calls_line(calls: Sequence[tuple[str, int]]) -> str:
+    """`when loaded by torch.load, not run here: functools.partial \u00d712, ...` (header)."""
+    return "when loaded by torch.load, not run here: " + ", ".join(
+        f"{name} \u00d7{count}" for name, count in calls)
 
 
 def render_show_table(report: ShowReport, console: Any, *, depth: int | None = None,
                       explain: bool = False) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold")
-    head.add_column()
-    for k, v in show_header(report):
-        head.add_row(k, escape(v))
-    console.print(head)
+    """The human `show`: the header, the training values, then one table per section, each
+    fitted to the console's width."""
+    print_lines(console, layout.pairs_lines(show_header(report), console.width))
+    values = values_rows(report)
+    if values:
+        console.file.write("\n")
+        print_table(console, _VALUE_COLUMNS, values, title=f"Values ({len(values)})")
     for title, header, rows in show_sections(report, depth=depth, explain=explain):
-        console.print()
-        if len(rows) > PLAIN_ROWS:
-            plain_table(console, title, header, rows)
-            continue
-        table = Table(title=title, title_justify="left", title_style="bold", show_edge=False,
-                      header_style="dim")
-        for h in header:
-            table.add_column(h, justify="right" if h in NUMERIC else "left", overflow="fold",
-                             no_wrap=h in ("key", "module", "container", "dtype", "shape"))
-        for row in rows:
-            table.add_row(*(escape(c) for c in row))
-        console.print(table)
+        console.file.write("\n")
+        print_table(console, [_COLUMNS[h] for h in header], rows, title=title)
 
 
 def render_show_markdown(report: ShowReport, *, depth: int | None = None,
                          explain: bool = False) -> str:
-    parts = [f"## bufinspect show `{md_cell(clean(report.checkpoint.path))}`", ""]
+    parts = [f"## bufinspect show {md_code(clean(report.checkpoint.path))}", ""]
     parts += [f"- **{k}**: {md_cell(v)}" for k, v in show_header(report)]
+    values = values_rows(report)
+    if values:
+        parts += ["", f"### Values ({len(values)})", "", markdown_table(["name", "value"], values)]
     for title, header, rows in show_sections(report, depth=depth, explain=explain):
         parts += ["", f"### {title}", "", markdown_table(header, rows)]
     return "\n".join(parts) + "\n"
-
-

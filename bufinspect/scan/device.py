@@ -7,8 +7,7 @@ all decide through `resolve_device`.
 
 from __future__ import annotations
 
-import os
-
+from bufinspect import _torch
 from bufinspect.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -16,10 +15,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def gpu_may_exist() -> bool:
     """Cheap test before importing torch: no NVIDIA/AMD device node means no GPU."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd",
-                                            "/proc/driver/nvidia/gpus"))
+    return _torch.gpu_present()
 
 
 def cuda_available() -> bool:
@@ -45,6 +41,8 @@ def resolve_device(device: str) -> str:
         raise UsageError(f"--device must be auto, cpu or cuda (got {device!r})")
     if device == "cpu":
         return "cpu"
+    if device == "cuda":
+        _torch.require("--device cuda")
     if cuda_available():
         return "cuda:0"
     if device == "cuda":
