@@ -34,9 +34,13 @@ main()
 
 
 def make_data() -> None:
+    import torch
+
+    if not (DATA / "tiny.pt").exists():  # start-up: two identical small files
+        DATA.mkdir(parents=True, exist_ok=True)
+        torch.save({"w": torch.ones(8), "bn.running_var": torch.ones(4)}, DATA / "tiny.pt")
     if (DATA / "c.pt").exists():
         return
-    import torch
 
     DATA.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -56,7 +60,9 @@ def make_data() -> None:
                 for k, v in sd.items()}, DATA / "c.pt")
 
 
-CASES = [("show (json)", ["show", "a.pt", "--format", "json"]),
+CASES = [("--version", ["--version"]),
+         ("diff tiny identical", ["diff", "tiny.pt", "tiny.pt", "--format", "json"]),
+         ("show (json)", ["show", "a.pt", "--format", "json"]),
          ("show (table)", ["show", "a.pt"]),
          ("diff identical", ["diff", "a.pt", "a.pt", "--all", "--format", "json"]),
          ("diff few changed", ["diff", "a.pt", "b.pt", "--all", "--format", "json"]),

@@ -16,6 +16,16 @@ and the ratios against the targets: >= 15x faster than naive, peak RSS <= 256 MB
 PYTHONDONTWRITEBYTECODE=1; see `_measure.warm_bytecode`).
 
     python benchmarks/bench_diff.py [--size-gb 1.0] [--keep]
+
+`--every` measures the case people run instead: two checkpoints a training step apart, every
+tensor changed by ~1e-3 (`_every.py` makes them under benchmarks/data/, deleted at the end unless
+`--keep`), fp32 and bf16, .pt and .safetensors, 1 and 4 GB (`--pairs` picks some), with `cat`
+of both, `diff --all --format json --jobs 2` with the compiled kernel and with the numpy path
+(`BUFINSPECT_NO_KERNEL=1`), and the naive torch.load + allclose script, all in one run. Wall and
+CPU seconds are medians; CPU seconds (user + system, all threads) are steadier than wall on
+this shared machine. Writes the `bench_diff_every` section of RESULTS.md.
+
+    python benchmarks/bench_diff.py --every [--pairs float32:pt:1,bfloat16:safetensors:4]
 """
 
 from __future__ import annotations
@@ -167,12 +177,86 @@ def wall(cmd: str, n: int = 3) -> float:
     return statistics.median(out)
 
 
+EVERY_PAIRS = ("float32:pt:1,float32:safetensors:1,bfloat16:pt:1,bfloat16:safetensors:1,"
+               "float32:safetensors:4,bfloat16:safetensors:4")
+
+
+def every(args) -> None:
+    """The every-tensor-changed pairs (see the module docstring)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _every
+    from _measure import env, fmt_s, machine, warm_bytecode, write_section
+
+    warm_bytecode()
+    data = ROOT / "benchmarks" / "data"
+    py = [sys.executable, "-m", "bufinspect"]
+    fused, plain = env(), env(BUFINSPECT_NO_KERNEL="1")
+    n = args.runs
+    tiny = data / "tiny.pt"
+    data.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", "import torch, sys; torch.save({'w': torch.ones(8)},"
+                    " sys.argv[1])", str(tiny)], check=True)
+    start = _every.median_run([*py, "--version"], 5, fused)
+    same = _every.median_run([*py, "diff", tiny, tiny, "--format", "json"], 5, fused)
+    head = (f"start-up: `bufinspect --version` {fmt_s(start[0])}, `diff` of two identical "
+            f"small files {fmt_s(same[0])} (medians of 5)")
+    print(machine())
+    print(head)
+    rows = ["| pair (every tensor changed by ~1e-3) | `cat` of both | diff, C kernel | ratio "
+            "[beyond start-up] | CPU s: cat / diff | peak RSS | diff, numpy path | naive "
+            "`torch.load` + `allclose` | naive / diff |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    try:
+        for spec in args.pairs.split(","):
+            dtype, fmt, gb = spec.split(":")
+            a, b = (Path(p) for p in subprocess.run(
+                [sys.executable, str(ROOT / "benchmarks" / "_every.py"), str(data), dtype, gb,
+                 fmt], check=True, capture_output=True, text=True).stdout.split())
+            size = a.stat().st_size + b.stat().st_size
+            _every.run(["cat", a, b])  # warm the page cache
+            cat = _every.median_run(["cat", a, b], n)
+            cmd = [*py, "diff", a, b, "--all", "--format", "json", "--jobs", "2"]
+            d = _every.median_run(cmd, n, fused)
+            d_np = _every.median_run(cmd, 1, plain)
+            if _every.mem_available() > 1.3 * size and (float(gb) <= 1 or not args.quick):
+                naive = _every.run([sys.executable, "-c", _every.NAIVE_DIFF, a, b])
+                naive_s, ratio = fmt_s(naive[0]), f"{naive[0] / d[0]:.1f}x"
+            else:
+                naive_s, ratio = "skipped (memory)", "-"
+            row = (f"| {gb} GB {dtype} .{fmt} ({size / 1e9:.1f} GB) | {fmt_s(cat[0])} | "
+                   f"{fmt_s(d[0])} | {d[0] / cat[0]:.2f}x [{(d[0] - start[0]) / cat[0]:.2f}x] | "
+                   f"{cat[1]:.2f} / {d[1]:.2f} | {d[2]:.0f} MB | {fmt_s(d_np[0])} "
+                   f"({d_np[0] / cat[0]:.1f}x) | {naive_s} | {ratio} |")
+            rows.append(row)
+            print(row, flush=True)
+            if not args.keep:
+                a.unlink()
+                b.unlink()
+    finally:
+        tiny.unlink(missing_ok=True)
+    load = os.getloadavg()
+    write_section("bench_diff_every", "\n".join([
+        "## diff, every tensor changed (`python benchmarks/bench_diff.py --every`)", "",
+        "Two checkpoints a training step apart (B = A + 1e-3 * randn on every tensor; LLM-like "
+        "4096-wide matrices plus small norm/bias vectors); `diff --all --format json --jobs 2`, "
+        f"warm page cache, medians of {n} (the numpy path and the naive script: 1 run). "
+        "`[beyond start-up]` subtracts `bufinspect --version`. CPU s: user + system seconds "
+        "of all threads, the steadier figure on this shared machine.", "",
+        machine(), f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+        "(1 / 5 / 15 min) on 2 cores.", "", head, "", *rows, ""]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gb", type=float, default=1.0)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    ap.add_argument("--every", action="store_true", help="the every-tensor-changed pairs")
+    ap.add_argument("--pairs", default=EVERY_PAIRS, help="DTYPE:FMT:GB,... for --every")
+    ap.add_argument("--quick", action="store_true", help="--every: no naive run over 1 GB")
     args = ap.parse_args()
+    if args.every:
+        return every(args)
     pairs = generate(args.size_gb)
     env_py = [sys.executable, "-m", "bufinspect"]
     os.chdir(ROOT)

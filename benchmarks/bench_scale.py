@@ -11,6 +11,14 @@ CLI has them, the naive torch.load (or safetensors load_file) + whole-tensor ops
 the same bytes on a warm page cache. Writes benchmarks/RESULTS.md.
 
     python benchmarks/bench_scale.py [--quick]
+
+`--every` measures `show --stats` and `check` on the bf16 checkpoints of the every-tensor-changed
+pairs (`_every.py`, 1 and 4 GB .safetensors, under benchmarks/data/, deleted at the end), each
+with the compiled kernel and with the numpy path (`BUFINSPECT_NO_KERNEL=1`), against `cat` and
+the naive load + whole-tensor-ops script in the same run. `--listing` measures listing at
+1k/10k/50k/100k tensors (see `listing`). Both write their own sections of RESULTS.md.
+
+    python benchmarks/bench_scale.py --every | --listing
 """
 
 from __future__ import annotations
@@ -337,7 +345,167 @@ def write_results(t: Table, found: dict, elapsed: float, diff: bool, check: bool
     print(f"wrote benchmarks/RESULTS.md ({elapsed:.0f} s)")
 
 
+FLOOR_SAFETENSORS = r"""
+import json, os, struct, sys
+p = sys.argv[1]
+files = ([os.path.join(p, f) for f in sorted(os.listdir(p)) if f.endswith(".safetensors")]
+         if os.path.isdir(p) else [p])
+n = 0
+for f in files:
+    with open(f, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        n += len(json.loads(fh.read(size)))
+print(n)
+"""
+
+FLOOR_PICKLE = r"""
+import io, pickle, sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+raw = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+
+class Stub:
+    def __init__(self, *a, **k):
+        pass
+    def __setstate__(self, state):
+        pass
+
+class Scan(pickle.Unpickler):
+    def find_class(self, module, name):
+        return Stub
+    def persistent_load(self, pid):
+        return pid
+
+print(len(Scan(io.BytesIO(raw)).load()))
+"""
+
+NAIVE_LIST = r"""
+import os, sys, torch
+from safetensors import safe_open
+p = sys.argv[1]
+if p.endswith(".pt"):
+    sd = torch.load(p, weights_only=True, mmap=True)
+    rows = [(k, tuple(t.shape), str(t.dtype)) for k, t in sd.items()]
+else:
+    files = ([os.path.join(p, f) for f in sorted(os.listdir(p)) if f.endswith(".safetensors")]
+             if os.path.isdir(p) else [p])
+    rows = []
+    for f in files:
+        with safe_open(f, "pt") as h:
+            rows += [(k, tuple(h.get_slice(k).get_shape()), h.get_slice(k).get_dtype())
+                     for k in h.keys()]
+print(len(rows))
+"""
+
+
+def listing() -> int:
+    """`bufinspect show` on checkpoints of 1k-100k tensors (MoE-like names; `_many.py`): one
+    .pt, one .safetensors and a 50-shard safetensors folder each (bufinspect reads no folder
+    of .pt shards), against the floor (json.loads of the headers; an unpickler that builds
+    nothing, over data.pkl) and the naive listing (torch.load(mmap=True) / safe_open)."""
+    import os
+
+    import _every
+    import _many
+
+    warm_bytecode()
+    data = Path(__file__).resolve().parent / "data"
+    fused = env()
+    start = _every.median_run([*bufinspect("--version")], 5, fused)
+    print(machine())
+    rows = ["| tensors | checkpoint | `show --format json` | CPU s | peak RSS | `show` (table) | "
+            "floor | json vs floor | naive | naive / json |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    counts = (1000, 10_000) if QUICK else (1000, 10_000, 50_000, 100_000)
+    for n in counts:
+        for kind in ("pt", "st", "shards"):
+            path = Path(subprocess.run(
+                [sys.executable, str(Path(__file__).resolve().parent / "_many.py"),
+                 str(data), str(n), kind], check=True, capture_output=True,
+                text=True).stdout.strip())
+            js = _every.median_run([*bufinspect("show", path, "--format", "json")],
+                                   REPEATS, fused)
+            table = _every.median_run([*bufinspect("show", path)], REPEATS, fused)
+            floor = _every.median_run([sys.executable, "-c", FLOOR_PICKLE if kind == "pt"
+                                       else FLOOR_SAFETENSORS, path], REPEATS)
+            naive = _every.run([sys.executable, "-c", NAIVE_LIST, path])
+            label = {"pt": ".pt", "st": ".safetensors", "shards": "50 shards"}[kind]
+            row = (f"| {n:,} | {label} | {fmt_s(js[0])} | {js[1]:.2f} | {js[2]:.0f} MB | "
+                   f"{fmt_s(table[0])} | {fmt_s(floor[0])} | {js[0] / floor[0]:.1f}x | "
+                   f"{fmt_s(naive[0])} | {naive[0] / js[0]:.1f}x |")
+            rows.append(row)
+            print(row, flush=True)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    load = os.getloadavg()
+    write_section("bench_scale_listing", "\n".join([
+        "## Listing many tensors (`python benchmarks/bench_scale.py --listing`)", "",
+        f"Whole processes, medians of {REPEATS} (naive: 1 run); warm page cache. Floor: a "
+        "process that only reads the safetensors headers with `json.loads`, or unpickles "
+        "data.pkl with an unpickler that builds nothing (`FLOOR_*` in bench_scale.py), start-up "
+        "included. Naive: `torch.load(mmap=True)` or `safe_open` listing every key's shape and "
+        f"dtype. Start-up (`bufinspect --version`): {fmt_s(start[0])}.", "", machine(),
+        f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 cores.",
+        "", *rows, ""]))
+    return 0
+
+
+def every() -> int:
+    """`show --stats` and `check` on bf16 checkpoints (see the module docstring)."""
+    import os
+
+    import _every
+
+    warm_bytecode()
+    data = Path(__file__).resolve().parent / "data"
+    py = bufinspect()
+    fused, plain = env(), env(BUFINSPECT_NO_KERNEL="1")
+    start = _every.median_run([*py, "--version"], 5, fused)
+    print(machine())
+    rows = ["| checkpoint | `cat` | command | wall, C kernel | vs cat [beyond start-up] | "
+            "CPU s: cat / command | peak RSS | numpy path | naive load + ops |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for gb in ("1", "4"):
+        a, b = (Path(p) for p in subprocess.run(
+            [sys.executable, str(Path(__file__).resolve().parent / "_every.py"), str(data),
+             "bfloat16", gb, "safetensors"], check=True, capture_output=True,
+            text=True).stdout.split())
+        b.unlink()
+        _every.run(["cat", a])
+        cat = _every.median_run(["cat", a], REPEATS)
+        naive = _every.run([sys.executable, "-c", _every.NAIVE_STATS, a])
+
+        def naive_cell(wall: float) -> str:
+            return f"{fmt_s(naive[0])} ({naive[0] / wall:.0f}x slower)"
+        for what in (["show", "--stats"], ["check", "--device", "cpu"]):
+            cmd = [*py, *what, a, "--format", "json", "--jobs", "2"]
+            w = _every.median_run(cmd, REPEATS, fused)
+            w_np = _every.median_run(cmd, 1, plain)
+            row = (f"| {gb} GB bf16 .safetensors | {fmt_s(cat[0])} | `{' '.join(what)}` | "
+                   f"{fmt_s(w[0])} | {w[0] / cat[0]:.2f}x [{(w[0] - start[0]) / cat[0]:.2f}x] |"
+                   f" {cat[1]:.2f} / {w[1]:.2f} | {w[2]:.0f} MB | {fmt_s(w_np[0])} "
+                   f"({w_np[0] / cat[0]:.1f}x) | {naive_cell(w[0])} |")
+            rows.append(row)
+            print(row, flush=True)
+        a.unlink()
+    load = os.getloadavg()
+    write_section("bench_scale_every", "\n".join([
+        "## bf16 statistics (`python benchmarks/bench_scale.py --every`)", "",
+        f"`--format json --jobs 2`, warm page cache, medians of {REPEATS} (numpy path and "
+        "naive: 1 run); the naive script loads the file and runs min/max/mean/std/NaN/Inf/zero "
+        "ops per tensor. `[beyond start-up]` subtracts `bufinspect --version` "
+        f"({fmt_s(start[0])}). CPU s: user + system, all threads.", "", machine(),
+        f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 cores.",
+        "", *rows, ""]))
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--every"]:
+        sys.exit(every())
+    if sys.argv[1:2] == ["--listing"]:
+        sys.exit(listing())
     if sys.argv[1:2] == ["--gen"]:
         _gen(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         sys.exit(0)

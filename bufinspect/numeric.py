@@ -4,7 +4,8 @@ seconds). One accumulator per question, each fed raw streamed pieces and merged 
 passes that feed them live in `bufinspect.scan`; their torch twins in `bufinspect.scan.gpu`."""
 
 # Long on purpose (~600 lines): the three accumulators share the float helpers, the per-thread
-# scratch and the bf16 tricks documented below; the fused kernel of issue #16 replaces most of it.
+# scratch and the bf16 tricks documented below. With the fused C kernel built (`kernels`, issue
+# #16) each accumulator hands float pieces to it; the numpy code below is the fallback.
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from bufinspect import dtypes
+from bufinspect import dtypes, kernels
 from bufinspect.model import ScanStats, TensorStats
 
 
@@ -49,6 +50,16 @@ def _fp8_table(name: str) -> np.ndarray:
         else:
             out[b] = sign * (1 + m / (1 << mbits)) * 2.0 ** (e - bias)
     return out
+
+
+def _table(dtype: str) -> np.ndarray | None:
+    """The decode table the fused kernel needs for an 8-bit float dtype."""
+    return _fp8_table(dtype) if dtype.startswith("float8") else None
+
+
+def fused() -> bool:
+    """True when the fused C kernel is built and enabled (`kernels.native`)."""
+    return kernels.native() is not None
 
 
 def as_float(arr: np.ndarray, dtype: str) -> np.ndarray:
@@ -240,10 +251,23 @@ class StatsAccumulator:
 
     def add_raw(self, arr: np.ndarray, dtype: str) -> None:
         """Add one streamed piece: raw elements as `stream.pieces` yields them."""
+        if self.kind == "float":
+            part = kernels.stats_partial(arr, dtype, table=_table(dtype))  # fused, if built
+            if part is not None:
+                self.add_partial(part)
+                return
         if self.kind != "float" or arr.size <= _EXACT or dtype not in _FAST:
             self.add(as_float(arr, dtype) if self.kind == "float" else arr)
         else:
             _FAST[dtype](self, arr, _scratch())
+
+    def add_partial(self, p: "kernels.StatsPartial") -> None:
+        """Fold in one piece's statistics from the fused kernel (or a twin of it)."""
+        self.nan += p.nan
+        self.inf += p.inf
+        self.zeros += p.zeros
+        if p.n:
+            self._merge(p.n, p.mean, p.m2, p.min, p.max)
 
     def _merge(self, n: int, mean: float, m2: float, lo: float, hi: float) -> None:
         self.min = min(self.min, lo)
@@ -385,6 +409,11 @@ class RangeAccumulator:
 
     def add_raw(self, arr: np.ndarray, dtype: str, negatives: bool) -> None:
         """Fold one streamed piece in (`negatives`: count values below zero too)."""
+        part = kernels.stats_partial(arr, dtype, moments=False, table=_table(dtype))
+        if part is not None:  # the fused kernel, if built
+            neg = part.neg if part.min < 0 and negatives else 0
+            self.merge_row(part.nan, part.inf, neg, part.min, part.max)
+            return
         if dtype == "bfloat16":  # the common all-finite case: integer reductions, no widening
             r = bf16_range(arr)
             if r is not None:
@@ -433,6 +462,11 @@ class DiffAccumulator:
 
     def add(self, a: np.ndarray, b: np.ndarray, dtype: str) -> None:
         """Compare one chunk pair (raw elements as streamed) in float64."""
+        if self.envelope is None:
+            part = kernels.diff_partial(a, b, dtype, self.rtol, self.atol, table=_table(dtype))
+            if part is not None:  # the fused kernel, if built
+                self.add_partial(part)
+                return
         cplx = dtypes.DTYPES[dtype].kind == "complex"
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             for i in range(0, a.size, _BLOCK):
@@ -502,6 +536,19 @@ class DiffAccumulator:
         for k in np.flatnonzero(top >= 0):
             key = lo + int(k)
             env[key] = max(env.get(key, 0.0), float(top[k]))
+
+    def add_partial(self, p: "kernels.DiffPartial") -> None:
+        """Fold in one piece's metrics from the fused kernel (or its torch twin)."""
+        self.diff_elems += p.elems
+        self.max_abs = max(self.max_abs, p.max_abs)
+        self.max_rel = max(self.max_rel, p.max_rel)
+        self.sum_abs += p.sum_abs
+        self.sum_d2 += p.sum_d2
+        self.aa += p.aa
+        self.ab += p.ab
+        self.bb += p.bb
+        self.mismatched += p.mismatched
+        self.nonfinite += p.nonfinite
 
     def add_equal(self, n: int) -> None:
         """Count `n` elements that were byte-identical (their norms come later, if needed)."""

@@ -130,8 +130,22 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
             continue
         by_module[e.module].append(e)
     layer_matched: set[str] = set()
+    versions = c.module_versions
+    single: dict[tuple, Decision | None] = {}  # one-tensor modules (MoE experts: 100k of them)
     for module, own in by_module.items():
-        found = match_layer(module, own, c.module_versions)
+        if len(own) == 1:  # decided by (name, shape, dtype, version) alone: matched once each
+            e = own[0]
+            version = versions.get(module) if versions is not None else None
+            if version is None or type(version) is int:
+                sig = (e.name, e.shape, e.dtype, versions is None, version)
+                if sig not in single:
+                    single[sig] = match_layer(module, own, versions).get(e.key)
+                decision = single[sig]
+                if decision is not None:
+                    layer_matched.add(module)
+                    votes.add(e.key, *decision)
+                continue
+        found = match_layer(module, own, versions)
         if found:
             layer_matched.add(module)
         for key, (role, evidence) in found.items():
@@ -307,13 +321,22 @@ def _order_consistent(entries: list[Entry], by_module: dict[str, list[Entry]],
     first: dict[str, int] = {}  # every module's first key (`_extra_state` keys included)
     for i, e in enumerate(entries):
         first.setdefault(e.module, i)
+    above: dict[str, int] = {"": -1}  # module -> the last own key of any of its ancestors
+
+    def ancestors_last(module: str) -> int:
+        found = above.get(module)
+        if found is None:  # one parent step per module (not a join per ancestor: 100k modules)
+            parent = module.rpartition(".")[0]
+            found = above[module] = max(last.get(parent, -1), ancestors_last(parent))
+        return found
+
     for module, i in first.items():  # no ancestor's own key after a descendant's first key
-        parts = module.split(".") if module else []
-        for n in range(len(parts)):
-            if last.get(".".join(parts[:n]), -1) > i:
-                return False
+        if ancestors_last(module) > i:
+            return False
     witness = False
     for module, own in by_module.items():
+        if len(own) == 1:
+            continue  # one key: no order inside it to break, no parameter-and-buffer witness
         known = [r for r in votes.roles(own) if r is not None]
         if any(a is Role.BUFFER and b is Role.PARAMETER for a, b in zip(known, known[1:])):
             return False

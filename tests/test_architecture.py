@@ -18,11 +18,12 @@ ALLOWED = {
     "_torch": {"errors"},  # torch as an extra: the one place that asks for it
     "model": {"errors"},
     "formats": {"model", "errors", "dtypes"},
-    "numeric": {"model", "dtypes"},
+    "kernels": {"_kernel"},  # the fused C kernel (issue #16): its compiled module only
+    "numeric": {"model", "dtypes", "kernels"},
     "parallel": {"model"},
     "roles": {"model", "errors", "dtypes", "formats"},
     "annotate": {"model", "errors", "formats", "_torch"},
-    "scan": {"model", "errors", "dtypes", "formats", "numeric", "parallel", "_torch"},
+    "scan": {"model", "errors", "dtypes", "formats", "numeric", "parallel", "kernels", "_torch"},
     "analysis": {"model", "errors", "dtypes", "scan", "parallel", "numeric"},
     "distributed": {"model", "errors", "parallel", "scan", "_torch"},
     "render": {"model", "errors", "escape"},

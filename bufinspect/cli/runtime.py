@@ -128,15 +128,32 @@ def emit(report: Report, fmt: OutputFormat, *, color: str = "auto", **options: A
     `options` go to the renderer (show: depth, explain; diff: show_equal, stat, limit; check:
     verbose); `color` styles the table.
     """
+    import gc
+
+    # Rendering builds several objects per entry and frees none until it is done: collections
+    # would rescan every entry of the checkpoint for nothing (to_dict of 100k entries: 0.5 s
+    # with the collector, 0.18 s without). It resumes afterwards.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _emit(report, fmt, color=color, **options)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _emit(report: Report, fmt: OutputFormat, *, color: str, **options: Any) -> None:
     from bufinspect import render
 
     if fmt is OutputFormat.JSON:
-        doc = report.to_dict()
         if options.get("stat") and isinstance(report, DiffReport):
             from bufinspect.model.diffstat import module_stats
 
+            doc = report.to_dict()
             doc["modules"] = [m.to_dict() for m in module_stats(report.entries)]
-        sys.stdout.write(render.to_json(doc) + "\n")
+            sys.stdout.write(render.to_json(doc) + "\n")
+        else:
+            sys.stdout.write(render.report_json(report) + "\n")
     elif fmt is OutputFormat.TABLE:
         render.table(report, stdout_console(color=color), **options)
     elif fmt is OutputFormat.MARKDOWN:

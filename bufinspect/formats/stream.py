@@ -491,12 +491,12 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
         return [(p[4 + 2 * side], p[5 + 2 * side], p[2],
                  p[3] * dtypes.itemsize(pairs[p[0]][0].dtype)) for p in batch]
 
-    def same_in_cache(sa, sb) -> bool:
+    def same_in_cache(sa, sb, start: int = 0) -> bool:
         (fa, pa, _, n), (fb, pb, _, _) = sa, sb
         da, db = pa % _ALIGN, pb % _ALIGN
         ha, hb = memoryview(hot[0].map), memoryview(hot[1].map)
         try:
-            for off in range(0, n, _SUB):
+            for off in range(start, n, _SUB):
                 m = min(_SUB, n - off)
                 _pread(fd(fa), ha[: da + m], pa + off - da, fa)
                 _pread(fd(fb), hb[: db + m], pb + off - db, fb)
@@ -513,14 +513,21 @@ def paired_chunks(pairs: list[tuple[Entry, Entry]], chunk_bytes: int = CHUNK_BYT
         ba, bb = bufs
         if len(batch) == 1:  # one piece of one tensor
             sa, sb = spans(batch, 0)[0], spans(batch, 1)[0]
-            if skip_equal and same_in_cache(sa, sb):
-                return None, 0, 0, 0
             n = sa[3]
             da, db = sa[1] % _ALIGN, sb[1] % _ALIGN
             ma, mb = memoryview(ba.map), memoryview(bb.map)
             try:
-                _pread(fd(sa[0]), ma[: da + n], sa[1] - da, sa[0])
-                _pread(fd(sb[0]), mb[: db + n], sb[1] - db, sb[0])
+                head = 0
+                if skip_equal:  # the first sub-block goes straight into the big buffers:
+                    head = min(_SUB, n)  # when it differs (every tensor changed, as between
+                    _pread(fd(sa[0]), ma[: da + head], sa[1] - da, sa[0])  # two training
+                    _pread(fd(sb[0]), mb[: db + head], sb[1] - db, sb[0])  # steps) nothing
+                    if _same(ba, da, bb, db, head):  # is read twice
+                        if same_in_cache(sa, sb, head):
+                            return None, 0, 0, 0
+                        head = 0  # a later sub-block differs: read the step whole
+                _pread(fd(sa[0]), ma[da + head: da + n], sa[1] + head, sa[0])
+                _pread(fd(sb[0]), mb[db + head: db + n], sb[1] + head, sb[0])
             finally:
                 ma.release()
                 mb.release()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import struct
 import zipfile
@@ -130,6 +131,7 @@ class ZipArchive:
         self.path = path
         self.zip: zipfile.ZipFile | None = None
         self._zip_file: Any = None
+        self._map: mmap.mmap | None = None
         self.fd = _files.open_fd(path)  # a regular file only (never a FIFO or a device)
         try:
             self.size = os.fstat(self.fd).st_size
@@ -166,6 +168,8 @@ class ZipArchive:
             self.zip.close()
         if self._zip_file is not None:
             self._zip_file.close()
+        if self._map is not None:
+            self._map.close()
         os.close(self.fd)
 
     def has(self, name: str) -> bool:
@@ -227,10 +231,12 @@ class ZipArchive:
         if info.compress_type != zipfile.ZIP_STORED:
             raise InputError(f"{name} is compressed; torch.save never compresses tensor data",
                              self.path)
-        raw = os.pread(self.fd, _LOCAL_HEADER.size, info.header_offset)
-        if len(raw) != _LOCAL_HEADER.size:
+        at = info.header_offset
+        if at + _LOCAL_HEADER.size > self.size:
             raise InputError(f"corrupt zip header for {name}", self.path)
-        sig, name_len, extra_len = _LOCAL_SPAN.unpack(raw)
+        if self._map is None:  # headers read from a map: a pread each cost 2.5 us (100k tensors)
+            self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
+        sig, name_len, extra_len = _LOCAL_SPAN.unpack_from(self._map, at)
         if sig != b"PK\x03\x04":
             raise InputError(f"corrupt zip header for {name}", self.path)
         start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len

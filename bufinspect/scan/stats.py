@@ -1,7 +1,8 @@
 """The statistics pass of `show --stats`: every selected tensor streamed once, in file order.
 
-Large pieces go to `numeric.StatsAccumulator`; whole small float tensors (BatchNorm buffers,
-biases) are reduced a batch at a time (`_SmallFloats`).
+Every piece goes to `numeric.StatsAccumulator` (the fused kernel when it is built); without the
+kernel, whole small float tensors (BatchNorm buffers, biases) are reduced a batch at a time
+(`_SmallFloats`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Iterable
 
 import numpy as np
 
-from bufinspect import dtypes, parallel
+from bufinspect import dtypes, numeric, parallel
 from bufinspect.model import Entry, TensorStats
 from bufinspect.numeric import StatsAccumulator, as_float
 from bufinspect.parallel import Work
@@ -61,9 +62,10 @@ def _stats_serial(entries: list[Entry], progress=None) -> dict[tuple[str, str], 
 
     acc: dict[int, StatsAccumulator] = {}
     small = _SmallFloats(acc)
+    batch = not numeric.fused()  # the fused kernel takes a whole small tensor in ~1 us as is
     # read in line, 2 MiB at a time: the chunk is still in cache when it is reduced
     for e, first, arr in stream.pieces(entries, STATS_CHUNK, prefetch=False):
-        if (arr.size == e.numel and arr.size <= _SMALL and not first
+        if (batch and arr.size == e.numel and arr.size <= _SMALL and not first
                 and stats_kind(e) == "float"):
             small.add(e, arr)  # a whole small float tensor: batched with its neighbours
         else:
