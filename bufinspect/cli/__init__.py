@@ -207,7 +207,7 @@ def diff(
     """
     from bufinspect.analysis import diff as diffing
     from bufinspect.analysis.views import selector
-    from bufinspect.formats import metrics, outputs
+    from bufinspect.formats import metrics, write
 
     fmt = OutputFormat(format.value)
     shown = dict(show_equal=show_equal, stat=stat, limit=limit)
@@ -230,9 +230,10 @@ def diff(
             raise UsageError("diff needs two checkpoints A B (or --from-metrics FILE)")
         cpu_note(device.value if device else "auto", "diff")
     ck_a, ck_b = _load(a), _load(b)
+    inputs = [a, b, *write.files_of((ck_a, ck_b))] if save_metrics is not None else []
     if save_metrics is not None:  # refused before the data pass, not after it
         with handled(save_metrics):
-            outputs.check_output(save_metrics, [a, b, *outputs.files_of((ck_a, ck_b))])
+            write.check_output(save_metrics, inputs)
     with handled(a), work(jobs, distributed) as shared:
         with progress(sum(e.nbytes for e in ck_a.entries)
                       + sum(e.nbytes for e in ck_b.entries)) as tick:
@@ -248,7 +249,7 @@ def diff(
             from bufinspect import render
 
             metrics.write_metrics(render.to_json(report.to_dict(envelope=True)), save_metrics,
-                                  inputs=[a, b, *outputs.files_of((ck_a, ck_b))])
+                                  inputs=inputs)
     if silent(shared):
         raise typer.Exit(0)
     emit_diff(report, fmt, quiet, color.value, filter, role, shown)
@@ -283,13 +284,13 @@ def trend(
     """
     from bufinspect import render
     from bufinspect.analysis.trend import trend as run
-    from bufinspect.formats import outputs
+    from bufinspect.formats import write
 
     with handled(paths[0] if paths else None):
         scope = _scope(all_, params)
         cpu_note(device.value if device else "auto", "trend")
         if plot is not None:
-            outputs.check_output(plot, paths)  # before any checkpoint is read
+            write.check_output(plot, paths)  # before any checkpoint is read
             try:
                 import matplotlib  # noqa: F401
             except ImportError:
@@ -303,7 +304,7 @@ def trend(
         if plot is not None:
             image = render.plot(report, os.path.splitext(plot)[1].lstrip(".").lower() or "png",
                                 top=top or None, scale=scale.value)
-            outputs.save_bytes(plot, image, inputs=[*paths, *outputs.files_of(checkpoints)])
+            write.write_atomic(plot, image, inputs=[*paths, *write.files_of(checkpoints)])
             drawn = min(top or len(report.rows), len(report.rows))
             stderr(f"bufinspect: wrote {path_excerpt(plot)} ({drawn} of {len(report.rows)} keys"
                    + (f"; --top {top}" if drawn < len(report.rows) else "") + ")")

@@ -1,6 +1,7 @@
 """Format readers: path -> Checkpoint, and every other file bufinspect reads or writes
-(`config`: pyproject policy, `metrics`: saved diff metrics, `annotations`: role sidecars and
-safetensors metadata, `outputs`: files the user asked for). The only code that opens files.
+(`config`: pyproject policy, `metrics`: saved diff metrics, `role_metadata`: role sidecars and
+safetensors metadata, `write`: every file the user asked for, written safely). The only code
+that opens files.
 
 To add a format: a reader module here (path -> Checkpoint, depending only on `model`, `errors`
 and `dtypes`), a branch in `sniff`/`read`, and a `Format` member in `model.checkpoint`.

@@ -35,6 +35,6 @@ def load_metrics(path: str) -> dict[str, Any]:
 def write_metrics(text: str, path: str, *, inputs: Iterable[str] = ()) -> None:
     """Write the metrics document (already rendered as JSON text) to `path`, never over one of
     the `inputs` (the checkpoints compared)."""
-    from bufinspect.formats.outputs import save_text
+    from bufinspect.formats.write import write_atomic
 
-    save_text(path, text + "\n", inputs=inputs)
+    write_atomic(path, text + "\n", inputs=inputs)

@@ -106,12 +106,12 @@ def write_annotations(checkpoint: Checkpoint, containers: dict[str, Any]) -> str
 
 
 def _write_sidecar(path: str, doc: dict[str, Any]) -> str:
-    from bufinspect.formats.outputs import save_text
+    from bufinspect.formats.write import write_atomic
 
     side = path + SIDECAR_SUFFIX
     doc = {"schema": doc["schema"], "file": os.path.basename(path),
            "fingerprint": fingerprint(path), "containers": doc["containers"]}
-    save_text(side, json.dumps(doc, indent=1) + "\n", inputs=[path])  # never through a link
+    write_atomic(side, json.dumps(doc, indent=1) + "\n", inputs=[path])  # never through a link
     return side
 
 

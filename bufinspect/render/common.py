@@ -3,7 +3,6 @@ formats, strict JSON, markdown cells and code spans."""
 
 from __future__ import annotations
 
-import json
 import re
 from enum import Enum
 from typing import Any, Iterable, NoReturn
