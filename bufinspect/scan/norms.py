@@ -6,7 +6,6 @@ differ between two checkpoints. Only the entries asked for are streamed (a few K
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -33,27 +32,18 @@ class Values:
 
 
 def read_values(entries: Iterable[Entry]) -> dict[int, Values]:
-    """Values of small floating tensors, by `id(entry)`: one streamed pass in file order."""
-    import numpy as np
+    """Values of small floating tensors, by `id(entry)`: one streamed pass in file order, the
+    extremes from `check`'s own `numeric.RangeAccumulator`."""
+    from bufinspect.numeric import RangeAccumulator
 
-    from bufinspect.numeric import as_float
-
-    acc: dict[int, list[Any]] = {}
+    acc: dict[int, tuple[RangeAccumulator, Any]] = {}
     for e, _, arr in stream.pieces([e for e in entries if stream.readable(e)]):
-        x = as_float(arr, e.dtype)
-        a = acc.setdefault(id(e), [math.inf, -math.inf, False, hashlib.blake2b(digest_size=16)])
-        a[3].update(arr.tobytes())
-        if x.size == 0:
-            continue
-        finite = np.isfinite(x)
-        if not finite.all():
-            a[2] = True
-            x = x[finite]
-            if x.size == 0:
-                continue
-        a[0] = min(a[0], float(x.min()))
-        a[1] = max(a[1], float(x.max()))
-    return {k: Values(lo, hi, bad, h.digest()) for k, (lo, hi, bad, h) in acc.items()}
+        found, digest = acc.setdefault(id(e), (RangeAccumulator(),
+                                               hashlib.blake2b(digest_size=16)))
+        digest.update(arr.tobytes())
+        found.add_raw(arr, e.dtype, negatives=False)
+    return {k: Values(r.min, r.max, bool(r.nan or r.inf), h.digest())
+            for k, (r, h) in acc.items()}
 
 
 def read_counters(entries: Iterable[Entry]) -> dict[int, int]:
