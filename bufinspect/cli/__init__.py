@@ -252,7 +252,7 @@ def diff(
                                   inputs=inputs)
     if silent(shared):
         raise typer.Exit(0)
-    emit_diff(report, fmt, quiet, color.value, filter, role, shown)
+    emit_diff(report, fmt, quiet, color.value, filter, role, shown, narrowed=True)
 
 
 @app.command(cls=Command, short_help="How each buffer drifts across a series of checkpoints.")

@@ -167,12 +167,15 @@ def _emit(report: Report, fmt: OutputFormat, *, color: str, **options: Any) -> N
 
 
 def emit_diff(report, fmt: OutputFormat, quiet: bool, color: str, filters, roles,
-               shown: dict) -> None:
-    """--filter/--role narrow the report (the exit code follows), -q prints nothing."""
+               shown: dict, *, narrowed: bool = False) -> None:
+    """--filter/--role narrow the report (the exit code follows), -q prints nothing.
+    `narrowed`: the diff itself kept only the selection (`diff(keep=...)`); a report re-judged
+    from saved metrics is narrowed here."""
     if filters or roles:
-        from bufinspect.analysis.views import select_diff
+        if not narrowed:
+            from bufinspect.analysis.views import select_diff
 
-        report = select_diff(report, filters=filters or (), roles=roles or ())
+            report = select_diff(report, filters=filters or (), roles=roles or ())
         if filters and not report.entries:
             stderr("bufinspect: note: no key matches --filter "
                    + " ".join(repr(g) for g in filters))
