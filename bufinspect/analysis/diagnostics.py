@@ -38,13 +38,13 @@ from typing import Any, Iterable, Sequence
 
 from bufinspect import dtypes
 from bufinspect.analysis.align import align
-from bufinspect.model import Checkpoint, ContainerKind, Entry, ModelState, Role
+from bufinspect.analysis.findings import module_entries, name_keys, plural, qualified
+from bufinspect.model import Checkpoint, Entry, ModelState, Role
 from bufinspect.scan.norms import read_counters, read_values
 
 STATS = ("running_mean", "running_var")
 COUNTER = "num_batches_tracked"
 _AFFINE = ("weight", "bias")
-_MODULE_KINDS = (ContainerKind.STATE_DICT, ContainerKind.MODULE)
 
 # An EMA / averaged copy is named like one: `ema`, `model_ema`, `state_dict_ema`, `ema_model`,
 # `swa_model`, `averaged_model`, `average_model_state` (Lightning's StochasticWeightAveraging),
@@ -63,21 +63,6 @@ _MAX_CANDIDATES = 64
 def is_ema_name(name: str) -> bool:
     """True for a container path or key component that names an EMA/averaged copy."""
     return bool(_EMA_WORD.search(name.lower().replace("-", "_")))
-
-
-def _qual(e: Entry) -> str:
-    return f"{e.container}/{e.key}" if e.container else e.key
-
-
-def _names(items: Sequence[str], limit: int = 3) -> str:
-    items = list(items)
-    if len(items) <= limit:
-        return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-    return ", ".join(items[:limit]) + f" and {len(items) - limit} more"
-
-
-def _plural(n: int, one: str, many: str | None = None) -> str:
-    return f"{n} {one}" if n == 1 else f"{n} {many or one + 's'}"
 
 
 # ---- normalization layers and what their tensors hold ------------------------------------
@@ -240,9 +225,7 @@ def ema_pairs(ck: Checkpoint, entries: list[Entry]) -> list[EmaPair]:
     sit under one attribute (ema_pytorch's `ema_model.`) is tried under it when it does not line
     up whole.
     """
-    kinds = {c.path: c.kind for c in ck.containers}
-    module_entries = [e for e in entries if kinds.get(e.container) in _MODULE_KINDS]
-    views = _views(module_entries)
+    views = _views(module_entries(ck, entries))
     lightning_avg = "state_dict" in views and "current_model_state" in views
     copies: list[tuple[View, ...]] = []  # each copy, with the views to try in turn
     for c, vs in views.items():
@@ -346,11 +329,9 @@ def _in_view(view: View, layer: NormLayer) -> bool:
 def analyze(ck: Checkpoint, entries: list[Entry]) -> tuple[list[Diagnosis], FileState]:
     """`stats-at-init`, `stats-never-tracked` and `ema-buffers-stale` for one checkpoint's
     selected entries; the state it read is returned for `compare_files`."""
-    kinds = {c.path: c.kind for c in ck.containers}
-    module_entries = [e for e in entries if kinds.get(e.container) in _MODULE_KINDS]
-    layers = {(s.layer.container, s.layer.module): s
-              for s in layer_states(norm_layers(module_entries))}
-    pairs = ema_pairs(ck, module_entries)
+    state = module_entries(ck, entries)
+    layers = {(s.layer.container, s.layer.module): s for s in layer_states(norm_layers(state))}
+    pairs = ema_pairs(ck, state)
     out: list[Diagnosis] = []
     copies = [p.ema for p in pairs]
 
@@ -370,9 +351,9 @@ def analyze(ck: Checkpoint, entries: list[Entry]) -> tuple[list[Diagnosis], File
         where = f" in {container!r}" if container else ""
         counter = " and num_batches_tracked 0" if any(s.counter == 0 for s in hit) else ""
         out.append(Diagnosis(
-            "stats-at-init", tuple(_qual(e) for s in hit for e in (s.layer.mean, s.layer.var)),
-            f"{_names([s.layer.label for s in hit])} ({len(hit)} of "
-            f"{_plural(total, 'normalization layer')}{where}): running statistics still at "
+            "stats-at-init", tuple(qualified(e) for s in hit for e in (s.layer.mean, s.layer.var)),
+            f"{name_keys([s.layer.label for s in hit])} ({len(hit)} of "
+            f"{plural(total, 'normalization layer')}{where}): running statistics still at "
             f"init (mean 0, var 1{counter}) while the affine parameters trained, so eval mode "
             f"normalizes with mean 0 / var 1. Usually: trained in eval mode or with frozen "
             f"norms, or statistics never loaded"))
@@ -394,9 +375,9 @@ def analyze(ck: Checkpoint, entries: list[Entry]) -> tuple[list[Diagnosis], File
                 s.affine_trained for s in states):
             where = f" in {container!r}" if container else ""
             out.append(Diagnosis(
-                "stats-never-tracked", tuple(_qual(s.layer.counter) for s in counted),
+                "stats-never-tracked", tuple(qualified(s.layer.counter) for s in counted),
                 f"num_batches_tracked is 0 on {'the' if len(counted) == 1 else 'all'} "
-                f"{_plural(len(counted), 'normalization layer')}"
+                f"{plural(len(counted), 'normalization layer')}"
                 f"{where} while the parameters trained: no train-mode forward pass counted a "
                 f"batch. Usually: trained in eval mode, or statistics copied or converted from "
                 f"elsewhere (InstanceNorm never counts); it matters with momentum=None"))
@@ -427,9 +408,9 @@ def _ema_findings(pair: EmaPair, layers: dict[tuple[str, str], LayerState],
     if lacking:
         where = f"{pair.model.file}:" if pair.model.file else ""
         out.append(Diagnosis(
-            "ema-buffers-stale", tuple(where + _qual(e) for e in lacking),
-            f"{copy!r} (averaged copy of {model!r}) lacks {_plural(len(lacking), 'buffer')} the "
-            f"model has: {_names([pair.model.local(e.key) for e in lacking])}{how}, so loading "
+            "ema-buffers-stale", tuple(where + qualified(e) for e in lacking),
+            f"{copy!r} (averaged copy of {model!r}) lacks {plural(len(lacking), 'buffer')} the "
+            f"model has: {name_keys([pair.model.local(e.key) for e in lacking])}{how}, so loading "
             f"it keeps whatever statistics the target model holds. Usually: the EMA was built "
             f"from named_parameters() only (average the state_dict(), or use timm ModelEmaV3 / "
             f"AveragedModel)"))
@@ -438,9 +419,9 @@ def _ema_findings(pair: EmaPair, layers: dict[tuple[str, str], LayerState],
     if stuck:
         out.append(Diagnosis(
             "ema-buffers-stale",
-            tuple(_qual(x) for e, _ in stuck for x in (e.layer.mean, e.layer.var)),
+            tuple(qualified(x) for e, _ in stuck for x in (e.layer.mean, e.layer.var)),
             f"{copy!r} (averaged copy of {model!r}): running statistics of "
-            f"{_names([e.layer.label for e, _ in stuck])} still at init while the model's moved"
+            f"{name_keys([e.layer.label for e, _ in stuck])} still at init while the model's moved"
             f"{how}, so the EMA evaluates with mean 0 / var 1. Usually: the EMA averages "
             f"parameters() but not buffers (use timm ModelEmaV3 or AveragedModel(use_buffers="
             f"True), or copy the buffers from the model)"))
@@ -473,9 +454,9 @@ def compare_files(states: Sequence[FileState]) -> list[tuple[str, Diagnosis]]:
             if frozen:
                 out.append((later.path, Diagnosis(
                     "ema-buffers-stale",
-                    tuple(_qual(x) for e in frozen for x in (e.layer.mean, e.layer.var)),
+                    tuple(qualified(x) for e in frozen for x in (e.layer.mean, e.layer.var)),
                     f"{pair.ema.label!r} (averaged copy of {pair.model.label!r}): running "
-                    f"statistics of {_names([e.layer.label for e in frozen])} byte-identical "
+                    f"statistics of {name_keys([e.layer.label for e in frozen])} byte-identical "
                     f"to {earlier.path} while the model's statistics and the copy's parameters "
                     f"moved, so its buffers are frozen at an earlier state. Usually: the EMA "
                     f"updates parameters() only")))
@@ -538,11 +519,9 @@ def _stem(path: str, drop_ema: bool = False) -> str:
 
 def _file_view(ck: Checkpoint, entries: list[Entry]) -> View | None:
     """A file's largest module state dict, as a view named by the file."""
-    kinds = {c.path: c.kind for c in ck.containers}
     by_container: dict[str, list[Entry]] = defaultdict(list)
-    for e in entries:
-        if kinds.get(e.container) in _MODULE_KINDS:
-            by_container[e.container].append(e)
+    for e in module_entries(ck, entries):
+        by_container[e.container].append(e)
     if not by_container:
         return None
     c, es = max(by_container.items(), key=lambda kv: len(kv[1]))

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Callable, Sequence
 
-from bufinspect.analysis.diagnostics import _AFFINE, COUNTER, STATS, _names, _plural
+from bufinspect.analysis.diagnostics import _AFFINE, COUNTER, STATS
+from bufinspect.analysis.findings import name_keys, plural
 from bufinspect.model import DiffNote, Entry, Role, Scope, Status
 from bufinspect.scan.norms import bytes_differ
 
@@ -74,8 +75,8 @@ def diff_notes(entries: Sequence[Any], changed_params: Callable[[], bool]) -> li
         notes.append(DiffNote(
             "stats-frozen",
             f"buffers did not move while parameters trained: all "
-            f"{_plural(len(stats), 'running statistic')} of "
-            f"{_plural(len(layers), 'normalization layer')} are equal but parameters changed. "
+            f"{plural(len(stats), 'running statistic')} of "
+            f"{plural(len(layers), 'normalization layer')} are equal but parameters changed. "
             f"BatchNorm in eval mode or frozen? (intended when fine-tuning with frozen norms)",
             tuple(d.key for d in stats)))
     moved, ticked = [], []
@@ -98,14 +99,14 @@ def diff_notes(entries: Sequence[Any], changed_params: Callable[[], bool]) -> li
         notes.append(DiffNote(
             "stats-moved-counter-still",
             f"running statistics moved but num_batches_tracked did not in "
-            f"{_names(moved)}: the statistics were copied, averaged (EMA, SWA update_bn) or "
+            f"{name_keys(moved)}: the statistics were copied, averaged (EMA, SWA update_bn) or "
             f"re-estimated outside forward passes in train mode",
             tuple(f"{m}.{COUNTER}" if m != "(root)" else COUNTER for m in moved)))
     if ticked:
         notes.append(DiffNote(
             "counter-moved-stats-still",
             f"num_batches_tracked moved but the running statistics did not in "
-            f"{_names(ticked)}: forward passes counted batches without updating the "
+            f"{name_keys(ticked)}: forward passes counted batches without updating the "
             f"statistics (momentum 0), or the statistics were restored afterwards",
             tuple(f"{m}.{COUNTER}" if m != "(root)" else COUNTER for m in ticked)))
     return notes

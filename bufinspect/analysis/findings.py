@@ -56,7 +56,7 @@ FINDINGS: dict[str, tuple[Severity, str]] = {
 }
 
 _LOW_PRECISION = {"float16", "bfloat16"}
-_MODULE_KINDS = (ContainerKind.STATE_DICT, ContainerKind.MODULE)
+MODULE_KINDS = (ContainerKind.STATE_DICT, ContainerKind.MODULE)
 
 
 # ---- messages -------------------------------------------------------------------------------
@@ -69,13 +69,21 @@ def name_keys(keys: Sequence[str], limit: int = 3) -> str:
     return ", ".join(keys[:limit]) + f" and {len(keys) - limit} more"
 
 
-def _qual(e: Entry) -> str:
+def module_entries(ck: Checkpoint, entries: Iterable[Entry]) -> list[Entry]:
+    """The entries that are module state (a state dict or a pickled module), not optimizer
+    state or loose tensors."""
+    kinds = {c.path: c.kind for c in ck.containers}
+    return [e for e in entries if kinds.get(e.container) in MODULE_KINDS]
+
+
+def qualified(e: Entry) -> str:
     """The key as a user finds it: `model/bn1.running_var` for a nested container."""
     return f"{e.container}/{e.key}" if e.container else e.key
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """`1 tensor`, `3 tensors` (`many` for irregular plurals)."""
+    return f"{n} {one}" if n == 1 else f"{n} {many or one + 's'}"
 
 
 
@@ -96,7 +104,7 @@ def _by_value(entries: Iterable[Entry], attr: Callable[[Entry], Any]) -> dict[An
 
 
 def _split_summary(groups: dict[Any, list[Entry]]) -> str:
-    return "; ".join(f"{k} ({len(v)}: {name_keys([_qual(e) for e in v], 2)})"
+    return "; ".join(f"{k} ({len(v)}: {name_keys([qualified(e) for e in v], 2)})"
                      for k, v in sorted(groups.items(), key=lambda kv: -len(kv[1])))
 
 
@@ -118,12 +126,12 @@ class _Findings:
 
     def add(self, fid: str, entries_or_keys: Iterable[Entry | str], message: str,
             severity: Severity | None = None) -> None:
-        keys = tuple(_qual(k) if isinstance(k, Entry) else k for k in entries_or_keys)
+        keys = tuple(qualified(k) if isinstance(k, Entry) else k for k in entries_or_keys)
         self.items.append(Finding(fid, severity or FINDINGS[fid][0], self.path, keys, message))
 
 
 def _keys(entries: Sequence[Entry], limit: int = 3) -> str:
-    return name_keys([_qual(e) for e in entries], limit)
+    return name_keys([qualified(e) for e in entries], limit)
 
 
 def _device_checks(out: _Findings, entries: list[Entry], module_entries: list[Entry],
@@ -147,7 +155,7 @@ def _device_checks(out: _Findings, entries: list[Entry], module_entries: list[En
     if on_gpu:
         hit = [e for v in on_gpu.values() for e in v]
         out.add("gpu-saved", hit,
-                f"{_plural(len(hit), 'tensor')} saved from {', '.join(sorted(on_gpu))} "
+                f"{plural(len(hit), 'tensor')} saved from {', '.join(sorted(on_gpu))} "
                 f"({_keys(hit)}): a CPU-only machine needs torch.load(path, map_location='cpu')")
     if gpus is None:
         return
@@ -159,7 +167,7 @@ def _device_checks(out: _Findings, entries: list[Entry], module_entries: list[En
         have = "cuda:0" if gpus == 1 else f"cuda:0..cuda:{gpus - 1}"
         out.add("missing-device", hit,
                 f"{_keys(hit)} {_are(len(hit), 'was', 'were')} saved from "
-                f"{', '.join(sorted(missing))} but this machine has {_plural(gpus, 'GPU')} "
+                f"{', '.join(sorted(missing))} but this machine has {plural(gpus, 'GPU')} "
                 f"({have}): load with map_location={{{remap}}} or map_location='cpu'")
 
 
@@ -236,7 +244,7 @@ def _storage_checks(out: _Findings, entries: list[Entry]) -> None:
     if groups:
         more = f" and {len(groups) - 3} more groups" if len(groups) > 3 else ""
         out.add("shared-storage", [e for g in groups for e in g],
-                f"{_plural(len(groups), 'storage')} shared by several keys (tied or view "
+                f"{plural(len(groups), 'storage')} shared by several keys (tied or view "
                 f"tensors): {'; '.join(_keys(g) for g in groups[:3])}{more}")
     # entries with persistent=False come from pickled modules, or (roles issue) a --model factory
     npb = [e for e in entries if e.role is Role.BUFFER and e.persistent is False]
@@ -283,11 +291,10 @@ def metadata_findings(ck: Checkpoint, entries: list[Entry], gpus: int | None,
                      policy: Policy) -> list[Finding]:
     """Every finding that needs no tensor data, for one checkpoint's selected entries."""
     out = _Findings(ck.path)
-    kinds = {c.path: c.kind for c in ck.containers}
-    module_entries = [e for e in entries if kinds.get(e.container) in _MODULE_KINDS]
-    _device_checks(out, entries, module_entries, gpus)
-    _dtype_checks(out, module_entries)
-    _norm_checks(out, ck, module_entries)
+    module_state = module_entries(ck, entries)
+    _device_checks(out, entries, module_state, gpus)
+    _dtype_checks(out, module_state)
+    _norm_checks(out, ck, module_state)
     _storage_checks(out, entries)
     _policy_checks(out, entries, policy)
     if ck.calls:
@@ -312,16 +319,16 @@ def numeric_findings(path: str, entries: list[Entry], stats: dict[int, ScanStats
         if hit:
             total = sum(n for _, n in hit)
             if len(hit) == 1:
-                msg = f"{_qual(hit[0][0])} holds {_plural(total, word)}"
+                msg = f"{qualified(hit[0][0])} holds {plural(total, word)}"
             else:
-                parts = [f"{_qual(e)} ({n})" for e, n in hit]
-                msg = f"{_plural(total, word)} in {len(hit)} tensors: {name_keys(parts)}"
-            out.append(Finding(fid, _ERROR, path, tuple(_qual(e) for e, _ in hit), msg))
+                parts = [f"{qualified(e)} ({n})" for e, n in hit]
+                msg = f"{plural(total, word)} in {len(hit)} tensors: {name_keys(parts)}"
+            out.append(Finding(fid, _ERROR, path, tuple(qualified(e) for e, _ in hit), msg))
     neg = [(e, stats[id(e)]) for e in entries if e.name == "running_var" and id(e) in stats
            and stats[id(e)].negative]
     if neg:
-        parts = [f"{_qual(e)} ({s.negative} of {e.numel}, min {s.min:.4g})" for e, s in neg]
-        out.append(Finding("negative-variance", _ERROR, path, tuple(_qual(e) for e, _ in neg),
+        parts = [f"{qualified(e)} ({s.negative} of {e.numel}, min {s.min:.4g})" for e, s in neg]
+        out.append(Finding("negative-variance", _ERROR, path, tuple(qualified(e) for e, _ in neg),
                            f"negative running variance: {name_keys(parts)}; the statistics are "
                            f"corrupt (re-estimate them, e.g. a pass in train mode)"))
     return out

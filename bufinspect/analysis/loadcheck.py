@@ -10,8 +10,8 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 from bufinspect.analysis.align import align
-from bufinspect.analysis.diagnostics import (_MODULE_KINDS, Diagnosis, _alignment_text, _names,
-                                             _plural, _qual)
+from bufinspect.analysis.diagnostics import Diagnosis, _alignment_text
+from bufinspect.analysis.findings import module_entries, name_keys, plural, qualified
 from bufinspect.model import Checkpoint, Entry, ModelState
 
 
@@ -21,10 +21,9 @@ def model_findings(ck: Checkpoint, entries: list[Entry], expected: ModelState,
     dict of the file that the model recognizes (any key in common after alignment); when none
     does, for the largest one. Keys are aligned as `diff` aligns them (`module.`/`_orig_mod.`
     removed from the side that alone has them), and the alignment is reported."""
-    kinds = {c.path: c.kind for c in ck.containers}
     groups: dict[str, list[Entry]] = defaultdict(list)
-    for e in entries:
-        if kinds.get(e.container) in _MODULE_KINDS and e.persistent is not False:
+    for e in module_entries(ck, entries):
+        if e.persistent is not False:
             groups[e.container].append(e)
     want = list(expected.shapes)
     results = []
@@ -96,14 +95,14 @@ def _load_findings(container: str, es: list[Entry], ma: dict[str, str], mb: dict
     if missing:
         nb = sum(1 for k in missing if k in expected.buffers)
         kinds = ", ".join(x for x in (
-            _plural(nb, "persistent buffer") if nb else "",
-            _plural(len(missing) - nb, "parameter") if len(missing) > nb else "") if x)
+            plural(nb, "persistent buffer") if nb else "",
+            plural(len(missing) - nb, "parameter") if len(missing) > nb else "") if x)
         cause = ("a buffer registered after the checkpoint was saved (persistent=False if it "
                  "is derived, or load with strict=False and fill it in)"
                  if nb else "the file comes from another version or configuration of the model")
         out.append(Diagnosis(
             "missing-key", tuple(missing),
-            f"{spec} expects {kinds} that the state dict{where} lacks: {_names(missing, 5)}"
+            f"{spec} expects {kinds} that the state dict{where} lacks: {name_keys(missing, 5)}"
             f"{how}; load_state_dict(strict=True) raises 'Missing key(s)'. Usually: {cause}"))
     if verdict is not None:
         unexpected = [e for e in es if model_by_name.get(ma[e.key], ma[e.key]) in verdict[1]]
@@ -111,9 +110,9 @@ def _load_findings(container: str, es: list[Entry], ma: dict[str, str], mb: dict
         unexpected = [e for e in es if ma[e.key] not in model_by_name]
     if unexpected:
         out.append(Diagnosis(
-            "unexpected-key", tuple(_qual(e) for e in unexpected),
-            f"the state dict{where} holds {_plural(len(unexpected), 'key')} that {spec} does "
-            f"not have: {_names([e.key for e in unexpected], 5)}{how}; load_state_dict("
+            "unexpected-key", tuple(qualified(e) for e in unexpected),
+            f"the state dict{where} holds {plural(len(unexpected), 'key')} that {spec} does "
+            f"not have: {name_keys([e.key for e in unexpected], 5)}{how}; load_state_dict("
             f"strict=True) raises 'Unexpected key(s)'. Usually: a layer or buffer removed or "
             f"renamed since the checkpoint was saved, or state of another model"))
     mismatched = []
@@ -128,9 +127,9 @@ def _load_findings(container: str, es: list[Entry], ma: dict[str, str], mb: dict
     if mismatched:
         detail = [f"{e.key} {_fmt(e.shape)} vs {_fmt(w)}" for e, w in mismatched]
         out.append(Diagnosis(
-            "shape-mismatch", tuple(_qual(e) for e, _ in mismatched),
-            f"{_plural(len(mismatched), 'tensor')} of the state dict{where} differ in shape "
-            f"from {spec} (file vs model): {_names(detail, 4)}{how}; load_state_dict raises "
+            "shape-mismatch", tuple(qualified(e) for e, _ in mismatched),
+            f"{plural(len(mismatched), 'tensor')} of the state dict{where} differ in shape "
+            f"from {spec} (file vs model): {name_keys(detail, 4)}{how}; load_state_dict raises "
             f"'size mismatch'. Usually: a changed layer size (classes, width, vocabulary)"))
     return out
 
