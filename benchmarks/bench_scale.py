@@ -502,6 +502,15 @@ def every() -> int:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    if sys.argv[1:2] != ["--gen"]:  # (--gen is the script's own child command)
+        ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+        mode = ap.add_mutually_exclusive_group()
+        mode.add_argument("--every", action="store_true", help="bf16 show --stats / check")
+        mode.add_argument("--listing", action="store_true", help="listing 1k-100k tensors")
+        ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer runs")
+        ap.parse_args()
     if sys.argv[1:2] == ["--every"]:
         sys.exit(every())
     if sys.argv[1:2] == ["--listing"]:

@@ -89,7 +89,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--make"]:
+    if sys.argv[1:2] == ["--make"]:  # (the script's own child command)
         _make(Path(sys.argv[2]), int(sys.argv[3]))
         sys.exit(0)
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     sys.exit(main())
