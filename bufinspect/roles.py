@@ -117,43 +117,56 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
                       annotation: dict[str, Any] | None) -> Container:
     entries = list(c.entries)
     votes = _Votes()
+    unknown = Role.UNKNOWN
     for e in entries:
-        if e.role is not Role.UNKNOWN:  # a reader already knew
+        if e.role is not unknown:  # a reader already knew
             votes.add(e.key, e.role, e.evidence, exact=True)
     if annotation:
         for key, role in annotation.items():
             votes.add(key, role, "metadata:bufinspect", exact=True)
-    by_module: dict[str, list[Entry]] = defaultdict(list)
+    # (the loops below run once per tensor, 100,000 times in a mixture-of-experts checkpoint:
+    # a fresh key's first vote is written straight into `decided`, which is what `add` does)
+    decided, conflicts = votes.decided, votes.conflicts
+    by_module: dict[str, list[Entry]] = {}
     for e in entries:
         if e.name == "_extra_state":  # get_extra_state(): module state, neither role
-            votes.conflicts.setdefault(e.key, "extra-state")
+            conflicts.setdefault(e.key, "extra-state")
             continue
-        by_module[e.module].append(e)
-    layer_matched: set[str] = set()
+        own = by_module.get(e.module)
+        if own is None:
+            by_module[e.module] = [e]
+        else:
+            own.append(e)
+    layer_matched: set[str] = set()  # modules of several keys that matched a layer
     versions = c.module_versions
+    no_versions = versions is None
     single: dict[tuple, Decision | None] = {}  # one-tensor modules (MoE experts: 100k of them)
     for module, own in by_module.items():
         if len(own) == 1:  # decided by (name, shape, dtype, version) alone: matched once each
             e = own[0]
-            version = versions.get(module) if versions is not None else None
+            version = None if no_versions else versions.get(module)
             if version is None or type(version) is int:
-                sig = (e.name, e.shape, e.dtype, versions is None, version)
-                if sig not in single:
-                    single[sig] = match_layer(module, own, versions).get(e.key)
-                decision = single[sig]
-                if decision is not None:
-                    layer_matched.add(module)
-                    votes.add(e.key, *decision)
+                sig = (e.name, e.shape, e.dtype, no_versions, version)
+                decision = single.get(sig, single)
+                if decision is single:
+                    decision = single[sig] = match_layer(module, own, versions).get(e.key)
+                if decision is not None:  # (not in `layer_matched`: one key witnesses no order)
+                    if e.key in decided or e.key in conflicts:
+                        votes.add(e.key, *decision)
+                    else:
+                        decided[e.key] = decision
                 continue
         found = match_layer(module, own, versions)
         if found:
             layer_matched.add(module)
         for key, (role, evidence) in found.items():
             votes.add(key, role, evidence)
-    for e in entries:
-        d = _dtype_decision(e.dtype)
-        if d:
-            votes.add(e.key, *d)
+    by_dtype = {d: _dtype_decision(d) for d in {e.dtype for e in entries}}
+    if any(by_dtype.values()):
+        for e in entries:
+            d = by_dtype[e.dtype]
+            if d:
+                votes.add(e.key, *d)
     order_ok = ordered and _order_consistent(entries, by_module, layer_matched, votes,
                                              c.module_versions is not None)
     for opt in optimizers:
@@ -165,17 +178,24 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
             for key, (role, evidence) in _by_order(own, votes).items():
                 votes.add(key, role, evidence)
     out = []
-    conflicts, decided, undecided = votes.conflicts, votes.decided, (Role.UNKNOWN, "none")
+    undecided, buffer, new = (unknown, "none"), Role.BUFFER, object.__new__
     for e in entries:
-        if e.key in conflicts:
-            role, evidence = Role.UNKNOWN, conflicts[e.key]
+        key = e.key
+        if key in conflicts:
+            role, evidence = unknown, conflicts[key]
         else:
-            role, evidence = decided.get(e.key, undecided)
+            role, evidence = decided.get(key, undecided)
         if role is e.role and evidence == e.evidence:
             out.append(e)
             continue
-        persistent = True if role is Role.BUFFER else None  # a state dict holds persistent ones
-        out.append(e.with_role(role, evidence, persistent))
+        # `e.with_role(role, evidence, persistent)`, inlined (once per tensor): a state dict
+        # holds persistent buffers only
+        n = new(Entry)
+        d = n.__dict__
+        d.update(e.__dict__)
+        d["role"], d["evidence"], d["persistent"] = role, evidence, (
+            True if role is buffer else None)
+        out.append(n)
     return dataclasses.replace(c, entries=tuple(out))
 
 
@@ -311,6 +331,8 @@ def _order_consistent(entries: list[Entry], by_module: dict[str, list[Entry]],
     """True when the keys are in `state_dict()` order: own keys contiguous, before descendants,
     parameters before buffers in every module whose roles are known; without `_metadata`, a
     layer holding both parameters and buffers must witness it."""
+    if not has_metadata and not _witness(by_module, layer_matched, votes):
+        return False  # (the checks below only ever return False: skip them, 100k modules)
     index = {e.key: i for i, e in enumerate(entries)}
     last: dict[str, int] = {}
     for module, own in by_module.items():
@@ -343,6 +365,17 @@ def _order_consistent(entries: list[Entry], by_module: dict[str, list[Entry]],
         if module in layer_matched and Role.BUFFER in known and Role.PARAMETER in known:
             witness = True
     return has_metadata or witness
+
+
+def _witness(by_module: dict[str, list[Entry]], layer_matched: set[str], votes: _Votes) -> bool:
+    """A layer-matched module whose own keys hold both a parameter and a buffer."""
+    for module in layer_matched:
+        own = by_module[module]
+        if len(own) > 1:
+            known = votes.roles(own)
+            if Role.BUFFER in known and Role.PARAMETER in known:
+                return True
+    return False
 
 
 def _by_order(own: list[Entry], votes: _Votes) -> dict[str, Decision]:

@@ -64,3 +64,72 @@ def test_zip_member_past_the_end_is_refused(tmp_path):
             arc.data_span(name)
     finally:
         arc.close()
+
+
+# ---- the one-pass safetensors header (validation and entries together) -----------------------
+
+def _header_file(tmp_path, tensors: dict, data: int):
+    raw = json.dumps(tensors).encode()
+    path = tmp_path / "h.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * data)
+    return path
+
+
+def _entries(path):
+    with open(path, "rb") as f:
+        return safetensors_fmt.header_entries(str(path), f, path.stat().st_size)[3]
+
+
+def _t(begin: int, end: int, shape=None) -> dict:
+    return {"dtype": "F32", "shape": shape if shape is not None else [(end - begin) // 4],
+            "data_offsets": [begin, end]}
+
+
+def test_entries_come_in_file_order_whatever_the_header_order(tmp_path):
+    path = _header_file(tmp_path, {"a": _t(8, 12), "b": _t(0, 8), "c": _t(12, 16)}, 16)
+    assert [e.key for e in _entries(path)] == ["b", "a", "c"]
+    with open(path, "rb") as f:  # parse_header: the same validation, the header as parsed
+        header, _, start = safetensors_fmt.parse_header(str(path), f, path.stat().st_size)
+    assert list(header) == ["a", "b", "c"]
+    assert [e.data.offset - start for e in _entries(path)] == [0, 8, 12]
+
+
+def test_an_empty_tensor_at_a_neighbours_offset_is_no_overlap(tmp_path):
+    # tied offsets: the empty one sorts first by (begin, end), whatever the header order
+    path = _header_file(tmp_path, {"big": _t(0, 8), "empty": _t(0, 0, [0]), "z": _t(8, 8, [0])},
+                        8)
+    assert [e.key for e in _entries(path)] == ["big", "empty", "z"]  # stable: header order
+
+
+def test_an_empty_tensor_inside_another_is_an_overlap(tmp_path):
+    path = _header_file(tmp_path, {"big": _t(0, 8), "inside": _t(4, 4, [0])}, 8)
+    with pytest.raises(InputError, match="'big' and 'inside' overlap"):
+        _entries(path)
+
+
+def test_overlap_is_found_out_of_header_order(tmp_path):
+    path = _header_file(tmp_path, {"late": _t(8, 16), "early": _t(0, 12, [3])}, 16)
+    with pytest.raises(InputError, match="'early' and 'late' overlap"):
+        _entries(path)
+
+
+@pytest.mark.parametrize("info, message", [
+    ({"dtype": "F32", "shape": [1 << 40, 1 << 40], "data_offsets": [0, 99]},
+     "offsets outside the file"),  # the offsets are judged before the element count
+    ({"dtype": "F32", "shape": [1 << 40, 1 << 40], "data_offsets": [0, 4]},
+     "more than 2\\*\\*63 elements"),
+    ({"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}, "invalid shape"),
+    ({"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}, "invalid shape"),
+    ({"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}, "need 8 bytes but offsets give 4"),
+    ({"dtype": "F4", "shape": [3], "data_offsets": [0, 2]}, None),  # packed: ceil(1.5) bytes
+    ({"dtype": "F4", "shape": [3], "data_offsets": [0, 1]}, "need 2 bytes but offsets give 1"),
+    ({"dtype": "X9", "shape": [1], "data_offsets": [0, 4]}, "unknown dtype 'X9'"),
+])
+def test_header_fields_are_judged_in_order(tmp_path, info, message):
+    path = _header_file(tmp_path, {"t": info}, 8)
+    if message is None:
+        (e,) = _entries(path)
+        assert e.dtype == "f4" and e.data is None and e.nbytes == 2
+        return
+    with pytest.raises(InputError, match=message):
+        _entries(path)

@@ -64,6 +64,21 @@ def _dims_ok(shape: list[Any]) -> bool:
 
 def parse_header(path: str, f: Any, size: int) -> tuple[dict[str, Any], dict[str, str], int]:
     """Return (tensors, metadata, data start) after validating every field of the header."""
+    header, meta, data_start, _ = header_entries(path, f, size)
+    return header, meta, data_start
+
+
+# safetensors dtype code -> (dtype name, bytes per element, streamable)
+_CODES = {**{code: (name, dtypes.itemsize(name), True) for code, name in dtypes.SAFETENSORS.items()},
+          **{code: (code.lower(), per, False) for code, per in dtypes.SAFETENSORS_PACKED.items()}}
+
+
+def header_entries(path: str, f: Any, size: int, container: str = ""
+                   ) -> tuple[dict[str, Any], dict[str, str], int, list[Entry]]:
+    """Validate every field of the header and build its entries, in file order, in one pass
+    (the save order is lost: safetensors sorts its keys).
+
+    Returns (tensors, metadata, data start, entries)."""
     head = f.read(8)
     if len(head) != 8:
         raise InputError("file too short for a safetensors header", path)
@@ -87,50 +102,45 @@ def parse_header(path: str, f: Any, size: int) -> tuple[dict[str, Any], dict[str
         raise InputError("safetensors __metadata__ must map strings to strings", path)
     data_start = 8 + n
     data_size = size - data_start
-    spans = []
+    codes, unknown, prod, new_entry = _CODES, Role.UNKNOWN, math.prod, Entry
+    entries: list[Entry] = []
+    begins: list[int] = []
     for key, info in header.items():
-        if not isinstance(info, dict):
+        if type(info) is not dict:
             raise InputError(f"tensor {key!r:.80} has no description", path)
         code, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if not isinstance(code, str) or (code not in dtypes.SAFETENSORS
-                                         and code not in dtypes.SAFETENSORS_PACKED):
+        known = codes.get(code) if type(code) is str else None
+        if known is None:
             shown = repr(code[:20]) if isinstance(code, str) else type(code).__name__
             raise InputError(f"tensor {key!r:.80} has unknown dtype {shown}", path)
-        if not isinstance(shape, list) or len(shape) > 64 or not _dims_ok(shape):
+        if type(shape) is not list or len(shape) > 64 or not _dims_ok(shape):
             raise InputError(f"tensor {key!r:.80} has an invalid shape", path)
-        if not (isinstance(offs, list) and len(offs) == 2 and type(offs[0]) is int and type(offs[1]) is int
-                and 0 <= offs[0] <= offs[1] <= data_size):
+        if not (type(offs) is list and len(offs) == 2 and type(offs[0]) is int
+                and type(offs[1]) is int and 0 <= offs[0] <= offs[1] <= data_size):
             raise InputError(f"tensor {key!r:.80} has offsets outside the file", path)
-        numel = math.prod(shape)
+        dims = tuple(shape)
+        numel = prod(dims)
         if numel >= 1 << 63:  # (a float product of it would overflow)
             raise InputError(f"tensor {key!r:.80} claims more than 2**63 elements", path)
-        per = dtypes.SAFETENSORS_PACKED.get(code) or dtypes.itemsize(dtypes.SAFETENSORS[code])
-        if math.ceil(numel * per) != offs[1] - offs[0]:
+        begin, end = offs
+        dtype, per, streamable = known
+        if (numel * per if streamable else math.ceil(numel * per)) != end - begin:
             raise InputError(f"tensor {key!r:.80}: shape and dtype need {math.ceil(numel * per)} "
-                             f"bytes but offsets give {offs[1] - offs[0]}", path)
-        spans.append((offs[0], offs[1], key))
-    spans.sort()
-    for (b0, e0, k0), (b1, e1, k1) in zip(spans, spans[1:]):
+                             f"bytes but offsets give {end - begin}", path)
+        entries.append(new_entry(
+            container, key, unknown, "none", dims, dtype, None, end - begin,
+            data=TensorData(path, data_start + begin, end - begin) if streamable else None))
+        begins.append(begin)
+    spans = [(b, b + e.nbytes, e.key) for b, e in zip(begins, entries)]
+    if any(b1 <= b0 for b0, b1 in zip(begins, begins[1:])):
+        # file order, by a stable sort (tied offsets keep header order); the overlap check
+        # walks (begin, end, key) order, which differs from it only where offsets tie
+        entries = [entries[i] for i in sorted(range(len(begins)), key=begins.__getitem__)]
+        spans.sort()
+    for (_, e0, k0), (b1, _, k1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise InputError(f"tensors {k0!r:.60} and {k1!r:.60} overlap", path)
-    return header, meta, data_start
-
-
-def entries_of(path: str, header: dict[str, Any], data_start: int, container: str = ""
-               ) -> list[Entry]:
-    """Entries in file order (the save order is lost: safetensors sorts its keys)."""
-    out = []
-    for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-        code = info["dtype"]
-        dtype = dtypes.SAFETENSORS.get(code, code.lower())
-        begin, end = info["data_offsets"]
-        out.append(Entry(
-            container=container, key=key, role=Role.UNKNOWN, evidence="none",
-            shape=tuple(info["shape"]), dtype=dtype, device=None, nbytes=end - begin,
-            data=TensorData(path, data_start + begin, end - begin) if code in dtypes.SAFETENSORS
-            else None,
-        ))
-    return out
+    return header, meta, data_start, entries
 
 
 def read(path: str) -> Checkpoint:
@@ -138,8 +148,7 @@ def read(path: str) -> Checkpoint:
 
     with _files.open_file(path) as f:
         size = _files.size_of(f)
-        header, meta, data_start = parse_header(path, f, size)
-    entries = entries_of(path, header, data_start)
+        _, meta, data_start, entries = header_entries(path, f, size)
     return Checkpoint(path=path, format=Format.SAFETENSORS, size=size,
                       containers=(Container("", ContainerKind.STATE_DICT, tuple(entries)),),
                       metadata=meta)

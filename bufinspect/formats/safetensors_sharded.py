@@ -2,7 +2,7 @@
 
 Two layouts: a Hugging Face folder with `model.safetensors.index.json` (`weight_map`: key ->
 shard file), and a plain folder of `*.safetensors` shards without an index. Every shard's header
-is validated by `safetensors_fmt.parse_header`; entries point into their own shard, so
+is validated by `safetensors_fmt.header_entries`; entries point into their own shard, so
 `stream.pieces` reads across files unchanged.
 """
 
@@ -79,13 +79,13 @@ def _read_index(index: str, folder: str, found: bool
     return weight_map, meta
 
 
-def _shard(path: str, folder: str) -> tuple[dict[str, Any], dict[str, str], int, int]:
+def _shard(path: str, folder: str) -> tuple[dict[str, Any], dict[str, str], list[Entry], int]:
     # a shard is named by the folder's listing or its index: it must resolve inside the folder
     # (`b.safetensors -> ../outside/secret.safetensors` is refused) and be a regular file
     with _files.open_file(path, within=folder, where=folder) as f:
         size = _files.size_of(f)
-        header, meta, data_start = safetensors_fmt.parse_header(path, f, size)
-    return header, meta, data_start, size
+        header, meta, _, entries = safetensors_fmt.header_entries(path, f, size)
+    return header, meta, entries, size
 
 
 def read(path: str) -> Checkpoint:
@@ -118,7 +118,7 @@ def _read(path: str, folder: str, index: str | None, found: bool) -> Checkpoint:
     owner: dict[str, str] = {}
     size = 0
     for path in shards:
-        header, meta, data_start, shard_size = _shard(path, folder)
+        header, meta, shard_entries, shard_size = _shard(path, folder)
         size += shard_size
         for k, v in meta.items():
             metadata.setdefault(k, v)
@@ -133,7 +133,7 @@ def _read(path: str, folder: str, index: str | None, found: bool) -> Checkpoint:
                 if weight_map.get(key) != path:
                     raise InputError(f"tensor {key!r:.80} is in {os.path.basename(path)} but "
                                      "the index does not map it there", index)
-        entries.extend(safetensors_fmt.entries_of(path, header, data_start))
+        entries.extend(shard_entries)
     if index is not None:
         for key, path in weight_map.items():
             if owner.get(key) != path:
