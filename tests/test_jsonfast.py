@@ -93,3 +93,23 @@ def test_show_documents_straight_from_entries(tmp_path):
             if stats:
                 continue
             assert _jsonfast.show_document(report) == json.dumps(report.to_dict(), indent=2)
+
+
+def test_show_chunks_join_to_the_document(tmp_path):
+    """The pieces `show --format json` writes in turn are the document, split between entries
+    (more entries than one piece holds), with and without statistics."""
+    import bufinspect
+    from bufinspect.render import report_json, report_json_chunks, to_json
+
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "many.pt"
+    sd = {f"experts.{i}.w": torch.full((2,), float(i)) for i in range(5000)}
+    sd["bad.running_var"] = torch.tensor([float("nan")])
+    torch.save(sd, path)
+    listing = bufinspect.show(str(path))
+    pieces = list(report_json_chunks(listing))
+    assert len(pieces) > 3 and "".join(pieces) == to_json(listing.to_dict())
+    assert "".join(_jsonfast.show_chunks(listing)) == json.dumps(listing.to_dict(), indent=2)
+    with_stats = bufinspect.show(str(path), stats=True)
+    assert "".join(report_json_chunks(with_stats)) == report_json(with_stats) \
+        == to_json(with_stats.to_dict())

@@ -153,7 +153,9 @@ def _emit(report: Report, fmt: OutputFormat, *, color: str, **options: Any) -> N
             doc["modules"] = [m.to_dict() for m in module_stats(report.entries)]
             sys.stdout.write(render.to_json(doc) + "\n")
         else:
-            sys.stdout.write(render.report_json(report) + "\n")
+            for chunk in render.report_json_chunks(report):  # (never the whole text at once)
+                sys.stdout.write(chunk)
+            sys.stdout.write("\n")
     elif fmt is OutputFormat.TABLE:
         render.table(report, stdout_console(color=color), **options)
     elif fmt is OutputFormat.MARKDOWN:

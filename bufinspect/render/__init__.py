@@ -18,7 +18,7 @@ from bufinspect.errors import UsageError
 from bufinspect.model import CheckReport, DiffReport, ShowReport, TrendReport
 from bufinspect.render.common import (OutputFormat, assert_never, clean, fmt_float, fmt_shape,
                                       human_bytes, human_count, markdown_table, report_json,
-                                      to_json)
+                                      report_json_chunks, to_json)
 
 # the per-report renderers load on first use (PEP 562): a JSON run never imports them
 _LAZY = {
@@ -110,6 +110,6 @@ __all__ = [
     "human_bytes", "human_count", "markdown", "markdown_table", "plot", "render_check_github",
     "render_check_markdown", "render_check_table", "render_diff_github", "render_diff_markdown",
     "render_diff_table", "render_show_markdown", "render_show_table", "render_trend_markdown",
-    "render_trend_table", "report_json", "show_header", "show_sections", "sparkline", "table",
-    "to_json", "trend_rows", "values_rows",
+    "render_trend_table", "report_json", "report_json_chunks", "show_header", "show_sections",
+    "sparkline", "table", "to_json", "trend_rows", "values_rows",
 ]

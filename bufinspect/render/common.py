@@ -68,15 +68,21 @@ def to_json(doc: dict[str, Any]) -> str:
 
 def report_json(report: Any) -> str:
     """`to_json(report.to_dict())`; a `show` listing is encoded from its entries directly."""
+    return "".join(report_json_chunks(report))
+
+
+def report_json_chunks(report: Any) -> Iterable[str]:
+    """`report_json(report)` in pieces to write in turn (a large listing is never held whole);
+    fully encoded before this returns, so a failure leaves nothing half written."""
     from bufinspect.model import ShowReport
-    from bufinspect.render.jsonfast import show_document
+    from bufinspect.render.jsonfast import show_chunks
 
     if isinstance(report, ShowReport):
         try:
-            return show_document(report)
+            return show_chunks(report)
         except ValueError:  # a NaN or an infinity among the statistics
             pass
-    return to_json(report.to_dict())
+    return (to_json(report.to_dict()),)
 
 
 def _finite(obj: Any) -> Any:

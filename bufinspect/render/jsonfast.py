@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from json.encoder import encode_basestring_ascii as _string
-from typing import Any
+from typing import Any, Iterator
 
 _INF = float("inf")
 _float = float.__repr__
@@ -118,25 +118,43 @@ _SENTINEL = "\x00entries\x00"
 
 def show_document(report: Any) -> str:
     """`dumps(report.to_dict())` for a `ShowReport`, several times faster on large listings."""
+    return "".join(show_chunks(report))
+
+
+def show_chunks(report: Any) -> Iterator[str]:
+    """`show_document(report)` in pieces to write one after another: a 100,000-entry document
+    is ~40 MB, and joining it whole (then adding a newline, then encoding it) held several
+    copies at once. Everything is encoded, and every error raised, before this returns: the
+    pieces are only joined as they are taken."""
     import dataclasses
 
     from bufinspect.model import summarize
 
     entries = report.entries
     if not entries or tuple(entries[0].to_dict()) != _ENTRY_KEYS:
-        return dumps(report.to_dict())
+        return iter((dumps(report.to_dict()),))
     doc = dataclasses.replace(report, entries=()).to_dict()
     doc["entries"] = _SENTINEL
     doc["summary"] = summarize(entries)
     try:
-        block = _entries(entries, report.stats)
+        texts = _entries(entries, report.stats)
     except _Unusual:
-        return dumps(report.to_dict())
+        return iter((dumps(report.to_dict()),))
     head = dumps(doc)
     marker = _string(_SENTINEL)
     if head.count(marker) != 1:  # (a key or path holding the sentinel itself)
-        return dumps(report.to_dict())
-    return head.replace(marker, block)
+        return iter((dumps(report.to_dict()),))
+    before, after = head.split(marker)
+    return _joined(before + "[\n    ", texts, ",\n    ", "\n  ]" + after)
+
+
+def _joined(first: str, texts: list[str], sep: str, last: str, per: int = 2048
+            ) -> Iterator[str]:
+    """`first + sep.join(texts) + last`, in pieces of `per` texts."""
+    yield first
+    for i in range(0, len(texts), per):
+        yield (sep if i else "") + sep.join(texts[i:i + per])
+    yield last
 
 
 class _Encoded(dict):
@@ -149,34 +167,48 @@ class _Encoded(dict):
         return v
 
 
-def _entries(entries, stats) -> str:
-    """The `entries` list of a show document at its place in the top-level object.
+def _entries(entries, stats) -> list[str]:
+    """The items of a show document's `entries` list, laid out at their place in it.
 
-    Shapes are laid out once per distinct shape (their dims are validated as ints, as every
-    reader builds them, on first sight)."""
-    n6, n8 = "\n      ", ",\n        "
+    Only `key` and `module` differ from entry to entry in a large listing: the text after
+    them (name, role, evidence, shape, dtype, device, sizes) is laid out once per distinct
+    combination, and its values are validated then (shape dims as ints, as every reader builds
+    them; sizes as ints; persistent as None or a bool)."""
+    n6 = "\n      "
     enc = _Encoded({None: "null"})
-    shapes: dict[tuple, str] = {(): "[]"}
+    heads: dict[Any, str] = {}
+    tails: dict[tuple, str] = {}
     out = []
     for e in entries:
-        shape, persistent, numel, nbytes = e.shape, e.persistent, e.numel, e.nbytes
-        shape_text = shapes.get(shape)
-        if shape_text is None:
-            if type(shape) is not tuple or not all(type(d) is int for d in shape):
-                raise _Unusual
-            shape_text = shapes[shape] = "[\n        " + n8.join(map(_int, shape)) + "\n      ]"
-        if type(numel) is not int or type(nbytes) is not int or (
-                persistent is not None and type(persistent) is not bool):
-            raise _Unusual
-        text = (f'{{\n      "container": {enc[e.container]},\n      "key": {_string(e.key)},'
-                f'\n      "module": {_string(e.module)},\n      "name": {enc[e.name]},'
-                f'\n      "role": {enc[e.role.value]},\n      "persistent": '
-                f'{_CONST[persistent]},\n      "evidence": {enc[e.evidence]},\n      "shape": '
-                f'{shape_text},\n      "dtype": {enc[e.dtype]},\n      "device": '
-                f'{enc[e.device]},\n      "numel": {_int(numel)},'
-                f'\n      "nbytes": {_int(nbytes)}')
+        container, shape, persistent = e.container, e.shape, e.persistent
+        head = heads.get(container)
+        if head is None:
+            head = heads[container] = f'{{\n      "container": {enc[container]},\n      "key": '
+        # (the role object itself, not its value: an unexpected role type falls to `_tail`)
+        combo = (e.name, e.role, persistent, e.evidence, shape, e.dtype, e.device, e.numel,
+                 e.nbytes)
+        tail = tails.get(combo)
+        if tail is None:
+            tail = tails[combo] = _tail(e, enc)
+        text = head + _string(e.key) + ',\n      "module": ' + _string(e.module) + tail
         if stats is not None:
             st = stats.get((e.container, e.key))
             text += ',\n      "stats": ' + ("null" if st is None else _value(st.to_dict(), n6))
         out.append(text + "\n    }")
-    return "[\n    " + ",\n    ".join(out) + "\n  ]"
+    return out
+
+
+def _tail(e: Any, enc: _Encoded) -> str:
+    """An entry's fields after `module`, as `_entries` lays them out (validated here)."""
+    shape, persistent, numel, nbytes = e.shape, e.persistent, e.numel, e.nbytes
+    if type(shape) is not tuple or not all(type(d) is int for d in shape):
+        raise _Unusual
+    if type(numel) is not int or type(nbytes) is not int or (
+            persistent is not None and type(persistent) is not bool):
+        raise _Unusual
+    shape_text = "[]" if not shape else (
+        "[\n        " + ",\n        ".join(map(_int, shape)) + "\n      ]")
+    return (f',\n      "name": {enc[e.name]},\n      "role": {enc[e.role.value]},'
+            f'\n      "persistent": {_CONST[persistent]},\n      "evidence": {enc[e.evidence]},'
+            f'\n      "shape": {shape_text},\n      "dtype": {enc[e.dtype]},\n      "device": '
+            f'{enc[e.device]},\n      "numel": {_int(numel)},\n      "nbytes": {_int(nbytes)}')
