@@ -218,7 +218,9 @@ def every(args) -> None:
             cmd = [*py, "diff", a, b, "--all", "--format", "json", "--jobs", "2"]
             d = _every.median_run(cmd, n, fused)
             d_np = _every.median_run(cmd, 1, plain)
-            if _every.mem_available() > 1.3 * size and (float(gb) <= 1 or not args.quick):
+            if args.quick and float(gb) > 1:
+                naive_s, ratio = "skipped (--quick)", "-"
+            elif _every.mem_available() > 1.3 * size:
                 naive = _every.run([sys.executable, "-c", _every.NAIVE_DIFF, a, b])
                 naive_s, ratio = fmt_s(naive[0]), f"{naive[0] / d[0]:.1f}x"
             else:
