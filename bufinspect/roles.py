@@ -1,5 +1,7 @@
 """Evidence -> role for every entry of a checkpoint: the heart of the product.
 
+(A long module: the rules below read each other's votes, so they are kept together.)
+
 Readers that hold the module itself (a pickled module, TorchScript, an export signature) set exact
 roles. For plain state dicts the rules below decide what the file proves and leave the rest
 `unknown`: a wrong definite role is a bug, `unknown` is an honest answer. Rules, strongest first:
