@@ -94,6 +94,31 @@ def test_index_key_not_in_its_shard(cli, pair):
     _refused(cli, folder, "does not hold it")
 
 
+def test_index_maps_a_key_to_another_shard(cli, pair):
+    sd, single, folder = pair
+    index = folder / "model.safetensors.index.json"
+    doc = json.loads(index.read_text())
+    held: dict[str, list[str]] = {}
+    for k, v in doc["weight_map"].items():
+        held.setdefault(v, []).append(k)
+    home = next(v for v in sorted(held) if len(held[v]) > 1)  # still read once a key moves
+    other = next(v for v in sorted(held) if v != home)
+    moved = held[home][-1]
+    doc["weight_map"][moved] = other
+    index.write_text(json.dumps(doc))
+    _refused(cli, folder, f"'{moved}' is in {home} but the index does not map it there")
+
+
+def test_a_key_in_two_shards(cli, tmp_path):
+    folder = tmp_path / "twice"
+    folder.mkdir()
+    sd = state_dict()
+    first = next(iter(sd))
+    save_file({k: sd[k] for k in list(sd)[:3]}, str(folder / "a.safetensors"))
+    save_file({first: sd[first], **{k: sd[k] for k in list(sd)[3:]}}, str(folder / "b.safetensors"))
+    _refused(cli, folder, f"'{first}' is in two shards (a.safetensors and b.safetensors)")
+
+
 def test_broken_index_json(cli, pair):
     sd, single, folder = pair
     (folder / "model.safetensors.index.json").write_text("{not json")
