@@ -35,6 +35,8 @@ def _sub(m: re.Match) -> str:
 
 def escape(text: str) -> str:
     """`text` with every unsafe character as a visible escape (no length bound)."""
+    if text.isascii() and text.isprintable():  # (no control, no DEL: nothing to escape)
+        return text
     return _UNSAFE.sub(_sub, text)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+from functools import lru_cache
 from typing import Any, Iterable, NoReturn
 
 from bufinspect.model import json_number
@@ -27,6 +28,7 @@ def assert_never(value: NoReturn) -> NoReturn:  # pragma: no cover - unreachable
 from bufinspect.escape import clean, prose  # noqa: E402,F401
 
 
+@lru_cache(maxsize=4096)  # (a listing repeats a few sizes 100,000 times)
 def human_bytes(n: int) -> str:
     if n.bit_length() > 80:  # an unbounded size (a hostile shape) would overflow float()
         return f">2**{n.bit_length() - 1} B"
@@ -38,6 +40,7 @@ def human_bytes(n: int) -> str:
     raise AssertionError  # pragma: no cover
 
 
+@lru_cache(maxsize=4096)
 def human_count(n: int) -> str:
     if n.bit_length() > 80:
         return f">2**{n.bit_length() - 1}"
