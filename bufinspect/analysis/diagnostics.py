@@ -96,9 +96,13 @@ def norm_layers(entries: Iterable[Entry]) -> list[NormLayer]:
     LayerNorm/GroupNorm keep no running statistics and never appear. Tensors whose role is
     `parameter` (by the module's own word) or `other` are not running statistics.
     """
+    entries = entries if isinstance(entries, (list, tuple)) else list(entries)
+    # (only modules with a running_mean qualify: 100,000 expert weights are not looked at)
+    with_mean = {(e.container, e.module) for e in entries if e.name == "running_mean"}
     groups: dict[tuple[str, str], dict[str, Entry]] = {}
     for e in entries:
-        if e.name in STATS or e.name == COUNTER or e.name in _AFFINE:
+        if (e.name in STATS or e.name == COUNTER or e.name in _AFFINE) and (
+                e.container, e.module) in with_mean:
             groups.setdefault((e.container, e.module), {}).setdefault(e.name, e)
     out = []
     for (container, module), g in groups.items():
