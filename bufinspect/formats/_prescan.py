@@ -29,6 +29,7 @@ tensors: `bufinspect.load` 1.38 s with it, 1.10 s without; benchmarks/bench_pres
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import Any
 
@@ -84,6 +85,32 @@ class _Truncated(Exception):
     """The bytes so far end inside the pickle (a file is read in pieces: read on)."""
 
 
+DISABLE_ENV = "BUFINSPECT_NO_KERNEL"  # as bufinspect.kernels: "" or "0" leaves C code on
+_UNSET = object()
+_native_mod: Any = _UNSET
+
+
+def native():
+    """The compiled walk (`_prescan_native.c`), or None when it was not built or
+    `BUFINSPECT_NO_KERNEL=1` (then `scan` runs the Python walk below, the reference)."""
+    global _native_mod
+    if _native_mod is _UNSET:
+        mod = None
+        if os.environ.get(DISABLE_ENV, "") in ("", "0"):
+            try:
+                from bufinspect.formats import _prescan_native as mod
+            except ImportError:
+                mod = None
+        _native_mod = mod
+    return _native_mod
+
+
+def reset() -> None:
+    """Look for the compiled walk again (tests switch `BUFINSPECT_NO_KERNEL`)."""
+    global _native_mod
+    _native_mod = _UNSET
+
+
 def scan(data: Any, start: int = 0) -> int:
     """Walk one pickle in `data` (bytes-like) from `start`; return its end offset.
 
@@ -94,6 +121,17 @@ def scan(data: Any, start: int = 0) -> int:
     """
     if not isinstance(data, bytes):
         data = bytes(data)
+    fast = native() if start >= 0 else None
+    if fast is not None:
+        end = fast.scan(data, start)
+        if type(end) is str:
+            raise Refused(end)
+        return end
+    return scan_python(data, start)
+
+
+def scan_python(data: bytes, start: int = 0) -> int:
+    """`scan` by the Python walk (the reference the compiled one is tested against)."""
     try:
         return _scan(data, start)
     except _Truncated:
