@@ -445,3 +445,19 @@ def test_generated_bombs_same_verdicts(parts, nest):
              in enumerate(parts)]
     blob = P.PROTO2 + _holder(nest, items) + P.STOP
     same(blob)
+
+
+@pytest.mark.parametrize("memoizes", [0, 100, 4200, 6000])
+@pytest.mark.parametrize("slot", [300, 5000, 70_000])
+def test_memo_slots_sparse_then_dense(slot, memoizes):
+    """A slot far beyond the ones in use is kept aside, then found once the memo's array grows
+    over it (a 999-deep tuple: found, two more levels are refused; lost, the walk stops)."""
+    pad = P.s("x" * 80_000) + P.POP
+    deep = P._deep_tuple(999)
+    head = P.PROTO2 + pad + deep + b"r" + struct.pack("<I", slot) + P.POP
+    fill = (P.NONE + b"\x94" + P.POP) * memoizes
+    for tail in (b"j" + struct.pack("<I", slot) + b"\x85\x85",
+                 b"j" + struct.pack("<I", slot) + P.POP + P.NONE + b"\x94" + b"\x85",
+                 P.NONE + b"r" + struct.pack("<I", slot) + b"j" + struct.pack("<I", slot)):
+        same(head + fill + tail + P.STOP)
+        same(head + fill + b"g%d\n\x85\x85" % slot + P.STOP)

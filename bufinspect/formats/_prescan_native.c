@@ -40,7 +40,7 @@ static inline int64_t sat_add(int64_t a, int64_t b) { /* a, b >= 0 */
     return a >= SAT - b ? SAT : a + b;
 }
 
-/* ---- an int64 -> int64 open-addressing table (memo slots, hash counts) ---- */
+/* ---- an int64 -> int64 open-addressing table (hash value -> keys with it) ---- */
 typedef struct {
     int64_t *keys;
     int64_t *vals;
@@ -49,8 +49,16 @@ typedef struct {
     int shift;
 } Map;
 
+/* the keys are hash values a file can choose: mixed with a per-process secret (from Python's
+ * randomised str hash), so that no file can pile them into one run of the table */
+static uint64_t map_seed;
+
 static inline size_t map_hash(const Map *m, int64_t key) {
-    return (size_t)(((uint64_t)key * 0x9E3779B97F4A7C15ULL) >> m->shift);
+    uint64_t z = (uint64_t)key ^ map_seed; /* splitmix64's finaliser */
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return (size_t)(z >> m->shift);
 }
 
 static void map_free(Map *m) {
@@ -156,8 +164,9 @@ typedef struct {
     size_t mp, mcap;
     Node **tmp; /* the items a MARK opcode took off the stack (owned) */
     size_t ntmp, tcap;
-    Map memo;         /* memo slots in int64 range -> Node* */
-    PyObject *odd;    /* dict: PUT/GET slots beyond int64 (negative, from text) -> index */
+    Node **dense;     /* memo slots 0 .. dcap - 1 (NULL: not set) */
+    size_t dcap, dlen;
+    PyObject *odd;    /* dict: any other memo slot (a Python int) -> index in oddnodes */
     Node **oddnodes;
     size_t nodd, codd;
     int64_t *sigbuf;
@@ -595,31 +604,20 @@ static int line_int(S *s, Py_ssize_t *pos, PyObject **out) {
     return *out ? OK : py_failed();
 }
 
-/* ---- the memo: int64 slots in a table, others (PUT/GET text beyond int64) in a dict ---- */
-static Node *memo_get(S *s, int64_t key) {
-    Py_ssize_t at = map_find(&s->memo, key);
-    return at < 0 ? NULL : (Node *)(intptr_t)s->memo.vals[at];
+/* ---- the memo: slots 0.. as the picklers write them (in order) in an array; any other slot
+ * (sparse, negative, beyond int64: only a hand-made pickle has them) in a Python dict, as in
+ * the Python walk. The array only grows to twice the slots used (+1024), so its size follows
+ * the opcodes read, never a number from the file; a slot below its end is never in the dict
+ * (moved over when it grows). ---- */
+static size_t memo_len(S *s) { return s->dlen + (s->odd ? (size_t)PyDict_GET_SIZE(s->odd) : 0); }
+
+/* the node of a dict slot `key`: NULL with no error set when missing */
+static Node *odd_get(S *s, PyObject *key) {
+    PyObject *at = s->odd ? PyDict_GetItemWithError(s->odd, key) : NULL;
+    return at ? s->oddnodes[PyLong_AsSize_t(at)] : NULL;
 }
 
-static int memo_put(S *s, int64_t key, Node *x) {
-    int added;
-    Py_ssize_t at = map_slot(&s->memo, key, &added);
-    if (at < 0)
-        return PYERR;
-    incref(x);
-    if (!added)
-        decref(s, (Node *)(intptr_t)s->memo.vals[at]);
-    s->memo.vals[at] = (int64_t)(intptr_t)x;
-    return OK;
-}
-
-static int memo_put_obj(S *s, PyObject *key, Node *x) {
-    int overflow;
-    long long k = PyLong_AsLongLongAndOverflow(key, &overflow);
-    if (k == -1 && PyErr_Occurred())
-        return PYERR;
-    if (!overflow)
-        return memo_put(s, k, x);
+static int odd_put(S *s, PyObject *key, Node *x) {
     if (!s->odd && !(s->odd = PyDict_New()))
         return PYERR;
     PyObject *at = PyDict_GetItemWithError(s->odd, key);
@@ -644,20 +642,98 @@ static int memo_put_obj(S *s, PyObject *key, Node *x) {
     return OK;
 }
 
-static int memo_get_obj(S *s, PyObject *key, Node **out) {
+/* grow the array to cover slot `key`, moving dict slots it now covers */
+static int dense_grow(S *s, int64_t key) {
+    size_t cap = s->dcap ? s->dcap : 256;
+    while (cap <= (size_t)key)
+        cap *= 2;
+    Node **d = PyMem_Realloc(s->dense, cap * sizeof(Node *));
+    if (!d)
+        return PYERR;
+    memset(d + s->dcap, 0, (cap - s->dcap) * sizeof(Node *));
+    s->dense = d;
+    s->dcap = cap;
+    if (!s->odd || !PyDict_GET_SIZE(s->odd))
+        return OK;
+    PyObject *moved = PyList_New(0), *k, *v;
+    Py_ssize_t it = 0;
+    if (!moved)
+        return PYERR;
+    while (PyDict_Next(s->odd, &it, &k, &v)) {
+        int overflow;
+        long long slot = PyLong_AsLongLongAndOverflow(k, &overflow);
+        if (overflow || slot < 0 || (size_t)slot >= cap)
+            continue;
+        size_t i = PyLong_AsSize_t(v);
+        s->dense[slot] = s->oddnodes[i]; /* the reference moves */
+        s->oddnodes[i] = NULL;
+        s->dlen++;
+        if (PyList_Append(moved, k) < 0) {
+            Py_DECREF(moved);
+            return PYERR;
+        }
+    }
+    for (Py_ssize_t j = 0; j < PyList_GET_SIZE(moved); j++)
+        if (PyDict_DelItem(s->odd, PyList_GET_ITEM(moved, j)) < 0) {
+            Py_DECREF(moved);
+            return PYERR;
+        }
+    Py_DECREF(moved);
+    return OK;
+}
+
+/* memo[key] (NULL: missing; *err set on a Python error) */
+static Node *memo_get(S *s, int64_t key, int *err) {
+    *err = 0;
+    if (key >= 0 && (uint64_t)key < s->dcap)
+        return s->dense[key];
+    if (!s->odd)
+        return NULL;
+    PyObject *k = PyLong_FromLongLong(key);
+    Node *x = k ? odd_get(s, k) : NULL;
+    Py_XDECREF(k);
+    *err = PyErr_Occurred() != NULL;
+    return x;
+}
+
+static int memo_put(S *s, int64_t key, Node *x) {
+    if (key >= 0 && (uint64_t)key >= s->dcap && (uint64_t)key < 2 * memo_len(s) + 1024)
+        if (dense_grow(s, key) != OK)
+            return PYERR;
+    if (key >= 0 && (uint64_t)key < s->dcap) {
+        incref(x);
+        if (s->dense[key])
+            decref(s, s->dense[key]);
+        else
+            s->dlen++;
+        s->dense[key] = x;
+        return OK;
+    }
+    PyObject *k = PyLong_FromLongLong(key);
+    if (!k)
+        return PYERR;
+    int rc = odd_put(s, k, x);
+    Py_DECREF(k);
+    return rc;
+}
+
+static int memo_put_obj(S *s, PyObject *key, Node *x) {
     int overflow;
     long long k = PyLong_AsLongLongAndOverflow(key, &overflow);
     if (k == -1 && PyErr_Occurred())
         return PYERR;
-    if (!overflow) {
-        *out = memo_get(s, k);
-        return *out ? OK : STOPPED;
-    }
-    PyObject *at = s->odd ? PyDict_GetItemWithError(s->odd, key) : NULL;
-    if (!at)
-        return PyErr_Occurred() ? PYERR : STOPPED;
-    *out = s->oddnodes[PyLong_AsSize_t(at)];
-    return OK;
+    return overflow ? odd_put(s, key, x) : memo_put(s, k, x);
+}
+
+static int memo_get_obj(S *s, PyObject *key, Node **out) {
+    int overflow, err = 0;
+    long long k = PyLong_AsLongLongAndOverflow(key, &overflow);
+    if (k == -1 && PyErr_Occurred())
+        return PYERR;
+    *out = overflow ? odd_get(s, key) : memo_get(s, k, &err);
+    if (err || PyErr_Occurred())
+        return PYERR;
+    return *out ? OK : STOPPED;
 }
 
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -699,6 +775,7 @@ static int walk(S *s, Py_ssize_t *startp, Py_ssize_t *endp) {
     const Py_ssize_t n = s->n;
     Py_ssize_t pos = *startp;
     Node *x;
+    int err;
     for (;;) {
         *startp = pos;
         if (pos >= n)
@@ -718,8 +795,8 @@ static int walk(S *s, Py_ssize_t *startp, Py_ssize_t *endp) {
         }
         case 0x68: /* BINGET */
             NEED(1);
-            if (!(x = memo_get(s, data[pos])))
-                return STOPPED;
+            if (!(x = memo_get(s, data[pos], &err)))
+                return err ? PYERR : STOPPED;
             incref(x);
             TRY(push(s, x));
             pos += 1;
@@ -816,15 +893,15 @@ static int walk(S *s, Py_ssize_t *startp, Py_ssize_t *endp) {
             break;
         case 0x6A: /* LONG_BINGET */
             NEED(4);
-            if (!(x = memo_get(s, rd_u32(data + pos))))
-                return STOPPED;
+            if (!(x = memo_get(s, rd_u32(data + pos), &err)))
+                return err ? PYERR : STOPPED;
             incref(x);
             TRY(push(s, x));
             pos += 4;
             break;
         case 0x94: /* MEMOIZE */
             NEEDSTACK(1);
-            TRY(memo_put(s, (int64_t)(s->memo.len + s->nodd), TOP));
+            TRY(memo_put(s, (int64_t)memo_len(s), TOP));
             break;
         case 0x8C: /* SHORT_BINUNICODE */
         case 0x55: /* SHORT_BINSTRING */
@@ -1173,12 +1250,11 @@ static PyObject *py_scan(PyObject *self, PyObject *args) {
     release_tmp(&s);
     while (s.sp)
         decref(&s, s.stack[--s.sp]);
-    for (size_t i = 0; i < s.memo.cap; i++)
-        if (s.memo.used[i])
-            decref(&s, (Node *)(intptr_t)s.memo.vals[i]);
+    for (size_t i = 0; i < s.dcap; i++)
+        decref(&s, s.dense[i]);
     for (size_t i = 0; i < s.nodd; i++)
         decref(&s, s.oddnodes[i]);
-    map_free(&s.memo);
+    PyMem_Free(s.dense);
     Py_XDECREF(s.odd);
     Py_XDECREF(s.msg);
     PyMem_Free(s.stack);
@@ -1201,6 +1277,17 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_prescan_native",
-                                    "The pickle pre-scan of _prescan.py, in C.", -1, methods};
+                                    "The pickle pre-scan of _prescan.py, in C.", -1, methods,
+                                    NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__prescan_native(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__prescan_native(void) {
+    PyObject *salt = PyUnicode_FromString("bufinspect.formats._prescan_native");
+    if (!salt)
+        return NULL;
+    Py_hash_t h = PyObject_Hash(salt);
+    Py_DECREF(salt);
+    if (h == -1 && PyErr_Occurred())
+        return NULL;
+    map_seed = (uint64_t)h ^ (uint64_t)(uintptr_t)&map_seed;
+    return PyModule_Create(&module);
+}
