@@ -358,11 +358,13 @@ def test_no_leaks_on_any_path():
 
 
 def test_scan_uses_the_compiled_walk_unless_disabled(monkeypatch):
+    """`BUFINSPECT_NO_KERNEL=1` switches to the Python walk at once (no reset needed)."""
+    _prescan.native()
     monkeypatch.setenv(_prescan.DISABLE_ENV, "1")
-    _prescan.reset()
     try:
         assert _prescan.native() is None
         monkeypatch.setenv(_prescan.DISABLE_ENV, "0")
+        assert _prescan.native() is native
         _prescan.reset()
         assert _prescan.native() is native
         calls = []

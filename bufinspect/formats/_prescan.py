@@ -97,21 +97,22 @@ _native_mod: Any = _UNSET
 
 def native():
     """The compiled walk (`_prescan_native.c`), or None when it was not built or
-    `BUFINSPECT_NO_KERNEL=1` (then `scan` runs the Python walk below, the reference)."""
+    `BUFINSPECT_NO_KERNEL=1` (then `scan` runs the Python walk below, the reference). The
+    variable is read at every call (once per pickle), the module imported once."""
     global _native_mod
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return None
     if _native_mod is _UNSET:
-        mod = None
-        if os.environ.get(DISABLE_ENV, "") in ("", "0"):
-            try:
-                from bufinspect.formats import _prescan_native as mod
-            except ImportError:
-                mod = None
+        try:
+            from bufinspect.formats import _prescan_native as mod
+        except ImportError:
+            mod = None
         _native_mod = mod
     return _native_mod
 
 
 def reset() -> None:
-    """Look for the compiled walk again (tests switch `BUFINSPECT_NO_KERNEL`)."""
+    """Look for the compiled walk again (as `kernels.reset`)."""
     global _native_mod
     _native_mod = _UNSET
 
