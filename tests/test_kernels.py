@@ -304,8 +304,9 @@ def test_reports_same_with_and_without_kernel(tmp_path, cli_json, monkeypatch, a
 
 @pytest.mark.slow
 def test_install_without_a_compiler_succeeds(tmp_path):
-    """setup.py marks the extension optional: with no working compiler the build still
-    succeeds and leaves no module behind (bufinspect then runs its numpy path)."""
+    """setup.py marks the extensions optional: with no working compiler the build still
+    succeeds and leaves no module behind (bufinspect then runs its numpy path and the Python
+    pickle pre-scan)."""
     pytest.importorskip("setuptools", minversion="77")  # pyproject's build requirement
     root = Path(__file__).resolve().parents[1]
     env = {"CC": "false", "LDSHARED": "false", "PATH": "/usr/bin:/bin"}
@@ -315,6 +316,7 @@ def test_install_without_a_compiler_succeeds(tmp_path):
                          text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert not list((tmp_path / "lib").rglob("_kernel*"))
+    assert not list((tmp_path / "lib").rglob("_prescan_native*"))
 
 
 def test_gpu_diff_path_on_torch_cpu_matches(tmp_path, monkeypatch):
