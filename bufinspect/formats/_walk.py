@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from math import prod
 from typing import Any, Callable
 
 from bufinspect import dtypes
@@ -15,6 +16,7 @@ MAX_DEPTH = 200
 MAX_ENTRIES = 500_000  # tensors listed (a shared tensor counts once per place it appears)
 
 Locate = Callable[[TensorRef], TensorData | None]
+_itemsize = {name: dtypes.itemsize(name) for name in dtypes.DTYPES}.get  # (unknown: 0)
 
 
 class Walker:
@@ -32,9 +34,10 @@ class Walker:
         self.entries += 1  # one tensor shared a billion times is a bomb too
         if self.entries > MAX_ENTRIES:
             raise InputError(f"the pickle lists more than {MAX_ENTRIES} tensors", self.path)
-        device = t.storage.location if t.storage is not None else t.device
-        return Entry(container, key, role, evidence, t.shape, t.dtype, device,
-                     t.numel * dtypes.itemsize(t.dtype), persistent, t.requires_grad,
+        storage = t.storage
+        return Entry(container, key, role, evidence, t.shape, t.dtype,
+                     t.device if storage is None else storage.location,
+                     prod(t.shape) * _itemsize(t.dtype, 0), persistent, t.requires_grad,
                      self.locate(t))
 
     # -- the walk ----------------------------------------------------------------------------
