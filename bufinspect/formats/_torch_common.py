@@ -99,8 +99,8 @@ def make_locator(path: str, file: str, storages: Callable[[str], tuple[int, int]
             seen[id(t)] = None
             return None
         key = storage.key
-        where = spans_get(key)
-        new = where is None and key not in spans
+        where = spans_get(key, unseen)
+        new = where is unseen
         if new:
             where = spans[key] = storages(key)
         if where is None:

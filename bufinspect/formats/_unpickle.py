@@ -251,10 +251,16 @@ def _strided(storage: Any, offset: Any, size: Any, stride: Any, dtype: str | Non
             if type(x) is not int or x < 0 or x >= _SMALL_DIM:
                 break
         else:
-            dtype = dtype or storage.dtype
-            if dtype is not None:
-                return TensorRef(storage, offset + storage.view_offset, size, stride, dtype,
+            name = dtype or storage.dtype
+            if name is not None:
+                return TensorRef(storage, offset + storage.view_offset, size, stride, name,
                                  bool(requires_grad))
+    return _strided_checked(storage, offset, size, stride, dtype, requires_grad)
+
+
+def _strided_checked(storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None,
+                     requires_grad: Any = False) -> TensorRef:
+    """`_strided` for any input: every check, one at a time (the reference for its fast path)."""
     if not isinstance(storage, StorageRef):
         raise pickle.UnpicklingError("tensor without a storage placeholder")
     if type(offset) is not int or offset < 0:
@@ -557,6 +563,11 @@ def storage_from_pid(pid: Any) -> StorageRef:
         if tag == "storage" and type(stype) is StorageType and type(key) is str \
                 and type(location) is str and type(numel) is int and numel >= 0:
             return StorageRef(key, stype.dtype, location, numel)
+    return _storage_checked(pid)
+
+
+def _storage_checked(pid: Any) -> StorageRef:
+    """`storage_from_pid` for any input (the reference for its fast path)."""
     if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
         raise pickle.UnpicklingError(f"unexpected persistent id {brief(pid)}")
     _, stype, key, location, numel = pid

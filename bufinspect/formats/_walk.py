@@ -77,11 +77,15 @@ class Walker:
             tensors = [v for v in obj.values() if isinstance(v, TensorRef)]
             keep_vars = any(t.is_parameter for t in tensors) and not any(
                 t.layout == "quantized" for t in tensors)
-            plain = (Role.BUFFER, "pickle:keep_vars") if keep_vars else (Role.UNKNOWN, "none")
-            entries = tuple(
-                self.entry(here, k, v, Role.PARAMETER, "pickle:Parameter") if v.is_parameter
-                else self.entry(here, k, v, *plain, persistent=True if keep_vars else None)
-                for k, v in obj.items() if isinstance(v, TensorRef))
+            role, evidence, persistent = ((Role.BUFFER, "pickle:keep_vars", True) if keep_vars
+                                          else (Role.UNKNOWN, "none", None))
+            entry, out = self.entry, []
+            add = out.append
+            for k, v in obj.items():  # (a loop, not a generator: 100,000 tensors in some dicts)
+                if isinstance(v, TensorRef):
+                    add(entry(here, k, v, Role.PARAMETER, "pickle:Parameter") if v.is_parameter
+                        else entry(here, k, v, role, evidence, persistent))
+            entries = tuple(out)
             meta = getattr(obj, "_metadata", None) if isinstance(obj, PickledDict) else None
             versions = None
             if isinstance(meta, dict):
@@ -172,9 +176,9 @@ _FILE_KEY = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
 def _keyed_by_files(obj: dict) -> bool:
     """Keys that are checkpoint file names, not module keys: Lightning's ModelCheckpoint keeps
     `best_k_models` ({"/runs/epoch=2-step=30.ckpt": score tensor}) in every .ckpt it writes."""
-    keys = [k for k in obj if isinstance(k, str)]
-    return bool(keys) and all(k.endswith(_FILE_KEY) for k in keys) and any(
-        "/" in k or "\\" in k or "=" in k for k in keys)
+    # (all() stops at the first module key; any() is False without keys)
+    return all(k.endswith(_FILE_KEY) for k in obj if isinstance(k, str)) and any(
+        "/" in k or "\\" in k or "=" in k for k in obj if isinstance(k, str))
 
 
 def _is_state_dict(obj: dict) -> bool:

@@ -8,7 +8,7 @@ import os
 import struct
 import zipfile
 import zlib
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Collection, NamedTuple
 
 from bufinspect.errors import InputError
 from bufinspect.formats import _files, _torch_common, _unpickle
@@ -124,6 +124,15 @@ def _zip64(extra: bytes, fsize: int, csize: int, offset: int) -> tuple[int, int,
     return fsize, csize, offset
 
 
+def _unsafe_names(names: Collection[str]) -> list[str]:
+    """Member names that point outside the archive (absolute, backslashes, a `..` part)."""
+    joined = "\x00".join(names)  # one search over all names first: they are rarely unsafe
+    if not (joined.startswith("/") or "\x00/" in joined or "\\" in joined or ".." in joined):
+        return []
+    return [n for n in names if n.startswith("/") or "\\" in n
+            or (".." in n and ".." in n.split("/"))]
+
+
 class ZipArchive:
     """The parts of a zip directory bufinspect needs: member sizes and raw data offsets."""
 
@@ -149,8 +158,7 @@ class ZipArchive:
             self.close()
             raise
         self.infos = infos
-        unsafe = [n for n in self.infos if n.startswith("/") or "\\" in n
-                  or (".." in n and ".." in n.split("/"))]
+        unsafe = _unsafe_names(infos)
         if unsafe:
             self.close()
             raise InputError(f"zip member name {brief(unsafe[0])} points outside the archive",
