@@ -286,3 +286,121 @@ def test_tensor_placeholders_are_slotted():
     t.is_parameter = True  # the rebuild functions still set their fields
     with pytest.raises(AttributeError):
         t.anything = 1
+
+
+# ---- the central directory read in one pass, against zipfile ------------------------------
+
+
+def _zipfile_table(path):
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        return {i.filename: (i.filename, i.header_offset, i.compress_size, i.file_size,
+                             i.compress_type, i.CRC, i.flag_bits) for i in z.infolist()}
+
+
+def _fast_table(path):
+    import os
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        table = torch_zip._directory(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+    return None if table is None else {k: tuple(v) for k, v in table.items()}
+
+
+def _build_zip(members, *, zip64_end=True, zip64_extra=(), comment=b"", prefix=b"",
+               damage=None):
+    """A stored zip archive written by hand: (name bytes, data, flags) members; names in
+    `zip64_extra` get their sizes and offset in a zip64 extra field of the central record."""
+    import struct
+    import zlib
+
+    out, central = bytearray(prefix), bytearray()
+    for name, data, flags in members:
+        at = len(out) - len(prefix)
+        crc = zlib.crc32(data)
+        out += struct.pack("<4s2B4HL2L2H", b"PK\x03\x04", 20, 0, flags, 0, 0, 0, crc,
+                           len(data), len(data), len(name), 0) + name + data
+        if name in zip64_extra:
+            extra = struct.pack("<HHQQQ", 1, 24, len(data), len(data), at)
+            sizes = (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF)
+        else:
+            extra, sizes = b"", (len(data), len(data), at)
+        central += struct.pack("<4s4B4HL2L5H2L", b"PK\x01\x02", 45, 3, 45, 0, flags, 0, 0, 0,
+                               crc, sizes[0], sizes[1], len(name), len(extra), 0, 0, 0, 0,
+                               sizes[2]) + name + extra
+    if damage == "record_signature":
+        central[len(central) // 2: len(central) // 2 + 4] = b"PK\x01\x03"
+        central[:4] = b"PK\x01\x03"
+    elif damage == "name_overruns":
+        central[28:30] = struct.pack("<H", 0xFFFF)
+    elif damage == "version":
+        central[6] = 99
+    cd_at = len(out) - len(prefix)
+    out += central
+    count = len(members) - (1 if damage == "count" else 0)
+    if zip64_end:
+        end64_at = len(out) - len(prefix)
+        out += struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count,
+                           len(central), cd_at)
+        out += struct.pack("<4sLQL", b"PK\x06\x07", 0, end64_at, 1)
+    out += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, min(count, 0xFFFF),
+                       min(count, 0xFFFF), len(central), cd_at, len(comment)) + comment
+    return bytes(out)
+
+
+NAMES = [(b"arch/data.pkl", b"\x80\x02}q\x00.", 0), (b"arch/data/0", b"\x00" * 64, 0),
+         (b"arch/data/1", b"\x01" * 16, 0), (b"arch/version", b"3\n", 0)]
+
+
+@pytest.mark.parametrize("case,kw,fast", [
+    ("plain", {}, True),
+    ("no_zip64_end", {"zip64_end": False}, True),
+    ("zip64_extra", {"zip64_extra": (b"arch/data/0", b"arch/data.pkl")}, True),
+    ("utf8_name", {"members": NAMES + [("arch/dätä/ü".encode(), b"x", 0x800)]}, True),
+    ("cp437_name", {"members": NAMES + [(b"arch/\x81\x82", b"x", 0)]}, True),
+    ("comment", {"comment": b"hello"}, False),
+    ("prefix", {"prefix": b"#!/bin/sh\n" * 3}, False),
+    ("duplicate", {"members": NAMES + [NAMES[1]]}, False),
+    ("nul_in_name", {"members": NAMES + [(b"arch/a\x00b", b"x", 0)]}, False),
+    ("record_signature", {"damage": "record_signature"}, False),
+    ("name_overruns", {"damage": "name_overruns"}, False),
+    ("version", {"damage": "version"}, False),
+    ("count", {"damage": "count"}, False),
+])
+def test_directory_matches_zipfile(tmp_path, case, kw, fast):
+    kw = dict(kw)
+    path = tmp_path / f"{case}.zip"
+    path.write_bytes(_build_zip(kw.pop("members", NAMES), **kw))
+    table = _fast_table(str(path))
+    assert (table is not None) == fast
+    if table is not None:
+        assert table == _zipfile_table(str(path))
+
+
+def test_directory_matches_zipfile_on_torch_save(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save({f"layers.{i}.w": torch.full((2, 3), float(i)) for i in range(500)}
+               | {"ü.bias": torch.ones(1)}, path)
+    table = _fast_table(str(path))
+    assert table is not None and len(table) > 500
+    assert table == _zipfile_table(str(path))
+
+
+def test_truncated_directories_fall_back(tmp_path):
+    """Every cut of a real archive's tail: the one-pass read gives zipfile's table or None
+    (zipfile then reads the file or says what is wrong), never another table."""
+    import zipfile
+
+    whole = _build_zip(NAMES, zip64_extra=(b"arch/data/1",))
+    for cut in range(1, 200):
+        path = tmp_path / f"cut{cut}.zip"
+        path.write_bytes(whole[:-cut])
+        table = _fast_table(str(path))
+        if table is not None:
+            try:
+                assert table == _zipfile_table(str(path))
+            except zipfile.BadZipFile:
+                pytest.fail(f"cut {cut}: a table where zipfile refuses the file")

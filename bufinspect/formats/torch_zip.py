@@ -23,6 +23,9 @@ _END = struct.Struct("<4s4H2LH")  # end of central directory record
 _END64_LOCATOR = struct.Struct("<4sLQL")
 _END64 = struct.Struct("<4sQ2H2L4Q")
 _CENTRAL = struct.Struct("<4s4B4HL2L5H2L")  # one central directory record
+# the fields of one that bufinspect uses: signature, version needed, flags, method, CRC,
+# sizes, name/extra/comment lengths, local header offset
+_CENTRAL_USED = struct.Struct("<4s2xBxHH4x3L3H8xL")
 _EXTRACT_VERSION = 63  # the newest zip version zipfile reads (zipfile.MAX_EXTRACT_VERSION)
 # what zipfile raises on a corrupt archive (a new version, encryption, a broken deflate stream)
 _ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
@@ -73,34 +76,35 @@ def _directory(fd: int, size: int) -> dict[str, Member] | None:
     if len(cd) != cd_size:
         return None
     infos: dict[str, Member] = {}
-    unpack, record, pos, n = _CENTRAL.unpack_from, _CENTRAL.size, 0, len(cd)
+    unpack, record, pos, n, records = _CENTRAL_USED.unpack_from, _CENTRAL.size, 0, len(cd), 0
+    text = cd.decode("latin-1")  # one character per byte: ASCII names are sliced from it
     while pos < n:
         if pos + record > n:
             return None
-        (sig, _, _, version, _, flags, method, _, _, crc, csize, fsize, name_len, extra_len,
-         comment_len, _, _, _, offset) = unpack(cd, pos)
+        (sig, version, flags, method, crc, csize, fsize, name_len, extra_len, comment_len,
+         offset) = unpack(cd, pos)
         start = pos + record
         pos = start + name_len + extra_len + comment_len
         if sig != b"PK\x01\x02" or version > _EXTRACT_VERSION or pos > n:
             return None
-        raw_name = cd[start: start + name_len]
-        if b"\x00" in raw_name:
-            return None
+        name = text[start: start + name_len]
+        if not name.isascii():  # (ASCII reads the same in utf-8 and cp437)
+            try:
+                name = cd[start: start + name_len].decode("utf-8" if flags & 0x800 else "cp437")
+            except UnicodeDecodeError:
+                return None
         if extra_len:
             sizes = _zip64(cd[start + name_len: start + name_len + extra_len], fsize, csize,
                            offset)
             if sizes is None:
                 return None
             fsize, csize, offset = sizes
-        try:  # (ASCII reads the same in utf-8 and cp437, and decodes 10x faster)
-            name = raw_name.decode("ascii" if raw_name.isascii() else
-                                   "utf-8" if flags & 0x800 else "cp437")
-        except UnicodeDecodeError:
-            return None
-        if name in infos:
-            return None  # zipfile lists both; the archive check below names the problem
         infos[name] = _new_member(Member, (name, offset, csize, fsize, method, crc, flags))
-    return infos if len(infos) == count else None
+        records += 1
+    # a name twice (zipfile lists both; the archive check names the problem) or with a NUL
+    if len(infos) != records or "\x00" in "".join(infos):
+        return None
+    return infos if records == count else None
 
 
 def _zip64(extra: bytes, fsize: int, csize: int, offset: int) -> tuple[int, int, int] | None:
