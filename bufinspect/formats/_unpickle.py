@@ -6,12 +6,13 @@ records callee and arguments: the calls `torch.load(weights_only=False)` would m
 BUILD only fill a stub. Which names make a reader refuse the file is `_policy`'s decision.
 """
 
-# Long on purpose (~520 lines): the opcode-level reader, its stand-in types and the allowlist
+# Long on purpose (~580 lines): the opcode-level reader, its stand-in types and the allowlist
 # must be read together to see that nothing the file names can run.
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import os
@@ -430,34 +431,7 @@ class _Unpickler(pickle.Unpickler):
         # the C unpickler calls this directly (no method frame in between), once per storage
         self.persistent_load = persistent
         self._log = log
-        self._allowed = self._allowlist()
-
-    def _allowlist(self) -> dict[tuple[str, str], Any]:
-        allowed: dict[tuple[str, str], Any] = {
-            ("collections", "OrderedDict"): PickledDict,
-            ("builtins", "set"): _Safe("set", _set),
-            ("builtins", "frozenset"): _Safe("frozenset", _frozenset),
-            ("_codecs", "encode"): _Safe("_codecs.encode", _encode),
-            ("torch", "Size"): _Safe("torch.Size", _torch_size),
-            ("torch", "device"): _Safe("torch.device", _device),
-            ("torch.serialization", "_get_layout"): _Safe("_get_layout", _layout),
-            ("torch._tensor", "_rebuild_from_type_v2"):
-                _Safe("_rebuild_from_type_v2", _rebuild_from_type_v2),
-            # plain functions, never bound methods: a bound method in the allowlist would keep
-            # every unpickler alive in a reference cycle while `load` has the collector off
-            # (a DCP folder of 20,000 items peaked at 2.8 GB)
-            ("copyreg", "_reconstructor"): _Safe("copyreg._reconstructor", _reconstructor),
-            ("copyreg", "__newobj__"): _Safe("copyreg.__newobj__", _newobj),
-            # protocol 2's spelling of NEWOBJ_EX (objects with __getnewargs_ex__)
-            ("copyreg", "__newobj_ex__"): _Safe("copyreg.__newobj_ex__", _newobj_ex),
-            ("torch.storage", "UntypedStorage"): StorageType(None),
-            ("torch", "UntypedStorage"): StorageType(None),
-        }
-        for name, fn in _TORCH_UTILS.items():
-            allowed[("torch._utils", name)] = _Safe(name, fn)
-        for cls, dt in dtypes.STORAGE_TYPES.items():
-            allowed[("torch", cls)] = StorageType(dt)
-        return allowed
+        self._allowed = _allowlist()
 
     def find_class(self, module: str, name: str) -> Any:
         module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
@@ -473,6 +447,37 @@ class _Unpickler(pickle.Unpickler):
         if full not in self._log._stubs:
             self._log.globals.append(full)
         return self._log.stub_class(full)
+
+
+@functools.cache
+def _allowlist() -> dict[tuple[str, str], Any]:
+    """The globals a pickle may name that are not stubs: built once, shared by every unpickler
+    (each value is immutable; a DCP folder unpickles once per item)."""
+    allowed: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): PickledDict,
+        ("builtins", "set"): _Safe("set", _set),
+        ("builtins", "frozenset"): _Safe("frozenset", _frozenset),
+        ("_codecs", "encode"): _Safe("_codecs.encode", _encode),
+        ("torch", "Size"): _Safe("torch.Size", _torch_size),
+        ("torch", "device"): _Safe("torch.device", _device),
+        ("torch.serialization", "_get_layout"): _Safe("_get_layout", _layout),
+        ("torch._tensor", "_rebuild_from_type_v2"):
+            _Safe("_rebuild_from_type_v2", _rebuild_from_type_v2),
+        # plain functions, never bound methods: a bound method in the allowlist would keep
+        # every unpickler alive in a reference cycle while `load` has the collector off
+        # (a DCP folder of 20,000 items peaked at 2.8 GB)
+        ("copyreg", "_reconstructor"): _Safe("copyreg._reconstructor", _reconstructor),
+        ("copyreg", "__newobj__"): _Safe("copyreg.__newobj__", _newobj),
+        # protocol 2's spelling of NEWOBJ_EX (objects with __getnewargs_ex__)
+        ("copyreg", "__newobj_ex__"): _Safe("copyreg.__newobj_ex__", _newobj_ex),
+        ("torch.storage", "UntypedStorage"): StorageType(None),
+        ("torch", "UntypedStorage"): StorageType(None),
+    }
+    for name, fn in _TORCH_UTILS.items():
+        allowed[("torch._utils", name)] = _Safe(name, fn)
+    for cls, dt in dtypes.STORAGE_TYPES.items():
+        allowed[("torch", cls)] = StorageType(dt)
+    return allowed
 
 
 def torch_dtype(module: str, name: str) -> DTypeRef | None:
