@@ -404,3 +404,25 @@ def test_truncated_directories_fall_back(tmp_path):
                 assert table == _zipfile_table(str(path))
             except zipfile.BadZipFile:
                 pytest.fail(f"cut {cut}: a table where zipfile refuses the file")
+
+
+def test_a_huge_directory_is_left_to_zipfile(tmp_path, monkeypatch):
+    path = tmp_path / "m.pt"
+    torch.save({f"w{i}": torch.ones(2) for i in range(50)}, path)
+    fast = _fast_table(str(path))
+    assert fast is not None
+    monkeypatch.setattr(torch_zip, "_MAX_FAST_DIRECTORY", 1000)
+    assert _fast_table(str(path)) is None
+    arc = torch_zip.ZipArchive(str(path))
+    try:
+        assert arc.zip is not None  # zipfile read the directory
+        assert {k: (i.filename, i.header_offset, i.compress_size, i.file_size, i.compress_type,
+                    i.CRC, i.flag_bits) for k, i in arc.infos.items()} == fast
+        assert arc.storage_spans()("0") == arc.data_span(arc.prefix + "data/0")
+    finally:
+        arc.close()
+    import bufinspect
+
+    through_zipfile = bufinspect.show(str(path)).to_dict()
+    monkeypatch.undo()
+    assert bufinspect.show(str(path)).to_dict() == through_zipfile

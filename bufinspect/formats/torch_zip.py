@@ -31,6 +31,9 @@ _EXTRACT_VERSION = 63  # the newest zip version zipfile reads (zipfile.MAX_EXTRA
 _ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
                RuntimeError, zlib.error, struct.error)
 _MAX_RATIO = 64  # a compressed pickle that inflates more than this is a zip bomb
+# a central directory read in one pass at most this large (a million tensors' is ~60 MB):
+# beyond it zipfile reads it, never a second copy of a file-sized directory in memory
+_MAX_FAST_DIRECTORY = 256 << 20
 
 
 class Member(NamedTuple):
@@ -71,6 +74,8 @@ def _directory(fd: int, size: int) -> dict[str, Member] | None:
                 return None
             end_at = end64_at
     if cd_offset + cd_size != end_at:  # data before the archive or between its parts
+        return None
+    if cd_size > _MAX_FAST_DIRECTORY:  # (its names are sliced from a decoded copy)
         return None
     cd = os.pread(fd, cd_size, cd_offset)
     if len(cd) != cd_size:
