@@ -286,6 +286,8 @@ def test_tensor_placeholders_are_slotted():
     t.is_parameter = True  # the rebuild functions still set their fields
     with pytest.raises(AttributeError):
         t.anything = 1
+    with pytest.raises(pickle.UnpicklingError):  # BUILD on a tensor is still refused
+        t.__setstate__({"shape": (1 << 40,)})
 
 
 # ---- the central directory read in one pass, against zipfile ------------------------------

@@ -259,7 +259,9 @@ class ZipArchive:
             if at + header_size > size:
                 raise InputError(f"corrupt zip header for {name}", path)
             if headers is None:  # (mapped on the first storage, as `data_span` does)
-                headers = self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
+                if self._map is None:
+                    self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
+                headers = self._map
             sig, name_len, extra_len = unpack(headers, at)
             if sig != b"PK\x03\x04":
                 raise InputError(f"corrupt zip header for {name}", path)
