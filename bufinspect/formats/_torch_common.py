@@ -16,6 +16,8 @@ from bufinspect.model import TensorData
 _ITEMSIZE = {name: dtypes.itemsize(name) for name in dtypes.DTYPES}  # (0: unknown dtype)
 # a view may repeat its storage (stride 0, as `expand` makes) up to this many bytes in all
 _MAX_VIEW_BYTES = 1 << 30
+_LOCATED = frozenset(("strided", "quantized"))  # layouts whose bytes a storage holds
+_UNSEEN = object()
 
 
 class ViewBudget:
@@ -66,40 +68,68 @@ def make_locator(path: str, file: str, storages: Callable[[str], tuple[int, int]
     """
 
     spans: dict[str, tuple[int, int] | None] = {}  # a storage shared by many tensors: one read
-    seen: dict[int, tuple[TensorRef, TensorData | None]] = {}  # a tensor listed many times
-    budget = ViewBudget(path)
+    seen: dict[int, TensorData | None] = {}  # a tensor listed many times: its first answer
+    keep: list[TensorRef] = []  # every tensor in `seen`, alive: its id is not reused meanwhile
+    strides_of: dict[tuple[int, ...], tuple[int, ...]] = {}  # contiguous strides per shape
+    # the ViewBudget, kept in two locals: a storage is charged its bytes when it is first
+    # resolved (the only time it can be new to the budget), every view its logical bytes
+    stored = viewed = 0
+    # the per-tensor path (100,000 calls for a large checkpoint) works on locals only
+    seen_get, spans_get, strides_get, itemsize_get = seen.get, spans.get, strides_of.get, \
+        _ITEMSIZE.get
+    prod, located, unseen, limit = math.prod, _LOCATED, _UNSEEN, _VIEW_FACTOR
+
+    def over() -> None:
+        raise InputError(f"tensors view their storages {viewed} bytes' worth, more than "
+                         f"{_VIEW_FACTOR}x the {stored} bytes the file stores; refusing it "
+                         "(overlapping or stride-0 views)", path)
 
     def locate(t: TensorRef) -> TensorData | None:
-        found = seen.get(id(t))
-        if found is not None:
-            if found[1] is not None:  # listed again: a data pass reads it again
-                budget.charge(t.storage.key, found[1].storage_nbytes,
-                              t.numel * _ITEMSIZE.get(t.dtype, 0))
-            return found[1]
-        if t.storage is None or t.layout not in ("strided", "quantized"):
-            seen[id(t)] = (t, None)
+        nonlocal stored, viewed
+        found = seen_get(id(t), unseen)
+        if found is not unseen:
+            if found is not None:  # listed again: a data pass reads it again
+                viewed += t.numel * itemsize_get(t.dtype, 0)
+                if viewed > limit * stored + _VIEW_SLACK:
+                    over()
+            return found
+        keep.append(t)
+        storage = t.storage
+        if storage is None or t.layout not in located:
+            seen[id(t)] = None
             return None
-        key = t.storage.key
-        where = spans[key] if key in spans else spans.setdefault(key, storages(key))
+        key = storage.key
+        where = spans_get(key, unseen)
+        new = where is unseen
+        if new:
+            where = spans[key] = storages(key)
         if where is None:
             raise InputError(f"storage {_unpickle.brief(key)} is missing from the archive", path)
         offset, nbytes = where
-        size = _ITEMSIZE.get(t.dtype, 0)
+        size = itemsize_get(t.dtype, 0)
         shape, stride = t.shape, t.stride
-        numel = math.prod(shape)
-        contiguous = stride == contiguous_strides(shape)
+        numel = prod(shape)
+        contiguous_stride = strides_get(shape)
+        if contiguous_stride is None:
+            contiguous_stride = strides_of[shape] = contiguous_strides(shape)
+        contiguous = stride == contiguous_stride
         if numel and size:
             last = t.storage_offset + (numel - 1 if contiguous else
                                        sum((n - 1) * s for n, s in zip(shape, stride or ())))
             if (last + 1) * size > nbytes:
                 raise InputError(f"a tensor of shape {list(shape)} does not fit in its storage "
                                  f"({nbytes} bytes)", path)
-        if numel * size > max(nbytes, _MAX_VIEW_BYTES):
+        view = numel * size
+        if view > nbytes and view > _MAX_VIEW_BYTES:
             raise InputError(f"a tensor of shape {list(shape)} repeats its {nbytes}-byte "
                              "storage beyond any real checkpoint; refusing it", path)
-        budget.charge(key, nbytes, numel * size)
-        data = TensorData(file, offset, nbytes, t.storage_offset, None if contiguous else stride)
-        seen[id(t)] = (t, data)  # (t kept alive: its id is not reused while this map lives)
+        if new:
+            stored += nbytes
+        viewed += view
+        if viewed > limit * stored + _VIEW_SLACK:
+            over()
+        data = seen[id(t)] = TensorData(file, offset, nbytes, t.storage_offset,
+                                        None if contiguous else stride)
         return data
 
     return locate

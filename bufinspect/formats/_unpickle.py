@@ -6,12 +6,13 @@ records callee and arguments: the calls `torch.load(weights_only=False)` would m
 BUILD only fill a stub. Which names make a reader refuse the file is `_policy`'s decision.
 """
 
-# Long on purpose (~520 lines): the opcode-level reader, its stand-in types and the allowlist
+# Long on purpose (~580 lines): the opcode-level reader, its stand-in types and the allowlist
 # must be read together to see that nothing the file names can run.
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import os
@@ -79,9 +80,10 @@ class StorageRef:
         raise pickle.UnpicklingError("a pickle tried to change a storage")
 
 
-@dataclass
+@dataclass(slots=True)
 class TensorRef:
-    """A tensor placeholder: everything `torch.load` would know, without the data."""
+    """A tensor placeholder: everything `torch.load` would know, without the data (slotted: one
+    per tensor, built and read faster without an instance dict)."""
 
     storage: StorageRef | None
     storage_offset: int
@@ -180,15 +182,23 @@ class PickledDict(dict):
 
 
 class _Safe:
-    """A frozen wrapper around one of bufinspect's own functions: callable, not mutable."""
+    """A frozen wrapper around one of bufinspect's own functions: callable, not mutable.
+
+    Each wrapper is an instance of its own subclass whose `__call__` is the function itself
+    (a staticmethod), so REDUCE calls the function with no wrapper frame in between: the
+    rebuild functions run once per tensor (100,000 times in a large checkpoint)."""
 
     __slots__ = ("_fn", "_name")
+
+    def __new__(cls, name: str, fn: Callable[..., Any]) -> "_Safe":
+        sub = type(f"_Safe[{name}]", (cls,), {"__slots__": (), "__call__": staticmethod(fn)})
+        return object.__new__(sub)
 
     def __init__(self, name: str, fn: Callable[..., Any]):
         object.__setattr__(self, "_fn", fn)
         object.__setattr__(self, "_name", name)
 
-    def __call__(self, *args: Any) -> Any:  # REDUCE passes positional arguments only
+    def __call__(self, *args: Any) -> Any:  # (replaced by `fn` in each instance's class)
         return self._fn(*args)
 
     def __setstate__(self, state: Any) -> None:
@@ -202,6 +212,7 @@ class _Safe:
 
 
 _DIM_LIMIT = 1 << 63  # torch sizes and strides are int64
+_SMALL_DIM = 1 << 31  # two such dimensions multiply to less than _DIM_LIMIT
 
 
 def _ints(v: Any, what: str) -> tuple[int, ...]:
@@ -233,6 +244,24 @@ def _shape(v: Any) -> tuple[int, ...]:
 
 def _strided(storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None,
              requires_grad: Any = False) -> TensorRef:
+    # the usual tensor (a tuple size of at most two ints below 2**31 and its tuple stride: no
+    # product to bound) in one pass of checks; anything else takes the checks below
+    if type(storage) is StorageRef and type(offset) is int and offset >= 0 \
+            and type(size) is tuple and type(stride) is tuple and len(size) == len(stride) <= 2:
+        for x in size + stride:
+            if type(x) is not int or x < 0 or x >= _SMALL_DIM:
+                break
+        else:
+            name = dtype or storage.dtype
+            if name is not None:
+                return TensorRef(storage, offset + storage.view_offset, size, stride, name,
+                                 bool(requires_grad))
+    return _strided_checked(storage, offset, size, stride, dtype, requires_grad)
+
+
+def _strided_checked(storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None,
+                     requires_grad: Any = False) -> TensorRef:
+    """`_strided` for any input: every check, one at a time (the reference for its fast path)."""
     if not isinstance(storage, StorageRef):
         raise pickle.UnpicklingError("tensor without a storage placeholder")
     if type(offset) is not int or offset < 0:
@@ -402,34 +431,7 @@ class _Unpickler(pickle.Unpickler):
         # the C unpickler calls this directly (no method frame in between), once per storage
         self.persistent_load = persistent
         self._log = log
-        self._allowed = self._allowlist()
-
-    def _allowlist(self) -> dict[tuple[str, str], Any]:
-        allowed: dict[tuple[str, str], Any] = {
-            ("collections", "OrderedDict"): PickledDict,
-            ("builtins", "set"): _Safe("set", _set),
-            ("builtins", "frozenset"): _Safe("frozenset", _frozenset),
-            ("_codecs", "encode"): _Safe("_codecs.encode", _encode),
-            ("torch", "Size"): _Safe("torch.Size", _torch_size),
-            ("torch", "device"): _Safe("torch.device", _device),
-            ("torch.serialization", "_get_layout"): _Safe("_get_layout", _layout),
-            ("torch._tensor", "_rebuild_from_type_v2"):
-                _Safe("_rebuild_from_type_v2", _rebuild_from_type_v2),
-            # plain functions, never bound methods: a bound method in the allowlist would keep
-            # every unpickler alive in a reference cycle while `load` has the collector off
-            # (a DCP folder of 20,000 items peaked at 2.8 GB)
-            ("copyreg", "_reconstructor"): _Safe("copyreg._reconstructor", _reconstructor),
-            ("copyreg", "__newobj__"): _Safe("copyreg.__newobj__", _newobj),
-            # protocol 2's spelling of NEWOBJ_EX (objects with __getnewargs_ex__)
-            ("copyreg", "__newobj_ex__"): _Safe("copyreg.__newobj_ex__", _newobj_ex),
-            ("torch.storage", "UntypedStorage"): StorageType(None),
-            ("torch", "UntypedStorage"): StorageType(None),
-        }
-        for name, fn in _TORCH_UTILS.items():
-            allowed[("torch._utils", name)] = _Safe(name, fn)
-        for cls, dt in dtypes.STORAGE_TYPES.items():
-            allowed[("torch", cls)] = StorageType(dt)
-        return allowed
+        self._allowed = _allowlist()
 
     def find_class(self, module: str, name: str) -> Any:
         module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
@@ -445,6 +447,37 @@ class _Unpickler(pickle.Unpickler):
         if full not in self._log._stubs:
             self._log.globals.append(full)
         return self._log.stub_class(full)
+
+
+@functools.cache
+def _allowlist() -> dict[tuple[str, str], Any]:
+    """The globals a pickle may name that are not stubs: built once, shared by every unpickler
+    (each value is immutable; a DCP folder unpickles once per item)."""
+    allowed: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): PickledDict,
+        ("builtins", "set"): _Safe("set", _set),
+        ("builtins", "frozenset"): _Safe("frozenset", _frozenset),
+        ("_codecs", "encode"): _Safe("_codecs.encode", _encode),
+        ("torch", "Size"): _Safe("torch.Size", _torch_size),
+        ("torch", "device"): _Safe("torch.device", _device),
+        ("torch.serialization", "_get_layout"): _Safe("_get_layout", _layout),
+        ("torch._tensor", "_rebuild_from_type_v2"):
+            _Safe("_rebuild_from_type_v2", _rebuild_from_type_v2),
+        # plain functions, never bound methods: a bound method in the allowlist would keep
+        # every unpickler alive in a reference cycle while `load` has the collector off
+        # (a DCP folder of 20,000 items peaked at 2.8 GB)
+        ("copyreg", "_reconstructor"): _Safe("copyreg._reconstructor", _reconstructor),
+        ("copyreg", "__newobj__"): _Safe("copyreg.__newobj__", _newobj),
+        # protocol 2's spelling of NEWOBJ_EX (objects with __getnewargs_ex__)
+        ("copyreg", "__newobj_ex__"): _Safe("copyreg.__newobj_ex__", _newobj_ex),
+        ("torch.storage", "UntypedStorage"): StorageType(None),
+        ("torch", "UntypedStorage"): StorageType(None),
+    }
+    for name, fn in _TORCH_UTILS.items():
+        allowed[("torch._utils", name)] = _Safe(name, fn)
+    for cls, dt in dtypes.STORAGE_TYPES.items():
+        allowed[("torch", cls)] = StorageType(dt)
+    return allowed
 
 
 def torch_dtype(module: str, name: str) -> DTypeRef | None:
@@ -530,6 +563,16 @@ def refusals(log: UnpickleLog) -> list[tuple[str, _policy.Rule, bool]]:
 
 def storage_from_pid(pid: Any) -> StorageRef:
     """Parse a zip-format persistent id: ('storage', StorageType, key, location, numel)."""
+    if type(pid) is tuple and len(pid) == 5:  # the usual id, checked in one pass
+        tag, stype, key, location, numel = pid
+        if tag == "storage" and type(stype) is StorageType and type(key) is str \
+                and type(location) is str and type(numel) is int and numel >= 0:
+            return StorageRef(key, stype.dtype, location, numel)
+    return _storage_checked(pid)
+
+
+def _storage_checked(pid: Any) -> StorageRef:
+    """`storage_from_pid` for any input (the reference for its fast path)."""
     if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
         raise pickle.UnpicklingError(f"unexpected persistent id {brief(pid)}")
     _, stype, key, location, numel = pid

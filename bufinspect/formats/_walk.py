@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from math import prod
 from typing import Any, Callable
 
 from bufinspect import dtypes
@@ -15,6 +16,7 @@ MAX_DEPTH = 200
 MAX_ENTRIES = 500_000  # tensors listed (a shared tensor counts once per place it appears)
 
 Locate = Callable[[TensorRef], TensorData | None]
+_itemsize = {name: dtypes.itemsize(name) for name in dtypes.DTYPES}.get  # (unknown: 0)
 
 
 class Walker:
@@ -32,9 +34,10 @@ class Walker:
         self.entries += 1  # one tensor shared a billion times is a bomb too
         if self.entries > MAX_ENTRIES:
             raise InputError(f"the pickle lists more than {MAX_ENTRIES} tensors", self.path)
-        device = t.storage.location if t.storage is not None else t.device
-        return Entry(container, key, role, evidence, t.shape, t.dtype, device,
-                     t.numel * dtypes.itemsize(t.dtype), persistent, t.requires_grad,
+        storage = t.storage
+        return Entry(container, key, role, evidence, t.shape, t.dtype,
+                     t.device if storage is None else storage.location,
+                     prod(t.shape) * _itemsize(t.dtype, 0), persistent, t.requires_grad,
                      self.locate(t))
 
     # -- the walk ----------------------------------------------------------------------------
@@ -74,11 +77,15 @@ class Walker:
             tensors = [v for v in obj.values() if isinstance(v, TensorRef)]
             keep_vars = any(t.is_parameter for t in tensors) and not any(
                 t.layout == "quantized" for t in tensors)
-            plain = (Role.BUFFER, "pickle:keep_vars") if keep_vars else (Role.UNKNOWN, "none")
-            entries = tuple(
-                self.entry(here, k, v, Role.PARAMETER, "pickle:Parameter") if v.is_parameter
-                else self.entry(here, k, v, *plain, persistent=True if keep_vars else None)
-                for k, v in obj.items() if isinstance(v, TensorRef))
+            role, evidence, persistent = ((Role.BUFFER, "pickle:keep_vars", True) if keep_vars
+                                          else (Role.UNKNOWN, "none", None))
+            entry, out = self.entry, []
+            add = out.append
+            for k, v in obj.items():  # (a loop, not a generator: 100,000 tensors in some dicts)
+                if isinstance(v, TensorRef):
+                    add(entry(here, k, v, Role.PARAMETER, "pickle:Parameter") if v.is_parameter
+                        else entry(here, k, v, role, evidence, persistent))
+            entries = tuple(out)
             meta = getattr(obj, "_metadata", None) if isinstance(obj, PickledDict) else None
             versions = None
             if isinstance(meta, dict):
@@ -169,9 +176,9 @@ _FILE_KEY = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
 def _keyed_by_files(obj: dict) -> bool:
     """Keys that are checkpoint file names, not module keys: Lightning's ModelCheckpoint keeps
     `best_k_models` ({"/runs/epoch=2-step=30.ckpt": score tensor}) in every .ckpt it writes."""
-    keys = [k for k in obj if isinstance(k, str)]
-    return bool(keys) and all(k.endswith(_FILE_KEY) for k in keys) and any(
-        "/" in k or "\\" in k or "=" in k for k in keys)
+    # (all() stops at the first module key; any() is False without keys)
+    return all(k.endswith(_FILE_KEY) for k in obj if isinstance(k, str)) and any(
+        "/" in k or "\\" in k or "=" in k for k in obj if isinstance(k, str))
 
 
 def _is_state_dict(obj: dict) -> bool:

@@ -8,7 +8,7 @@ import os
 import struct
 import zipfile
 import zlib
-from typing import Any, NamedTuple
+from typing import Any, Callable, Collection, NamedTuple
 
 from bufinspect.errors import InputError
 from bufinspect.formats import _files, _torch_common, _unpickle
@@ -23,11 +23,17 @@ _END = struct.Struct("<4s4H2LH")  # end of central directory record
 _END64_LOCATOR = struct.Struct("<4sLQL")
 _END64 = struct.Struct("<4sQ2H2L4Q")
 _CENTRAL = struct.Struct("<4s4B4HL2L5H2L")  # one central directory record
+# the fields of one that bufinspect uses: signature, version needed, flags, method, CRC,
+# sizes, name/extra/comment lengths, local header offset
+_CENTRAL_USED = struct.Struct("<4s2xBxHH4x3L3H8xL")
 _EXTRACT_VERSION = 63  # the newest zip version zipfile reads (zipfile.MAX_EXTRACT_VERSION)
 # what zipfile raises on a corrupt archive (a new version, encryption, a broken deflate stream)
 _ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
                RuntimeError, zlib.error, struct.error)
 _MAX_RATIO = 64  # a compressed pickle that inflates more than this is a zip bomb
+# a central directory read in one pass at most this large (a million tensors' is ~60 MB):
+# beyond it zipfile reads it, never a second copy of a file-sized directory in memory
+_MAX_FAST_DIRECTORY = 256 << 20
 
 
 class Member(NamedTuple):
@@ -69,38 +75,41 @@ def _directory(fd: int, size: int) -> dict[str, Member] | None:
             end_at = end64_at
     if cd_offset + cd_size != end_at:  # data before the archive or between its parts
         return None
+    if cd_size > _MAX_FAST_DIRECTORY:  # (its names are sliced from a decoded copy)
+        return None
     cd = os.pread(fd, cd_size, cd_offset)
     if len(cd) != cd_size:
         return None
     infos: dict[str, Member] = {}
-    unpack, record, pos, n = _CENTRAL.unpack_from, _CENTRAL.size, 0, len(cd)
+    unpack, record, pos, n, records = _CENTRAL_USED.unpack_from, _CENTRAL.size, 0, len(cd), 0
+    text = cd.decode("latin-1")  # one character per byte: ASCII names are sliced from it
     while pos < n:
         if pos + record > n:
             return None
-        (sig, _, _, version, _, flags, method, _, _, crc, csize, fsize, name_len, extra_len,
-         comment_len, _, _, _, offset) = unpack(cd, pos)
+        (sig, version, flags, method, crc, csize, fsize, name_len, extra_len, comment_len,
+         offset) = unpack(cd, pos)
         start = pos + record
         pos = start + name_len + extra_len + comment_len
         if sig != b"PK\x01\x02" or version > _EXTRACT_VERSION or pos > n:
             return None
-        raw_name = cd[start: start + name_len]
-        if b"\x00" in raw_name:
-            return None
+        name = text[start: start + name_len]
+        if not name.isascii():  # (ASCII reads the same in utf-8 and cp437)
+            try:
+                name = cd[start: start + name_len].decode("utf-8" if flags & 0x800 else "cp437")
+            except UnicodeDecodeError:
+                return None
         if extra_len:
             sizes = _zip64(cd[start + name_len: start + name_len + extra_len], fsize, csize,
                            offset)
             if sizes is None:
                 return None
             fsize, csize, offset = sizes
-        try:  # (ASCII reads the same in utf-8 and cp437, and decodes 10x faster)
-            name = raw_name.decode("ascii" if raw_name.isascii() else
-                                   "utf-8" if flags & 0x800 else "cp437")
-        except UnicodeDecodeError:
-            return None
-        if name in infos:
-            return None  # zipfile lists both; the archive check below names the problem
         infos[name] = _new_member(Member, (name, offset, csize, fsize, method, crc, flags))
-    return infos if len(infos) == count else None
+        records += 1
+    # a name twice (zipfile lists both; the archive check names the problem) or with a NUL
+    if len(infos) != records or "\x00" in "".join(infos):
+        return None
+    return infos if records == count else None
 
 
 def _zip64(extra: bytes, fsize: int, csize: int, offset: int) -> tuple[int, int, int] | None:
@@ -122,6 +131,15 @@ def _zip64(extra: bytes, fsize: int, csize: int, offset: int) -> tuple[int, int,
                 return None
         extra = extra[ln + 4:]
     return fsize, csize, offset
+
+
+def _unsafe_names(names: Collection[str]) -> list[str]:
+    """Member names that point outside the archive (absolute, backslashes, a `..` part)."""
+    joined = "\x00".join(names)  # one search over all names first: they are rarely unsafe
+    if not (joined.startswith("/") or "\x00/" in joined or "\\" in joined or ".." in joined):
+        return []
+    return [n for n in names if n.startswith("/") or "\\" in n
+            or (".." in n and ".." in n.split("/"))]
 
 
 class ZipArchive:
@@ -149,8 +167,7 @@ class ZipArchive:
             self.close()
             raise
         self.infos = infos
-        unsafe = [n for n in self.infos if n.startswith("/") or "\\" in n
-                  or (".." in n and ".." in n.split("/"))]
+        unsafe = _unsafe_names(infos)
         if unsafe:
             self.close()
             raise InputError(f"zip member name {brief(unsafe[0])} points outside the archive",
@@ -223,6 +240,39 @@ class ZipArchive:
         """`data_span` of the storage named `key` (`<prefix>data/<key>`)."""
         return self.data_span(self.prefix + "data/" + key)
 
+    def storage_spans(self) -> Callable[[str], tuple[int, int] | None]:
+        """`storage_span` as a closure over locals, for the locator's once-per-storage call
+        (100,000 in a large checkpoint): the same checks and messages as `data_span`."""
+        infos_get, folder, size, path = self.infos.get, self.prefix + "data/", self.size, self.path
+        unpack, headers, header_size = _LOCAL_SPAN.unpack_from, self._map, _LOCAL_HEADER.size
+
+        def span(key: str) -> tuple[int, int] | None:
+            nonlocal headers
+            name = folder + key
+            info = infos_get(name)
+            if info is None:
+                return None
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise InputError(f"{name} is compressed; torch.save never compresses tensor "
+                                 "data", path)
+            at = info.header_offset
+            if at + header_size > size:
+                raise InputError(f"corrupt zip header for {name}", path)
+            if headers is None:  # (mapped on the first storage, as `data_span` does)
+                if self._map is None:
+                    self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
+                headers = self._map
+            sig, name_len, extra_len = unpack(headers, at)
+            if sig != b"PK\x03\x04":
+                raise InputError(f"corrupt zip header for {name}", path)
+            start = at + header_size + name_len + extra_len
+            if start + info.file_size > size:
+                raise InputError(f"{name} claims {info.file_size} bytes past the end of the "
+                                 "file", path)
+            return start, info.file_size
+
+        return span
+
     def data_span(self, name: str) -> tuple[int, int] | None:
         """(offset, length) of a stored (uncompressed) member's bytes in the file."""
         info = self.infos.get(name)
@@ -259,8 +309,7 @@ def read(path: str, arc: ZipArchive | None = None) -> Checkpoint:
         raw = arc.read(pkl)
         obj, log = _torch_common.unpickle(path, io.BytesIO(raw), storage_from_pid)
         _torch_common.refuse_calls(path, log)
-        locate = _torch_common.make_locator(
-            path, path, arc.storage_span)
+        locate = _torch_common.make_locator(path, path, arc.storage_spans())
         containers = containers_of(obj, path, locate)
         return Checkpoint(path=path, format=Format.TORCH_ZIP, size=arc.size,
                           containers=containers, foreign_globals=tuple(sorted(set(log.globals))),
