@@ -178,6 +178,53 @@ def test_kernel_stats_match_reference(dtype, name):
     assert scan[3:] == got[3:] and scan.n == got.n
 
 
+def _bf16_layouts():
+    """Word patterns the bfloat16 word kernel decides on by integer compares, per 2048 block."""
+    n = 32 * 2048 + 77  # over 65,536 (smaller pieces sum in float64); a partial last block
+    w = _bf16(rng.standard_normal(n) * 0.02)
+    yield "mixed", w
+    yield "all positive", _bf16(rng.random(n) + 1e-3)
+    yield "all negative", _bf16(-rng.random(n) - 1e-3)
+    yield "negative zeros, positives", np.where(rng.random(n) < 0.2, 0x8000, _bf16(rng.random(n)))
+    yield "positive zeros, negatives", np.where(rng.random(n) < 0.2, 0, _bf16(-rng.random(n)))
+    yield "only zeros", np.where(rng.random(n) < 0.5, 0, 0x8000).astype(np.uint16)
+    yield "subnormals", rng.integers(0, 0x80, n).astype(np.uint16) | (rng.integers(0, 2, n) << 15)
+    yield "largest finite", np.array([0x7F7F, 0xFF7F] * (n // 2), np.uint16)  # float32 overflow
+    yield "1e30 spread", _bf16(1e30 * rng.standard_normal(n))  # squares overflow float32
+    yield "1e-11 spread", _bf16(1e-11 * rng.standard_normal(n))  # float32 squares ~1e-22
+    yield "1e-20 spread", _bf16(1e-20 * rng.standard_normal(n))  # they would underflow
+    for pos in (0, 2047, 2048, n - 1):  # non-finite values at block edges
+        for word in (0x7F80, 0xFF80, 0x7FC0, 0xFFC1):
+            v = w.copy()
+            v[pos] = word
+            yield f"{word:#x} at {pos}", v
+
+
+@needs_kernel
+@pytest.mark.parametrize("name,words", list(_bf16_layouts()))
+def test_bfloat16_word_kernel_matches_reference(name, words):
+    """Large bfloat16 pieces run on raw words (integer extremes, float32 lane sums): the counts
+    and extremes exact, the moments within the float32-partial tolerance, whatever the piece's
+    start (an odd element offset) or length."""
+    words = words.astype(np.uint16)
+    for sl in (slice(None), slice(1, None), slice(3, -5)):
+        r = words[sl]
+        want = reference_stats(r, "bfloat16")
+        for moments in (True, False):
+            got = kernels.stats_partial(r, "bfloat16", moments)
+            for k in ("n", "min", "max", "nan", "inf", "zeros", "neg"):
+                assert getattr(got, k) == want[k], (name, moments, k)
+            if moments and want["n"]:
+                std = math.sqrt(want["m2"] / want["n"])
+                assert abs(got.mean - want["mean"]) <= 1e-7 * (abs(want["mean"]) + std), name
+                assert got.m2 == pytest.approx(want["m2"], rel=2e-7, abs=1e-300), name
+    # check's scan of small pieces (any size) also runs on words: the float64 loop's answer
+    for size in (1, 2, 31, 32, 33, 100):
+        r = words[:size]
+        assert (kernels.stats_partial(r, "bfloat16", False)[3:]
+                == kernels.stats_partial(r, "bfloat16", True)[3:]), (name, size)
+
+
 @needs_kernel
 def test_every_half_and_bfloat16_value_decodes_like_numpy():
     for dtype, words in (("float16", np.arange(65536, dtype=np.uint16).view(np.float16)),
