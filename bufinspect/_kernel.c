@@ -43,8 +43,11 @@ enum { F32 = 0, F64 = 1, F16 = 2, BF16 = 3, TAB8 = 4 };
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 /* x86-64-v3 (AVX2, F16C) and v4 (AVX-512) versions, picked at load time */
 #define CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+/* where every product is exact (bf16_sums_plain), let GCC fuse q + x * x into one FMA */
+#define CONTRACT __attribute__((optimize("fp-contract=fast")))
 #else
 #define CLONES
+#define CONTRACT
 #endif
 
 static inline float bits_to_f32(uint32_t u) {
@@ -360,10 +363,11 @@ STATS_FN(stats_f64, LOAD_F64)
 STATS_FN(stats_bf16, LOAD_BF16)
 STATS_FN(stats_tab8, LOAD_TAB8)
 
-/* 16- and 8-bit floats (bfloat16: stats_bf16w below): twice the lanes in float32. Their values, and their differences from a
- * float32 shift, are exact in float32; the sums are float32 over SUB elements (16 per lane
- * with AVX-512), then float64: the numpy path's precision class (float32 partials, ~1e-7 of
- * std at worst), at about half the float64 cost. Min, max and counts stay exact. */
+/* 16- and 8-bit floats (bfloat16: stats_bf16w below): twice the lanes in float32. Their
+ * values, and their differences from a float32 shift, are exact in float32; the sums are float32
+ * over SUB elements (16 per lane with AVX-512), then float64: the numpy path's precision class
+ * (float32 partials, ~1e-7 of std at worst), at about half the float64 cost. Min, max and counts
+ * stay exact. */
 #define SUB 256
 /* pieces up to this many elements (small tensors: BatchNorm buffers, biases) stay in float64,
  * as exact as the numpy path's float64 reduction of them; they cost nothing either way */
@@ -471,9 +475,11 @@ STATS32_FN(stats32_tab8, LOAD32_TAB8, slow_tab8)
  * AVX-512 compare, no conversion, exact. Only the sums widen, two elements per 32-bit word by a
  * shift and a mask into float32 bits, into WLANES float32 lanes (fixed by the element's place,
  * so every CPU gives the same bits) of SUB / WLANES terms each, added into float64 lanes: the
- * precision class of STATS32_FN, at a third of the old float-compare kernel's time (check's
- * scan needs no float at all). A block that holds a NaN or an Inf (or whose float32 sums
- * overflow, or that holds only tiny values) is redone by the float64 loop, which counts them. */
+ * precision class of STATS32_FN. The sums are plain (no shift: the square of a bfloat16 is
+ * exact, so an FMA changes nothing) unless |mean| > std, when the block is summed again around
+ * the running mean as in STATS_FN. Half the old float-compare kernel's time; check's scan
+ * needs no float at all. A block that holds a NaN or an Inf (or whose float32 sums overflow,
+ * or that holds only tiny values) is redone by the float64 loop, which counts them. */
 #define WLANES 32
 /* blocks whose values are all below 2^-40 go to the float64 loop: float32 squares of their
  * deviations could fall into (or under) float32's subnormal range and lose m2's digits */
@@ -488,6 +494,52 @@ static inline double lanes_sumw(const double *v) {
     return h[0];
 }
 
+/* sums of x - k and of its square over elements s..e of a block, float32 lanes of SUB / WLANES
+ * terms added into float64 lanes */
+#define BF16_SUMS(NAME, SHIFT, ATTR)                                                               \
+    ATTR static void NAME(const uint16_t *p, Py_ssize_t s, Py_ssize_t e, float kf, double *sm,    \
+                          double *sq) {                                                            \
+        double ds[WLANES] = {0}, dq[WLANES] = {0};                                                 \
+        for (Py_ssize_t u = s; u < e; u += SUB) {                                                  \
+            Py_ssize_t v = u + SUB < e ? u + SUB : e;                                              \
+            float vs[WLANES] = {0}, vq[WLANES] = {0};                                              \
+            Py_ssize_t k = u;                                                                      \
+            for (; k + WLANES <= v; k += WLANES) {                                                 \
+                SIMD_W                                                                             \
+                for (int j = 0; j < WLANES / 2; j++) { /* a word pair: elements 2j, 2j + 1 */      \
+                    uint32_t w;                                                                    \
+                    memcpy(&w, p + k + 2 * j, 4);                                                  \
+                    float d0 = bits_to_f32(w << 16) SHIFT;                                         \
+                    float d1 = bits_to_f32(w & 0xFFFF0000u) SHIFT;                                 \
+                    vs[j] += d0;                                                                   \
+                    vq[j] += d0 * d0;                                                              \
+                    vs[j + WLANES / 2] += d1;                                                      \
+                    vq[j + WLANES / 2] += d1 * d1;                                                 \
+                }                                                                                  \
+            }                                                                                      \
+            for (int j = 0; k < v; k++, j++) {                                                     \
+                float d = bits_to_f32((uint32_t)p[k] << 16) SHIFT;                                 \
+                vs[j] += d;                                                                        \
+                vq[j] += d * d;                                                                    \
+            }                                                                                      \
+            SIMD_W                                                                                 \
+            for (int j = 0; j < WLANES; j++) { /* float32 partials of SUB / WLANES terms */        \
+                ds[j] += vs[j];                                                                    \
+                dq[j] += vq[j];                                                                    \
+            }                                                                                      \
+        }                                                                                          \
+        *sm = lanes_sumw(ds);                                                                      \
+        *sq = lanes_sumw(dq);                                                                      \
+    }
+
+/* the plain sums: the square of a bfloat16 value from 2^-67 up (up to float32's overflow, when
+ * the block goes to the float64 loop anyway) is exact in float32, so `q + x * x` rounds once
+ * whether or not it is contracted into an FMA (where the clone has one, GCC only): every clone
+ * gives the same bits; blocks with smaller nonzero values take the uncontracted loop */
+#define EXACT_SQUARE 0x1E00u /* 2^-67 as a bfloat16 word */
+BF16_SUMS(bf16_sums_plain, , CLONES CONTRACT)
+BF16_SUMS(bf16_sums_shifted, -kf, CLONES)
+
 #define WORD_LANE(j, w)                                                                            \
     {                                                                                              \
         int16_t v_ = (int16_t)(w);                                                                 \
@@ -498,33 +550,52 @@ static inline double lanes_sumw(const double *v) {
         ng[j] += (uint16_t)((w) > 0x8000u);                                                        \
     }
 
+/* the smallest nonzero magnitude, less one (a zero wraps to 0xFFFF): only the sums need it */
+#define MAG_LANE(j, w)                                                                             \
+    {                                                                                              \
+        uint16_t m_ = (uint16_t)(((w) & 0x7FFFu) - 1u);                                            \
+        mnm[j] = m_ < mnm[j] ? m_ : mnm[j];                                                        \
+    }
+
 CLONES static void stats_bf16w(const void *pv, Py_ssize_t n, const float *t, int moments,
                                StatsPart *r) {
     const uint16_t *p = (const uint16_t *)pv;
     for (Py_ssize_t s = 0; s < n; s += BLOCK) {
         Py_ssize_t e = s + BLOCK < n ? s + BLOCK : n;
         /* integer pass: BLOCK / WLANES words per lane, so the uint16 counts cannot wrap */
-        uint16_t mxu[WLANES], mnu[WLANES], ng[WLANES];
+        uint16_t mxu[WLANES], mnu[WLANES], ng[WLANES], mnm[WLANES];
         int16_t mxs[WLANES], mns[WLANES];
         for (int j = 0; j < WLANES; j++) {
             mxu[j] = ng[j] = 0;
-            mnu[j] = 0xFFFF;
+            mnu[j] = mnm[j] = 0xFFFF;
             mxs[j] = INT16_MIN;
             mns[j] = INT16_MAX;
         }
         Py_ssize_t i = s;
-        for (; i + WLANES <= e; i += WLANES) {
-            SIMD_W
-            for (int j = 0; j < WLANES; j++) {
-                uint16_t w = p[i + j];
-                WORD_LANE(j, w)
+        if (moments) {
+            for (; i + WLANES <= e; i += WLANES) {
+                SIMD_W
+                for (int j = 0; j < WLANES; j++) {
+                    uint16_t w = p[i + j];
+                    WORD_LANE(j, w)
+                    MAG_LANE(j, w)
+                }
+            }
+        } else {
+            for (; i + WLANES <= e; i += WLANES) {
+                SIMD_W
+                for (int j = 0; j < WLANES; j++) {
+                    uint16_t w = p[i + j];
+                    WORD_LANE(j, w)
+                }
             }
         }
         for (int j = 0; i < e; i++, j++) {
             uint16_t w = p[i];
             WORD_LANE(j, w)
+            MAG_LANE(j, w)
         }
-        unsigned maxu = 0, minu = 0xFFFF;
+        unsigned maxu = 0, minu = 0xFFFF, minm = 0xFFFF;
         int maxs = INT16_MIN, mins = INT16_MAX;
         long long neg = 0, zeros = 0;
         for (int j = 0; j < WLANES; j++) {
@@ -532,6 +603,7 @@ CLONES static void stats_bf16w(const void *pv, Py_ssize_t n, const float *t, int
             minu = mnu[j] < minu ? mnu[j] : minu;
             maxs = mxs[j] > maxs ? mxs[j] : maxs;
             mins = mns[j] < mins ? mns[j] : mins;
+            minm = mnm[j] < minm ? mnm[j] : minm;
             neg += ng[j];
         }
         /* the largest magnitude, as a word without its sign */
@@ -550,38 +622,17 @@ CLONES static void stats_bf16w(const void *pv, Py_ssize_t n, const float *t, int
         double sm = 0, sq = 0;
         float kf = 0.0f;
         if (moments) {
-            kf = (float)(r->n ? r->mean : (double)bits_to_f32((uint32_t)p[s] << 16));
-            if (!isfinite(kf)) kf = 0.0f;
-            double ds[WLANES] = {0}, dq[WLANES] = {0};
-            for (Py_ssize_t u = s; u < e; u += SUB) {
-                Py_ssize_t v = u + SUB < e ? u + SUB : e;
-                float vs[WLANES] = {0}, vq[WLANES] = {0};
-                Py_ssize_t k = u;
-                for (; k + WLANES <= v; k += WLANES) {
-                    SIMD_W
-                    for (int j = 0; j < WLANES / 2; j++) { /* a word pair: elements 2j, 2j+1 */
-                        uint32_t w;
-                        memcpy(&w, p + k + 2 * j, 4);
-                        float d0 = bits_to_f32(w << 16) - kf, d1 = bits_to_f32(w & 0xFFFF0000u) - kf;
-                        vs[j] += d0;
-                        vq[j] += d0 * d0;
-                        vs[j + WLANES / 2] += d1;
-                        vq[j + WLANES / 2] += d1 * d1;
-                    }
-                }
-                for (int j = 0; k < v; k++, j++) {
-                    float d = bits_to_f32((uint32_t)p[k] << 16) - kf;
-                    vs[j] += d;
-                    vq[j] += d * d;
-                }
-                SIMD_W
-                for (int j = 0; j < WLANES; j++) { /* float32 partials of SUB / WLANES terms */
-                    ds[j] += vs[j];
-                    dq[j] += vq[j];
-                }
+            /* the plain sums first (no subtraction) */
+            if (minm + 1u >= EXACT_SQUARE) /* every square exact: FMA or not, the same bits */
+                bf16_sums_plain(p, s, e, 0.0f, &sm, &sq);
+            else
+                bf16_sums_shifted(p, s, e, 0.0f, &sm, &sq);
+            if (isfinite(sm) && isfinite(sq) && sq - sm * (sm / (double)(e - s)) < 0.5 * sq) {
+                /* |mean| > std: the sum of squares would cancel; sum around the running mean */
+                kf = (float)(r->n ? r->mean : sm / (double)(e - s));
+                if (!isfinite(kf)) kf = 0.0f;
+                bf16_sums_shifted(p, s, e, kf, &sm, &sq);
             }
-            sm = lanes_sumw(ds);
-            sq = lanes_sumw(dq);
             if (!(isfinite(sm) && isfinite(sq))) { /* a float32 overflow: redo in float64 */
                 stats_bf16(p + s, e - s, t, moments, r);
                 continue;

@@ -193,6 +193,10 @@ def _bf16_layouts():
     yield "1e30 spread", _bf16(1e30 * rng.standard_normal(n))  # squares overflow float32
     yield "1e-11 spread", _bf16(1e-11 * rng.standard_normal(n))  # float32 squares ~1e-22
     yield "1e-20 spread", _bf16(1e-20 * rng.standard_normal(n))  # they would underflow
+    yield "1 + 0.01 spread", _bf16(1 + 0.01 * rng.standard_normal(n))  # |mean| > std: centred
+    yield "1e4 + 0.5 spread", _bf16(1e4 + 0.5 * rng.standard_normal(n))
+    yield "tiny and ones", np.where(rng.random(n) < 0.01, _bf16(np.ones(n)),  # inexact squares
+                                    _bf16(1e-25 * rng.standard_normal(n)))
     for pos in (0, 2047, 2048, n - 1):  # non-finite values at block edges
         for word in (0x7F80, 0xFF80, 0x7FC0, 0xFFC1):
             v = w.copy()
