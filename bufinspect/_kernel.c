@@ -471,8 +471,9 @@ STATS32_FN(stats32_tab8, LOAD32_TAB8, slow_tab8)
  * non-negative values order like their floats and +Inf/NaN sit from 0x7F80 up; as uint16,
  * negative values order by magnitude and -Inf/NaN sit from 0xFF80 up; zeros are 0x0000 and
  * 0x8000, values below zero above 0x8000. A block's largest int16, largest uint16 and smallest
- * uint16 give its extremes (its smallest int16 says whether it holds a -0.0): 32 words per
- * AVX-512 compare, no conversion, exact. Only the sums widen, two elements per 32-bit word by a
+ * uint16 give its extremes, its smallest magnitude (word & 0x7FFF) whether it holds a zero:
+ * 32 words per AVX-512 compare, no conversion, exact; values below zero are counted only when
+ * asked for (check's running variances). Only the sums widen, two elements per 32-bit word by a
  * shift and a mask into float32 bits, into WLANES float32 lanes (fixed by the element's place,
  * so every CPU gives the same bits) of SUB / WLANES terms each, added into float64 lanes: the
  * precision class of STATS32_FN. The sums are plain (no shift: the square of a bfloat16 is
@@ -535,7 +536,7 @@ static inline double lanes_sumw(const double *v) {
 /* the plain sums: the square of a bfloat16 value from 2^-67 up (up to float32's overflow, when
  * the block goes to the float64 loop anyway) is exact in float32, so `q + x * x` rounds once
  * whether or not it is contracted into an FMA (where the clone has one, GCC only): every clone
- * gives the same bits; blocks with smaller nonzero values take the uncontracted loop */
+ * gives the same bits; blocks with a zero or a smaller value take the uncontracted loop */
 #define EXACT_SQUARE 0x1E00u /* 2^-67 as a bfloat16 word */
 BF16_SUMS(bf16_sums_plain, , CLONES CONTRACT)
 BF16_SUMS(bf16_sums_shifted, -kf, CLONES)
@@ -543,42 +544,34 @@ BF16_SUMS(bf16_sums_shifted, -kf, CLONES)
 #define WORD_LANE(j, w)                                                                            \
     {                                                                                              \
         int16_t v_ = (int16_t)(w);                                                                 \
+        uint16_t m_ = (w) & 0x7FFFu;                                                               \
         mxu[j] = (w) > mxu[j] ? (w) : mxu[j];                                                      \
         mnu[j] = (w) < mnu[j] ? (w) : mnu[j];                                                      \
         mxs[j] = v_ > mxs[j] ? v_ : mxs[j];                                                        \
-        mns[j] = v_ < mns[j] ? v_ : mns[j];                                                        \
-        ng[j] += (uint16_t)((w) > 0x8000u);                                                        \
-    }
-
-/* the smallest nonzero magnitude, less one (a zero wraps to 0xFFFF): only the sums need it */
-#define MAG_LANE(j, w)                                                                             \
-    {                                                                                              \
-        uint16_t m_ = (uint16_t)(((w) & 0x7FFFu) - 1u);                                            \
         mnm[j] = m_ < mnm[j] ? m_ : mnm[j];                                                        \
     }
 
 CLONES static void stats_bf16w(const void *pv, Py_ssize_t n, const float *t, int moments,
-                               StatsPart *r) {
+                               int negatives, StatsPart *r) {
     const uint16_t *p = (const uint16_t *)pv;
     for (Py_ssize_t s = 0; s < n; s += BLOCK) {
         Py_ssize_t e = s + BLOCK < n ? s + BLOCK : n;
         /* integer pass: BLOCK / WLANES words per lane, so the uint16 counts cannot wrap */
-        uint16_t mxu[WLANES], mnu[WLANES], ng[WLANES], mnm[WLANES];
-        int16_t mxs[WLANES], mns[WLANES];
+        uint16_t mxu[WLANES], mnu[WLANES], mnm[WLANES], ng[WLANES];
+        int16_t mxs[WLANES];
         for (int j = 0; j < WLANES; j++) {
             mxu[j] = ng[j] = 0;
             mnu[j] = mnm[j] = 0xFFFF;
             mxs[j] = INT16_MIN;
-            mns[j] = INT16_MAX;
         }
         Py_ssize_t i = s;
-        if (moments) {
+        if (negatives) {
             for (; i + WLANES <= e; i += WLANES) {
                 SIMD_W
                 for (int j = 0; j < WLANES; j++) {
                     uint16_t w = p[i + j];
                     WORD_LANE(j, w)
-                    MAG_LANE(j, w)
+                    ng[j] += (uint16_t)(w > 0x8000u);
                 }
             }
         } else {
@@ -593,16 +586,15 @@ CLONES static void stats_bf16w(const void *pv, Py_ssize_t n, const float *t, int
         for (int j = 0; i < e; i++, j++) {
             uint16_t w = p[i];
             WORD_LANE(j, w)
-            MAG_LANE(j, w)
+            ng[j] += (uint16_t)(w > 0x8000u);
         }
         unsigned maxu = 0, minu = 0xFFFF, minm = 0xFFFF;
-        int maxs = INT16_MIN, mins = INT16_MAX;
+        int maxs = INT16_MIN;
         long long neg = 0, zeros = 0;
         for (int j = 0; j < WLANES; j++) {
             maxu = mxu[j] > maxu ? mxu[j] : maxu;
             minu = mnu[j] < minu ? mnu[j] : minu;
             maxs = mxs[j] > maxs ? mxs[j] : maxs;
-            mins = mns[j] < mins ? mns[j] : mins;
             minm = mnm[j] < minm ? mnm[j] : minm;
             neg += ng[j];
         }
@@ -614,7 +606,7 @@ CLONES static void stats_bf16w(const void *pv, Py_ssize_t n, const float *t, int
             stats_bf16(p + s, e - s, t, moments, r);
             continue;
         }
-        if (minu == 0 || mins == INT16_MIN) /* a +0.0 or a -0.0: count the zeros */
+        if (minm == 0) /* a +0.0 or a -0.0: count the zeros */
             for (Py_ssize_t k = s; k < e; k++) zeros += (p[k] & 0x7FFFu) == 0;
         /* all negative: the largest is the smallest magnitude; none: the smallest is the least */
         float hi = bits_to_f32((uint32_t)(maxs >= 0 ? (unsigned)maxs : minu) << 16);
@@ -623,7 +615,7 @@ CLONES static void stats_bf16w(const void *pv, Py_ssize_t n, const float *t, int
         float kf = 0.0f;
         if (moments) {
             /* the plain sums first (no subtraction) */
-            if (minm + 1u >= EXACT_SQUARE) /* every square exact: FMA or not, the same bits */
+            if (minm >= EXACT_SQUARE) /* every square exact: FMA or not, the same bits */
                 bf16_sums_plain(p, s, e, 0.0f, &sm, &sq);
             else
                 bf16_sums_shifted(p, s, e, 0.0f, &sm, &sq);
@@ -721,10 +713,10 @@ done:
 
 static PyObject *py_stats(PyObject *self, PyObject *args) {
     Py_buffer x, tv;
-    int code, moments;
+    int code, moments, negatives = 1;
     PyObject *tobj = Py_None;
     const float *table;
-    if (!PyArg_ParseTuple(args, "y*ip|O", &x, &code, &moments, &tobj)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*ip|Op", &x, &code, &moments, &tobj, &negatives)) return NULL;
     PyObject *out = NULL;
     if (code < 0 || code > TAB8) {
         PyErr_SetString(PyExc_ValueError, "unknown dtype code");
@@ -747,7 +739,7 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
         if (n <= EXACT && moments)
             stats_bf16(x.buf, n, table, moments, &r);
         else
-            stats_bf16w(x.buf, n, table, moments, &r);
+            stats_bf16w(x.buf, n, table, moments, negatives, &r);
         break;
     default:
         if (n <= EXACT)
@@ -757,6 +749,7 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
         break;
     }
     Py_END_ALLOW_THREADS if (tv.obj) PyBuffer_Release(&tv);
+    if (!negatives) r.neg = 0; /* not asked for: left 0 on every path */
     out = Py_BuildValue("(LddddLLLL)", r.n, r.mean, r.m2, r.min, r.max, r.nan, r.inf, r.zeros,
                         r.neg);
 done:
@@ -769,7 +762,8 @@ static PyMethodDef methods[] = {
      "diff(a, b, code, rtol, atol, table=None) -> (elems, max_abs, max_rel, sum_abs, sum_d2, "
      "aa, ab, bb, mismatched, nonfinite)"},
     {"stats", py_stats, METH_VARARGS,
-     "stats(x, code, moments, table=None) -> (n, mean, m2, min, max, nan, inf, zeros, neg)"},
+     "stats(x, code, moments, table=None, negatives=True) -> (n, mean, m2, min, max, nan, inf, "
+     "zeros, neg)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -116,11 +116,13 @@ def diff_partial(a, b, dtype: str, rtol: float, atol: float, table=None) -> Diff
     return DiffPartial(*k.diff(_contiguous(a), _contiguous(b), code, rtol, atol, table))
 
 
-def stats_partial(x, dtype: str, moments: bool = True, table=None) -> StatsPartial | None:
+def stats_partial(x, dtype: str, moments: bool = True, table=None,
+                  negatives: bool = True) -> StatsPartial | None:
     """Statistics of a raw element array in one pass (`moments=False`: counts and extremes only,
-    mean and m2 left 0), or None when the compiled kernel is absent or `dtype` is not a float."""
+    mean and m2 left 0; `negatives=False`: `neg` left 0, which spares bfloat16 a compare per
+    element), or None when the compiled kernel is absent or `dtype` is not a float."""
     k = native()
     code = CODES.get(dtype)
     if k is None or code is None:
         return None
-    return StatsPartial(*k.stats(_contiguous(x), code, moments, table))
+    return StatsPartial(*k.stats(_contiguous(x), code, moments, table, negatives))

@@ -252,7 +252,8 @@ class StatsAccumulator:
     def add_raw(self, arr: np.ndarray, dtype: str) -> None:
         """Add one streamed piece: raw elements as `stream.pieces` yields them."""
         if self.kind == "float":
-            part = kernels.stats_partial(arr, dtype, table=_table(dtype))  # fused, if built
+            # fused, if built (`show --stats` reports no count of negatives)
+            part = kernels.stats_partial(arr, dtype, table=_table(dtype), negatives=False)
             if part is not None:
                 self.add_partial(part)
                 return
@@ -409,9 +410,10 @@ class RangeAccumulator:
 
     def add_raw(self, arr: np.ndarray, dtype: str, negatives: bool) -> None:
         """Fold one streamed piece in (`negatives`: count values below zero too)."""
-        part = kernels.stats_partial(arr, dtype, moments=False, table=_table(dtype))
+        part = kernels.stats_partial(arr, dtype, moments=False, table=_table(dtype),
+                                     negatives=negatives)
         if part is not None:  # the fused kernel, if built
-            neg = part.neg if part.min < 0 and negatives else 0
+            neg = part.neg if part.min < 0 else 0
             self.merge_row(part.nan, part.inf, neg, part.min, part.max)
             return
         if dtype == "bfloat16":  # the common all-finite case: integer reductions, no widening

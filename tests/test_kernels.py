@@ -176,6 +176,9 @@ def test_kernel_stats_match_reference(dtype, name):
         assert got.m2 == pytest.approx(want["m2"], rel=2e-7)
     scan = kernels.stats_partial(r, dtype, moments=False, table=_table(dtype))
     assert scan[3:] == got[3:] and scan.n == got.n
+    for part, moments in ((got, True), (scan, False)):  # neg left 0 when not asked for
+        assert kernels.stats_partial(r, dtype, moments, _table(dtype),
+                                     negatives=False) == part._replace(neg=0)
 
 
 def _bf16_layouts():
@@ -218,6 +221,9 @@ def test_bfloat16_word_kernel_matches_reference(name, words):
             got = kernels.stats_partial(r, "bfloat16", moments)
             for k in ("n", "min", "max", "nan", "inf", "zeros", "neg"):
                 assert getattr(got, k) == want[k], (name, moments, k)
+            # without the count of negatives (show --stats): the same numbers, neg left 0
+            assert (kernels.stats_partial(r, "bfloat16", moments, negatives=False)
+                    == got._replace(neg=0)), (name, moments)
             if moments and want["n"]:
                 std = math.sqrt(want["m2"] / want["n"])
                 assert abs(got.mean - want["mean"]) <= 1e-7 * (abs(want["mean"]) + std), name
