@@ -100,9 +100,12 @@ def reset() -> None:
 
 
 def _contiguous(x):
+    flags = getattr(x, "flags", None)  # a memoryview of a stream buffer is contiguous as it is
+    if flags is None or flags.c_contiguous:
+        return x
     import numpy as np
 
-    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+    return np.ascontiguousarray(x)
 
 
 def diff_partial(a, b, dtype: str, rtol: float, atol: float, table=None) -> DiffPartial | None:

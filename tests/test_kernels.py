@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -389,3 +390,68 @@ def test_gpu_diff_path_on_torch_cpu_matches(tmp_path, monkeypatch):
     assert twin["device"] == "cuda:0"
     twin["device"] = cpu["device"]
     _close(twin, cpu)
+
+
+# ---- raw stream pieces (memoryviews, no numpy) ------------------------------------------------
+
+def _planted_entries(tmp_path):
+    pytest.importorskip("torch")
+    import bufinspect
+    from helpers import planted
+
+    planted(tmp_path / "planted.pt")  # every float dtype, NaN/Inf, a strided view, > a chunk
+    return list(bufinspect.load(str(tmp_path / "planted.pt")).entries)
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_raw_pieces_give_the_same_bytes_and_numbers(tmp_path, monkeypatch, kernel):
+    """`stream.pieces(raw=True)` (memoryviews the fused kernel takes as they are) yields the
+    same pieces and bytes as the numpy views, and every accumulator fed them gives the same
+    result, the kernel's or (without it, converted back to arrays) the numpy path's."""
+    from bufinspect.formats import stream
+    from bufinspect.numeric import RangeAccumulator
+    from bufinspect.scan.stats import stats_kind
+
+    if not kernel:
+        monkeypatch.setattr(kernels, "_native", None)
+    entries = _planted_entries(tmp_path)
+    got = [(e.key, first, bytes(v)) for e, first, v in stream.pieces(entries, 1 << 20,
+                                                                       prefetch=False, raw=True)]
+    want = [(e.key, first, a.tobytes()) for e, first, a in stream.pieces(entries, 1 << 20,
+                                                                          prefetch=False)]
+    assert got == want and len(got) > len(entries) / 2
+
+    def feed(raw: bool):
+        stats: dict[str, StatsAccumulator] = {}
+        ranges: dict[str, RangeAccumulator] = {}
+        for e, _, arr in stream.pieces(entries, 1 << 20, prefetch=False, raw=raw):
+            kind = stats_kind(e)
+            if kind is not None:
+                stats.setdefault(e.key, StatsAccumulator(kind)).add_raw(arr, e.dtype)
+            if kind in ("float", "complex"):
+                ranges.setdefault(e.key, RangeAccumulator()).add_raw(arr, e.dtype, True)
+        return ({k: a.result() for k, a in stats.items()},
+                {k: a.result() for k, a in ranges.items()})
+
+    assert feed(True) == feed(False)
+    kernels.reset()
+
+
+@needs_kernel
+def test_stats_and_check_import_no_numpy(tmp_path):
+    """With the fused kernel, `show --stats` and `check` stream raw bytes into it: numpy (~0.1 s
+    of start-up) is never imported for a float checkpoint."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.randn(300, 1000).bfloat16(), "b": torch.randn(1000)},
+              str(tmp_path / "m.safetensors"))
+    code = ("import sys; from bufinspect.cli import main; sys.argv = ['bufinspect'] + "
+            "sys.argv[1:]\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('numpy' in sys.modules, file=sys.stderr)")
+    for args in (["show", "--stats"], ["check", "--device", "cpu"]):
+        res = subprocess.run([sys.executable, "-c", code, *args, str(tmp_path / "m.safetensors"),
+                              "--format", "json", "--jobs", "2"], capture_output=True,
+                             text=True, env={**os.environ, kernels.DISABLE_ENV: ""})
+        assert res.stderr.strip().splitlines()[-1] == "False", (args, res.stderr[-2000:])
+        assert json.loads(res.stdout)["command"] == args[0]
