@@ -31,8 +31,8 @@ counts, minima, maxima, max_abs, max_rel and mismatches are exact and equal on e
 Diff sums (mean_abs, rel_l2, cosine) are float64 and differ from the numpy path only by
 summation order (relative 1e-12 or better). Stats of float32/float64, and of pieces up to 65,536
 elements, are float64 sums; larger 16- and 8-bit float pieces sum float32 partials of at most 256
-terms (bfloat16: 8), merged in float64: mean within 1e-7 of (|mean| + std) and std within 1e-7 relative, the
-tolerance the numpy path documents.
+terms (bfloat16: 8), merged in float64: mean within 1e-7 of (|mean| + std) and std within 1e-7
+relative, the tolerance the numpy path documents.
 """
 
 from __future__ import annotations
