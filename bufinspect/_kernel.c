@@ -475,7 +475,7 @@ STATS32_FN(stats32_tab8, LOAD32_TAB8, slow_tab8)
  * 32 words per AVX-512 compare, no conversion, exact; values below zero are counted only when
  * asked for (check's running variances). Only the sums widen, two elements per 32-bit word by a
  * shift and a mask into float32 bits, into WLANES float32 lanes (fixed by the element's place,
- * so every CPU gives the same bits) of SUB / WLANES terms each, added into float64 lanes: the
+ * so every CPU gives the same bits) of WSUB / WLANES terms each, added into float64 lanes: the
  * precision class of STATS32_FN. The sums are plain (no shift: the square of a bfloat16 is
  * exact, so an FMA changes nothing) unless |mean| > std, when the block is summed again around
  * the running mean as in STATS_FN. Half the old float-compare kernel's time; check's scan
@@ -495,14 +495,15 @@ static inline double lanes_sumw(const double *v) {
     return h[0];
 }
 
-/* sums of x - k and of its square over elements s..e of a block, float32 lanes of SUB / WLANES
- * terms added into float64 lanes */
+/* sums of x - k and of its square over elements s..e of a block: float32 lanes of WSUB / WLANES
+ * terms (16, as STATS32_FN's lanes hold), added into float64 lanes (not a float32 tree) */
+#define WSUB 512
 #define BF16_SUMS(NAME, SHIFT, ATTR)                                                               \
     ATTR static void NAME(const uint16_t *p, Py_ssize_t s, Py_ssize_t e, float kf, double *sm,    \
                           double *sq) {                                                            \
         double ds[WLANES] = {0}, dq[WLANES] = {0};                                                 \
-        for (Py_ssize_t u = s; u < e; u += SUB) {                                                  \
-            Py_ssize_t v = u + SUB < e ? u + SUB : e;                                              \
+        for (Py_ssize_t u = s; u < e; u += WSUB) {                                                 \
+            Py_ssize_t v = u + WSUB < e ? u + WSUB : e;                                            \
             float vs[WLANES] = {0}, vq[WLANES] = {0};                                              \
             Py_ssize_t k = u;                                                                      \
             for (; k + WLANES <= v; k += WLANES) {                                                 \
@@ -524,7 +525,7 @@ static inline double lanes_sumw(const double *v) {
                 vq[j] += d * d;                                                                    \
             }                                                                                      \
             SIMD_W                                                                                 \
-            for (int j = 0; j < WLANES; j++) { /* float32 partials of SUB / WLANES terms */        \
+            for (int j = 0; j < WLANES; j++) { /* float32 partials of WSUB / WLANES terms */       \
                 ds[j] += vs[j];                                                                    \
                 dq[j] += vq[j];                                                                    \
             }                                                                                      \
