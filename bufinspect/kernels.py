@@ -12,7 +12,7 @@ A leaf module: no bufinspect imports, nothing imported until a data pass needs i
 Why C, by measurement on this 2-core machine (every tensor changed, 16M-element pieces in
 memory, CPU ns per element, medians of 5, one thread): the numpy path took 4.8 (float32) / 5.4
 (bfloat16) for diff and 0.52 / 1.37 for stats; this extension takes 0.62 / 0.72 for diff, 0.41 /
-0.11 for stats and 0.31 / 0.05 for check's scan (float32 stats were already at memory speed;
+0.10 for stats and 0.31 / 0.05 for check's scan (float32 stats were already at memory speed;
 bfloat16 runs on its raw 16-bit words, see `stats_bf16w` in _kernel.c).
 A fused numba loop measured 2.4-3.2 / 3.7 for diff (issue #16), but `import numba` costs 0.46 s,
 loading its cached kernel 0.21 s, a first compile 2.5-2.9 s, and it brings an LLVM wheel of
@@ -31,7 +31,7 @@ counts, minima, maxima, max_abs, max_rel and mismatches are exact and equal on e
 Diff sums (mean_abs, rel_l2, cosine) are float64 and differ from the numpy path only by
 summation order (relative 1e-12 or better). Stats of float32/float64, and of pieces up to 65,536
 elements, are float64 sums; larger 16- and 8-bit float pieces sum float32 partials of at most 256
-terms (bfloat16: 8), merged in float64: mean within 1e-7 of (|mean| + std) and std within 1e-7
+terms (bfloat16: 16), merged in float64: mean within 1e-7 of (|mean| + std) and std within 1e-7
 relative, the tolerance the numpy path documents.
 """
 
