@@ -1,7 +1,8 @@
 """Streaming tensor bytes: file order, a few reusable page-aligned buffers, one reader thread.
 
 `pieces(entries)` yields `(entry, first_element, array)` where `array` is a 1-D numpy view of the
-raw elements (bfloat16 and float8 as unsigned integers: see `bufinspect.numeric.as_float`). A view
+raw elements (bfloat16 and float8 as unsigned integers: see `bufinspect.numeric.as_float`), or
+with `raw=True` a memoryview of their bytes (for the fused kernel, without numpy). A view
 is only valid until the next item is taken: consumers reduce it and let it go. Peak memory is
 `buffers * chunk_bytes` whatever the checkpoint's size. Small tensors that sit close together in
 the file share one read; large ones are cut into chunks.
