@@ -344,6 +344,10 @@ class StatsAccumulator:
                 self.add(as_float(u[i: i + _STEP], "bfloat16"))
             return
         mean, m2 = _moments(n, lambda: steps(False), sc, first)
+        if not (math.isfinite(mean) and math.isfinite(m2)):  # float32 squares overflowed
+            for i in range(0, n, _STEP):
+                self.add(as_float(u[i: i + _STEP], "bfloat16"))
+            return
         lo, hi = _bf16_extremes(*ext)
         self.zeros += zeros
         self._merge(n, mean, m2, lo, hi)
@@ -362,11 +366,17 @@ class StatsAccumulator:
                 self.add(x[i: i + _STEP])
             return
         b = x.view(np.uint32)
+        zeros = 0
         if int(np.minimum.reduce(b)) == 0 or int(np.minimum.reduce(b.view(np.int32))) == -2**31:
             if sc.mask.size < n:
                 sc.mask = np.empty(n, np.bool_)
-            self.zeros += int(np.count_nonzero(np.equal(x, 0, out=sc.mask[:n])))
+            zeros = int(np.count_nonzero(np.equal(x, 0, out=sc.mask[:n])))
         mean, m2 = _moments(n, lambda: iter([(0, x)]), sc)  # the whole piece: a call per pass
+        if not (math.isfinite(mean) and math.isfinite(m2)):  # float32 squares overflowed
+            for i in range(0, n, _STEP):  # (values beyond 1.8e19): float64, step by step
+                self.add(x[i: i + _STEP])
+            return
+        self.zeros += zeros
         self._merge(n, mean, m2, lo, hi)
 
     def add(self, x: np.ndarray) -> None:
