@@ -213,8 +213,9 @@ def _sums(n: int, steps, sc: _Scratch) -> tuple[float, float]:
         if k:
             r = i // _ROW
             xs = x[:k].reshape(-1, _ROW)
-            np.dot(xs, sc.ones, out=rows[0, r: r + k // _ROW])
-            _rowdot(xs, xs, rows[1, r: r + k // _ROW])
+            with np.errstate(over="ignore"):  # an overflow gives inf: the caller redoes it
+                np.dot(xs, sc.ones, out=rows[0, r: r + k // _ROW])
+                _rowdot(xs, xs, rows[1, r: r + k // _ROW])
         if k < m:  # the piece's last partial row
             t = x[k:].astype(np.float64)
             tail_s += float(t.sum())
