@@ -8,7 +8,8 @@
  * bit-identical to numpy's; only the order of the sums differs (float64 partials per lane,
  * merged per block: relative differences around 1e-15). stats: float64 for float32/float64
  * and for pieces up to EXACT elements; larger 16- and 8-bit float pieces sum float32 partials of
- * 256 terms (see STATS32_FN); min, max and every count are exact on all paths.
+ * at most 256 terms (STATS32_FN; bfloat16: stats_bf16w); min, max and every count are exact on
+ * all paths.
  *
  * Each pass goes a block of _BLOCK elements at a time: a vectorised loop (omp simd reductions,
  * no -ffast-math) computes the block assuming every value is finite; if the block turns out
@@ -42,8 +43,11 @@ enum { F32 = 0, F64 = 1, F16 = 2, BF16 = 3, TAB8 = 4 };
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 /* x86-64-v3 (AVX2, F16C) and v4 (AVX-512) versions, picked at load time */
 #define CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+/* where every product is exact (bf16_sums_plain), let GCC fuse q + x * x into one FMA */
+#define CONTRACT __attribute__((optimize("fp-contract=fast")))
 #else
 #define CLONES
+#define CONTRACT
 #endif
 
 static inline float bits_to_f32(uint32_t u) {
@@ -359,16 +363,16 @@ STATS_FN(stats_f64, LOAD_F64)
 STATS_FN(stats_bf16, LOAD_BF16)
 STATS_FN(stats_tab8, LOAD_TAB8)
 
-/* 16- and 8-bit floats: twice the lanes in float32. Their values, and their differences from a
- * float32 shift, are exact in float32; the sums are float32 over SUB elements (16 per lane
- * with AVX-512), then float64: the numpy path's precision class (float32 partials, ~1e-7 of
- * std at worst), at about half the float64 cost. Min, max and counts stay exact. */
+/* 16- and 8-bit floats (bfloat16: stats_bf16w below): twice the lanes in float32. Their
+ * values, and their differences from a float32 shift, are exact in float32; the sums are float32
+ * over SUB elements (16 per lane with AVX-512), then float64: the numpy path's precision class
+ * (float32 partials, ~1e-7 of std at worst), at about half the float64 cost. Min, max and counts
+ * stay exact. */
 #define SUB 256
 /* pieces up to this many elements (small tensors: BatchNorm buffers, biases) stay in float64,
  * as exact as the numpy path's float64 reduction of them; they cost nothing either way */
 #define EXACT 65536
 #define LOAD32_F32(p, i, t) (((const float *)(p))[i])
-#define LOAD32_BF16(p, i, t) (bits_to_f32((uint32_t)((const uint16_t *)(p))[i] << 16))
 #define LOAD32_TAB8(p, i, t) ((t)[((const uint8_t *)(p))[i]])
 
 #define STATS32_FN(NAME, LOAD, SLOW)                                                               \
@@ -454,19 +458,189 @@ static void slow_f32(const void *p, Py_ssize_t s, Py_ssize_t n, const float *t, 
     stats_f32((const float *)p + s, n, t, moments, r);
 }
 
-static void slow_bf16(const void *p, Py_ssize_t s, Py_ssize_t n, const float *t, int moments,
-                      StatsPart *r) {
-    stats_bf16((const uint16_t *)p + s, n, t, moments, r);
-}
-
 static void slow_tab8(const void *p, Py_ssize_t s, Py_ssize_t n, const float *t, int moments,
                       StatsPart *r) {
     stats_tab8((const uint8_t *)p + s, n, t, moments, r);
 }
 
 STATS32_FN(stats32_f32, LOAD32_F32, slow_f32)
-STATS32_FN(stats32_bf16, LOAD32_BF16, slow_bf16)
 STATS32_FN(stats32_tab8, LOAD32_TAB8, slow_tab8)
+
+/* bfloat16 on its raw 16-bit words (large pieces, and check's scan of any piece). Order and
+ * class come from integer compares, as in the numpy path (numeric.bf16_range): as int16,
+ * non-negative values order like their floats and +Inf/NaN sit from 0x7F80 up; as uint16,
+ * negative values order by magnitude and -Inf/NaN sit from 0xFF80 up; zeros are 0x0000 and
+ * 0x8000, values below zero above 0x8000. A block's largest int16, largest uint16 and smallest
+ * uint16 give its extremes, its smallest magnitude (word & 0x7FFF) whether it holds a zero:
+ * 32 words per AVX-512 compare, no conversion, exact; values below zero are counted only when
+ * asked for (check's running variances). Only the sums widen, two elements per 32-bit word by a
+ * shift and a mask into float32 bits, into WLANES float32 lanes (fixed by the element's place,
+ * so every CPU gives the same bits) of WSUB / WLANES terms each, added into float64 lanes: the
+ * precision class of STATS32_FN. The sums are plain (no shift: the square of a bfloat16 is
+ * exact, so an FMA changes nothing) unless |mean| > std, when the block is summed again around
+ * the running mean as in STATS_FN. Half the old float-compare kernel's time; check's scan
+ * needs no float at all. A block that holds a NaN or an Inf (or whose float32 sums overflow,
+ * or that holds only tiny values) is redone by the float64 loop, which counts them. */
+#define WLANES 32
+/* blocks whose values are all below 2^-40 go to the float64 loop: float32 squares of their
+ * deviations could fall into (or under) float32's subnormal range and lose m2's digits */
+#define TINY_BF16 0x2B80u
+#define SIMD_W _Pragma("omp simd")
+
+static inline double lanes_sumw(const double *v) {
+    double h[WLANES / 2];
+    for (int j = 0; j < WLANES / 2; j++) h[j] = v[j] + v[j + WLANES / 2];
+    for (int w = WLANES / 4; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++) h[j] += h[j + w];
+    return h[0];
+}
+
+/* sums of x - k and of its square over elements s..e of a block: float32 lanes of WSUB / WLANES
+ * terms (16, as STATS32_FN's lanes hold), added into float64 lanes (not a float32 tree) */
+#define WSUB 512
+#define BF16_SUMS(NAME, SHIFT, ATTR)                                                               \
+    ATTR static void NAME(const uint16_t *p, Py_ssize_t s, Py_ssize_t e, float kf, double *sm,    \
+                          double *sq) {                                                            \
+        double ds[WLANES] = {0}, dq[WLANES] = {0};                                                 \
+        for (Py_ssize_t u = s; u < e; u += WSUB) {                                                 \
+            Py_ssize_t v = u + WSUB < e ? u + WSUB : e;                                            \
+            float vs[WLANES] = {0}, vq[WLANES] = {0};                                              \
+            Py_ssize_t k = u;                                                                      \
+            for (; k + WLANES <= v; k += WLANES) {                                                 \
+                SIMD_W                                                                             \
+                for (int j = 0; j < WLANES / 2; j++) { /* a word pair: elements 2j, 2j + 1 */      \
+                    uint32_t w;                                                                    \
+                    memcpy(&w, p + k + 2 * j, 4);                                                  \
+                    float d0 = bits_to_f32(w << 16) SHIFT;                                         \
+                    float d1 = bits_to_f32(w & 0xFFFF0000u) SHIFT;                                 \
+                    vs[j] += d0;                                                                   \
+                    vq[j] += d0 * d0;                                                              \
+                    vs[j + WLANES / 2] += d1;                                                      \
+                    vq[j + WLANES / 2] += d1 * d1;                                                 \
+                }                                                                                  \
+            }                                                                                      \
+            for (int j = 0; k < v; k++, j++) {                                                     \
+                float d = bits_to_f32((uint32_t)p[k] << 16) SHIFT;                                 \
+                vs[j] += d;                                                                        \
+                vq[j] += d * d;                                                                    \
+            }                                                                                      \
+            SIMD_W                                                                                 \
+            for (int j = 0; j < WLANES; j++) { /* float32 partials of WSUB / WLANES terms */       \
+                ds[j] += vs[j];                                                                    \
+                dq[j] += vq[j];                                                                    \
+            }                                                                                      \
+        }                                                                                          \
+        *sm = lanes_sumw(ds);                                                                      \
+        *sq = lanes_sumw(dq);                                                                      \
+    }
+
+/* the plain sums: the square of a bfloat16 value from 2^-67 up (up to float32's overflow, when
+ * the block goes to the float64 loop anyway) is exact in float32, so `q + x * x` rounds once
+ * whether or not it is contracted into an FMA (where the clone has one, GCC only): every clone
+ * gives the same bits; blocks with a zero or a smaller value take the uncontracted loop */
+#define EXACT_SQUARE 0x1E00u /* 2^-67 as a bfloat16 word */
+BF16_SUMS(bf16_sums_plain, , CLONES CONTRACT)
+BF16_SUMS(bf16_sums_shifted, -kf, CLONES)
+
+#define WORD_LANE(j, w)                                                                            \
+    {                                                                                              \
+        int16_t v_ = (int16_t)(w);                                                                 \
+        uint16_t m_ = (w) & 0x7FFFu;                                                               \
+        mxu[j] = (w) > mxu[j] ? (w) : mxu[j];                                                      \
+        mnu[j] = (w) < mnu[j] ? (w) : mnu[j];                                                      \
+        mxs[j] = v_ > mxs[j] ? v_ : mxs[j];                                                        \
+        mnm[j] = m_ < mnm[j] ? m_ : mnm[j];                                                        \
+    }
+
+CLONES static void stats_bf16w(const void *pv, Py_ssize_t n, const float *t, int moments,
+                               int negatives, StatsPart *r) {
+    const uint16_t *p = (const uint16_t *)pv;
+    for (Py_ssize_t s = 0; s < n; s += BLOCK) {
+        Py_ssize_t e = s + BLOCK < n ? s + BLOCK : n;
+        /* integer pass: BLOCK / WLANES words per lane, so the uint16 counts cannot wrap */
+        uint16_t mxu[WLANES], mnu[WLANES], mnm[WLANES], ng[WLANES];
+        int16_t mxs[WLANES];
+        for (int j = 0; j < WLANES; j++) {
+            mxu[j] = ng[j] = 0;
+            mnu[j] = mnm[j] = 0xFFFF;
+            mxs[j] = INT16_MIN;
+        }
+        Py_ssize_t i = s;
+        if (negatives) {
+            for (; i + WLANES <= e; i += WLANES) {
+                SIMD_W
+                for (int j = 0; j < WLANES; j++) {
+                    uint16_t w = p[i + j];
+                    WORD_LANE(j, w)
+                    ng[j] += (uint16_t)(w > 0x8000u);
+                }
+            }
+        } else {
+            for (; i + WLANES <= e; i += WLANES) {
+                SIMD_W
+                for (int j = 0; j < WLANES; j++) {
+                    uint16_t w = p[i + j];
+                    WORD_LANE(j, w)
+                }
+            }
+        }
+        for (int j = 0; i < e; i++, j++) {
+            uint16_t w = p[i];
+            WORD_LANE(j, w)
+            ng[j] += (uint16_t)(w > 0x8000u);
+        }
+        unsigned maxu = 0, minu = 0xFFFF, minm = 0xFFFF;
+        int maxs = INT16_MIN;
+        long long neg = 0, zeros = 0;
+        for (int j = 0; j < WLANES; j++) {
+            maxu = mxu[j] > maxu ? mxu[j] : maxu;
+            minu = mnu[j] < minu ? mnu[j] : minu;
+            maxs = mxs[j] > maxs ? mxs[j] : maxs;
+            minm = mnm[j] < minm ? mnm[j] : minm;
+            neg += ng[j];
+        }
+        /* the largest magnitude, as a word without its sign */
+        unsigned mag = maxs > 0 ? (unsigned)maxs : 0;
+        if (maxu >= 0x8000u && (maxu & 0x7FFFu) > mag) mag = maxu & 0x7FFFu;
+        /* NaN or Inf; or only tiny values (TINY_BF16) */
+        if (maxs >= 0x7F80 || maxu >= 0xFF80 || (moments && mag < TINY_BF16)) {
+            stats_bf16(p + s, e - s, t, moments, r);
+            continue;
+        }
+        if (minm == 0) /* a +0.0 or a -0.0: count the zeros */
+            for (Py_ssize_t k = s; k < e; k++) zeros += (p[k] & 0x7FFFu) == 0;
+        /* all negative: the largest is the smallest magnitude; none: the smallest is the least */
+        float hi = bits_to_f32((uint32_t)(maxs >= 0 ? (unsigned)maxs : minu) << 16);
+        float lo = bits_to_f32((uint32_t)(maxu >= 0x8000u ? maxu : minu) << 16);
+        double sm = 0, sq = 0;
+        float kf = 0.0f;
+        if (moments) {
+            /* the plain sums first (no subtraction) */
+            if (minm >= EXACT_SQUARE) /* every square exact: FMA or not, the same bits */
+                bf16_sums_plain(p, s, e, 0.0f, &sm, &sq);
+            else
+                bf16_sums_shifted(p, s, e, 0.0f, &sm, &sq);
+            if (isfinite(sm) && isfinite(sq) && sq - sm * (sm / (double)(e - s)) < 0.5 * sq) {
+                /* |mean| > std: the sum of squares would cancel; sum around the running mean */
+                kf = (float)(r->n ? r->mean : sm / (double)(e - s));
+                if (!isfinite(kf)) kf = 0.0f;
+                bf16_sums_shifted(p, s, e, kf, &sm, &sq);
+            }
+            if (!(isfinite(sm) && isfinite(sq))) { /* a float32 overflow: redo in float64 */
+                stats_bf16(p + s, e - s, t, moments, r);
+                continue;
+            }
+        }
+        r->zeros += zeros;
+        r->neg += neg;
+        if (lo < r->min) r->min = lo;
+        if (hi > r->max) r->max = hi;
+        if (moments)
+            merge_block(r, e - s, (double)kf, sm, sq);
+        else
+            r->n += e - s;
+    }
+}
 
 static void stats_f16(const void *p, Py_ssize_t n, const float *t, int moments, StatsPart *r) {
     float x[BLOCK];
@@ -540,10 +714,10 @@ done:
 
 static PyObject *py_stats(PyObject *self, PyObject *args) {
     Py_buffer x, tv;
-    int code, moments;
+    int code, moments, negatives = 1;
     PyObject *tobj = Py_None;
     const float *table;
-    if (!PyArg_ParseTuple(args, "y*ip|O", &x, &code, &moments, &tobj)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*ip|Op", &x, &code, &moments, &tobj, &negatives)) return NULL;
     PyObject *out = NULL;
     if (code < 0 || code > TAB8) {
         PyErr_SetString(PyExc_ValueError, "unknown dtype code");
@@ -563,10 +737,10 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
     case F64: stats_f64(x.buf, n, table, moments, &r); break;
     case F16: stats_f16(x.buf, n, table, moments, &r); break;
     case BF16:
-        if (n <= EXACT)
+        if (n <= EXACT && moments)
             stats_bf16(x.buf, n, table, moments, &r);
         else
-            stats32_bf16(x.buf, n, table, moments, &r);
+            stats_bf16w(x.buf, n, table, moments, negatives, &r);
         break;
     default:
         if (n <= EXACT)
@@ -576,6 +750,7 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
         break;
     }
     Py_END_ALLOW_THREADS if (tv.obj) PyBuffer_Release(&tv);
+    if (!negatives) r.neg = 0; /* not asked for: left 0 on every path */
     out = Py_BuildValue("(LddddLLLL)", r.n, r.mean, r.m2, r.min, r.max, r.nan, r.inf, r.zeros,
                         r.neg);
 done:
@@ -588,7 +763,8 @@ static PyMethodDef methods[] = {
      "diff(a, b, code, rtol, atol, table=None) -> (elems, max_abs, max_rel, sum_abs, sum_d2, "
      "aa, ab, bb, mismatched, nonfinite)"},
     {"stats", py_stats, METH_VARARGS,
-     "stats(x, code, moments, table=None) -> (n, mean, m2, min, max, nan, inf, zeros, neg)"},
+     "stats(x, code, moments, table=None, negatives=True) -> (n, mean, m2, min, max, nan, inf, "
+     "zeros, neg)"},
     {NULL, NULL, 0, NULL},
 };
 

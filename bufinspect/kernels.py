@@ -12,7 +12,8 @@ A leaf module: no bufinspect imports, nothing imported until a data pass needs i
 Why C, by measurement on this 2-core machine (every tensor changed, 16M-element pieces in
 memory, CPU ns per element, medians of 5, one thread): the numpy path took 4.8 (float32) / 5.4
 (bfloat16) for diff and 0.52 / 1.37 for stats; this extension takes 0.62 / 0.72 for diff, 0.41 /
-0.25 for stats and 0.31 / 0.19 for check's scan (float32 stats were already at memory speed).
+0.10 for stats and 0.31 / 0.05 for check's scan (float32 stats were already at memory speed;
+bfloat16 runs on its raw 16-bit words, see `stats_bf16w` in _kernel.c).
 A fused numba loop measured 2.4-3.2 / 3.7 for diff (issue #16), but `import numba` costs 0.46 s,
 loading its cached kernel 0.21 s, a first compile 2.5-2.9 s, and it brings an LLVM wheel of
 ~100 MB; torch ops measured 13.9 plus a 1.6 s import; numexpr 25.6. The extension is ~240 KB,
@@ -29,9 +30,9 @@ Float tolerance (tests/test_kernels.py checks every path against a float64 refer
 counts, minima, maxima, max_abs, max_rel and mismatches are exact and equal on every path.
 Diff sums (mean_abs, rel_l2, cosine) are float64 and differ from the numpy path only by
 summation order (relative 1e-12 or better). Stats of float32/float64, and of pieces up to 65,536
-elements, are float64 sums; larger 16- and 8-bit float pieces sum float32 partials of 256 terms,
-merged in float64: mean within 1e-7 of (|mean| + std) and std within 1e-7 relative, the
-tolerance the numpy path documents.
+elements, are float64 sums; larger 16- and 8-bit float pieces sum float32 partials of at most 256
+terms (bfloat16: 16), merged in float64: mean within 1e-7 of (|mean| + std) and std within 1e-7
+relative, the tolerance the numpy path documents.
 """
 
 from __future__ import annotations
@@ -100,9 +101,12 @@ def reset() -> None:
 
 
 def _contiguous(x):
+    flags = getattr(x, "flags", None)  # a memoryview of a stream buffer is contiguous as it is
+    if flags is None or flags.c_contiguous:
+        return x
     import numpy as np
 
-    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+    return np.ascontiguousarray(x)
 
 
 def diff_partial(a, b, dtype: str, rtol: float, atol: float, table=None) -> DiffPartial | None:
@@ -116,11 +120,13 @@ def diff_partial(a, b, dtype: str, rtol: float, atol: float, table=None) -> Diff
     return DiffPartial(*k.diff(_contiguous(a), _contiguous(b), code, rtol, atol, table))
 
 
-def stats_partial(x, dtype: str, moments: bool = True, table=None) -> StatsPartial | None:
+def stats_partial(x, dtype: str, moments: bool = True, table=None,
+                  negatives: bool = True) -> StatsPartial | None:
     """Statistics of a raw element array in one pass (`moments=False`: counts and extremes only,
-    mean and m2 left 0), or None when the compiled kernel is absent or `dtype` is not a float."""
+    mean and m2 left 0; `negatives=False`: `neg` left 0, which spares bfloat16 a compare per
+    element), or None when the compiled kernel is absent or `dtype` is not a float."""
     k = native()
     code = CODES.get(dtype)
     if k is None or code is None:
         return None
-    return StatsPartial(*k.stats(_contiguous(x), code, moments, table))
+    return StatsPartial(*k.stats(_contiguous(x), code, moments, table, negatives))

@@ -14,10 +14,30 @@ import struct
 import threading
 from functools import lru_cache
 
-import numpy as np
-
 from bufinspect import dtypes, kernels
 from bufinspect.model import ScanStats, TensorStats
+
+
+class _LazyNumpy:
+    """numpy, imported on first use: with the fused kernel, `show --stats` and `check` hand it
+    raw stream pieces (memoryviews) and never need numpy (~0.05-0.1 s of start-up)."""
+
+    def __getattr__(self, name: str):
+        import numpy
+
+        globals()["np"] = numpy
+        return getattr(numpy, name)
+
+
+np = _LazyNumpy()
+
+
+def _array(arr, dtype: str) -> np.ndarray:
+    """A streamed piece as a numpy array of its raw elements (`stream.pieces(raw=True)` gives
+    memoryviews of the stream buffer)."""
+    if isinstance(arr, memoryview):
+        return np.frombuffer(arr, np.dtype(dtypes.DTYPES[dtype].numpy))
+    return arr
 
 
 @lru_cache(maxsize=None)
@@ -193,8 +213,9 @@ def _sums(n: int, steps, sc: _Scratch) -> tuple[float, float]:
         if k:
             r = i // _ROW
             xs = x[:k].reshape(-1, _ROW)
-            np.dot(xs, sc.ones, out=rows[0, r: r + k // _ROW])
-            _rowdot(xs, xs, rows[1, r: r + k // _ROW])
+            with np.errstate(over="ignore"):  # an overflow gives inf: the caller redoes it
+                np.dot(xs, sc.ones, out=rows[0, r: r + k // _ROW])
+                _rowdot(xs, xs, rows[1, r: r + k // _ROW])
         if k < m:  # the piece's last partial row
             t = x[k:].astype(np.float64)
             tail_s += float(t.sum())
@@ -249,13 +270,15 @@ class StatsAccumulator:
         self.max = -math.inf
         self.nan = self.inf = self.zeros = 0
 
-    def add_raw(self, arr: np.ndarray, dtype: str) -> None:
+    def add_raw(self, arr: np.ndarray | memoryview, dtype: str) -> None:
         """Add one streamed piece: raw elements as `stream.pieces` yields them."""
         if self.kind == "float":
-            part = kernels.stats_partial(arr, dtype, table=_table(dtype))  # fused, if built
+            # fused, if built (`show --stats` reports no count of negatives)
+            part = kernels.stats_partial(arr, dtype, table=_table(dtype), negatives=False)
             if part is not None:
                 self.add_partial(part)
                 return
+        arr = _array(arr, dtype)
         if self.kind != "float" or arr.size <= _EXACT or dtype not in _FAST:
             self.add(as_float(arr, dtype) if self.kind == "float" else arr)
         else:
@@ -322,6 +345,10 @@ class StatsAccumulator:
                 self.add(as_float(u[i: i + _STEP], "bfloat16"))
             return
         mean, m2 = _moments(n, lambda: steps(False), sc, first)
+        if not (math.isfinite(mean) and math.isfinite(m2)):  # float32 squares overflowed
+            for i in range(0, n, _STEP):
+                self.add(as_float(u[i: i + _STEP], "bfloat16"))
+            return
         lo, hi = _bf16_extremes(*ext)
         self.zeros += zeros
         self._merge(n, mean, m2, lo, hi)
@@ -340,11 +367,17 @@ class StatsAccumulator:
                 self.add(x[i: i + _STEP])
             return
         b = x.view(np.uint32)
+        zeros = 0
         if int(np.minimum.reduce(b)) == 0 or int(np.minimum.reduce(b.view(np.int32))) == -2**31:
             if sc.mask.size < n:
                 sc.mask = np.empty(n, np.bool_)
-            self.zeros += int(np.count_nonzero(np.equal(x, 0, out=sc.mask[:n])))
+            zeros = int(np.count_nonzero(np.equal(x, 0, out=sc.mask[:n])))
         mean, m2 = _moments(n, lambda: iter([(0, x)]), sc)  # the whole piece: a call per pass
+        if not (math.isfinite(mean) and math.isfinite(m2)):  # float32 squares overflowed
+            for i in range(0, n, _STEP):  # (values beyond 1.8e19): float64, step by step
+                self.add(x[i: i + _STEP])
+            return
+        self.zeros += zeros
         self._merge(n, mean, m2, lo, hi)
 
     def add(self, x: np.ndarray) -> None:
@@ -407,13 +440,15 @@ class RangeAccumulator:
         self.min = min(self.min, lo)
         self.max = max(self.max, hi)
 
-    def add_raw(self, arr: np.ndarray, dtype: str, negatives: bool) -> None:
+    def add_raw(self, arr: np.ndarray | memoryview, dtype: str, negatives: bool) -> None:
         """Fold one streamed piece in (`negatives`: count values below zero too)."""
-        part = kernels.stats_partial(arr, dtype, moments=False, table=_table(dtype))
+        part = kernels.stats_partial(arr, dtype, moments=False, table=_table(dtype),
+                                     negatives=negatives)
         if part is not None:  # the fused kernel, if built
-            neg = part.neg if part.min < 0 and negatives else 0
+            neg = part.neg if part.min < 0 else 0
             self.merge_row(part.nan, part.inf, neg, part.min, part.max)
             return
+        arr = _array(arr, dtype)
         if dtype == "bfloat16":  # the common all-finite case: integer reductions, no widening
             r = bf16_range(arr)
             if r is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,63 @@ def test_kernel_stats_match_reference(dtype, name):
         assert got.m2 == pytest.approx(want["m2"], rel=2e-7)
     scan = kernels.stats_partial(r, dtype, moments=False, table=_table(dtype))
     assert scan[3:] == got[3:] and scan.n == got.n
+    for part, moments in ((got, True), (scan, False)):  # neg left 0 when not asked for
+        assert kernels.stats_partial(r, dtype, moments, _table(dtype),
+                                     negatives=False) == part._replace(neg=0)
+
+
+def _bf16_layouts():
+    """Word patterns the bfloat16 word kernel decides on by integer compares, per 2048 block."""
+    n = 32 * 2048 + 77  # over 65,536 (smaller pieces sum in float64); a partial last block
+    w = _bf16(rng.standard_normal(n) * 0.02)
+    yield "mixed", w
+    yield "all positive", _bf16(rng.random(n) + 1e-3)
+    yield "all negative", _bf16(-rng.random(n) - 1e-3)
+    yield "negative zeros, positives", np.where(rng.random(n) < 0.2, 0x8000, _bf16(rng.random(n)))
+    yield "positive zeros, negatives", np.where(rng.random(n) < 0.2, 0, _bf16(-rng.random(n)))
+    yield "only zeros", np.where(rng.random(n) < 0.5, 0, 0x8000).astype(np.uint16)
+    yield "subnormals", rng.integers(0, 0x80, n).astype(np.uint16) | (rng.integers(0, 2, n) << 15)
+    yield "largest finite", np.array([0x7F7F, 0xFF7F] * (n // 2), np.uint16)  # float32 overflow
+    yield "1e30 spread", _bf16(1e30 * rng.standard_normal(n))  # squares overflow float32
+    yield "1e-11 spread", _bf16(1e-11 * rng.standard_normal(n))  # float32 squares ~1e-22
+    yield "1e-20 spread", _bf16(1e-20 * rng.standard_normal(n))  # they would underflow
+    yield "1 + 0.01 spread", _bf16(1 + 0.01 * rng.standard_normal(n))  # |mean| > std: centred
+    yield "1e4 + 0.5 spread", _bf16(1e4 + 0.5 * rng.standard_normal(n))
+    yield "tiny and ones", np.where(rng.random(n) < 0.01, _bf16(np.ones(n)),  # inexact squares
+                                    _bf16(1e-25 * rng.standard_normal(n)))
+    for pos in (0, 2047, 2048, n - 1):  # non-finite values at block edges
+        for word in (0x7F80, 0xFF80, 0x7FC0, 0xFFC1):
+            v = w.copy()
+            v[pos] = word
+            yield f"{word:#x} at {pos}", v
+
+
+@needs_kernel
+@pytest.mark.parametrize("name,words", list(_bf16_layouts()))
+def test_bfloat16_word_kernel_matches_reference(name, words):
+    """Large bfloat16 pieces run on raw words (integer extremes, float32 lane sums): the counts
+    and extremes exact, the moments within the float32-partial tolerance, whatever the piece's
+    start (an odd element offset) or length."""
+    words = words.astype(np.uint16)
+    for sl in (slice(None), slice(1, None), slice(3, -5)):
+        r = words[sl]
+        want = reference_stats(r, "bfloat16")
+        for moments in (True, False):
+            got = kernels.stats_partial(r, "bfloat16", moments)
+            for k in ("n", "min", "max", "nan", "inf", "zeros", "neg"):
+                assert getattr(got, k) == want[k], (name, moments, k)
+            # without the count of negatives (show --stats): the same numbers, neg left 0
+            assert (kernels.stats_partial(r, "bfloat16", moments, negatives=False)
+                    == got._replace(neg=0)), (name, moments)
+            if moments and want["n"]:
+                std = math.sqrt(want["m2"] / want["n"])
+                assert abs(got.mean - want["mean"]) <= 1e-7 * (abs(want["mean"]) + std), name
+                assert got.m2 == pytest.approx(want["m2"], rel=2e-7, abs=1e-300), name
+    # check's scan of small pieces (any size) also runs on words: the float64 loop's answer
+    for size in (1, 2, 31, 32, 33, 100):
+        r = words[:size]
+        assert (kernels.stats_partial(r, "bfloat16", False)[3:]
+                == kernels.stats_partial(r, "bfloat16", True)[3:]), (name, size)
 
 
 @needs_kernel
@@ -334,3 +392,68 @@ def test_gpu_diff_path_on_torch_cpu_matches(tmp_path, monkeypatch):
     assert twin["device"] == "cuda:0"
     twin["device"] = cpu["device"]
     _close(twin, cpu)
+
+
+# ---- raw stream pieces (memoryviews, no numpy) ------------------------------------------------
+
+def _planted_entries(tmp_path):
+    pytest.importorskip("torch")
+    import bufinspect
+    from helpers import planted
+
+    planted(tmp_path / "planted.pt")  # every float dtype, NaN/Inf, a strided view, > a chunk
+    return list(bufinspect.load(str(tmp_path / "planted.pt")).entries)
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_raw_pieces_give_the_same_bytes_and_numbers(tmp_path, monkeypatch, kernel):
+    """`stream.pieces(raw=True)` (memoryviews the fused kernel takes as they are) yields the
+    same pieces and bytes as the numpy views, and every accumulator fed them gives the same
+    result, the kernel's or (without it, converted back to arrays) the numpy path's."""
+    from bufinspect.formats import stream
+    from bufinspect.numeric import RangeAccumulator
+    from bufinspect.scan.stats import stats_kind
+
+    if not kernel:
+        monkeypatch.setattr(kernels, "_native", None)
+    entries = _planted_entries(tmp_path)
+    got = [(e.key, first, bytes(v)) for e, first, v in stream.pieces(entries, 1 << 20,
+                                                                       prefetch=False, raw=True)]
+    want = [(e.key, first, a.tobytes()) for e, first, a in stream.pieces(entries, 1 << 20,
+                                                                          prefetch=False)]
+    assert got == want and len(got) > len(entries) / 2
+
+    def feed(raw: bool):
+        stats: dict[str, StatsAccumulator] = {}
+        ranges: dict[str, RangeAccumulator] = {}
+        for e, _, arr in stream.pieces(entries, 1 << 20, prefetch=False, raw=raw):
+            kind = stats_kind(e)
+            if kind is not None:
+                stats.setdefault(e.key, StatsAccumulator(kind)).add_raw(arr, e.dtype)
+            if kind in ("float", "complex"):
+                ranges.setdefault(e.key, RangeAccumulator()).add_raw(arr, e.dtype, True)
+        return ({k: a.result() for k, a in stats.items()},
+                {k: a.result() for k, a in ranges.items()})
+
+    assert feed(True) == feed(False)
+    kernels.reset()
+
+
+@needs_kernel
+def test_stats_and_check_import_no_numpy(tmp_path):
+    """With the fused kernel, `show --stats` and `check` stream raw bytes into it: numpy (~0.1 s
+    of start-up) is never imported for a float checkpoint."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.randn(300, 1000).bfloat16(), "b": torch.randn(1000)},
+              str(tmp_path / "m.safetensors"))
+    code = ("import sys; from bufinspect.cli import main; sys.argv = ['bufinspect'] + "
+            "sys.argv[1:]\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('numpy' in sys.modules, file=sys.stderr)")
+    for args in (["show", "--stats"], ["check", "--device", "cpu"]):
+        res = subprocess.run([sys.executable, "-c", code, *args, str(tmp_path / "m.safetensors"),
+                              "--format", "json", "--jobs", "2"], capture_output=True,
+                             text=True, env={**os.environ, kernels.DISABLE_ENV: ""})
+        assert res.stderr.strip().splitlines()[-1] == "False", (args, res.stderr[-2000:])
+        assert json.loads(res.stdout)["command"] == args[0]

@@ -115,3 +115,23 @@ def test_small_tensors_batched_match_torch(tmp_path):
         assert st.mean == pytest.approx(f.mean().item(), rel=1e-12, abs=1e-12), key
         if f.numel() > 1:
             assert st.std == pytest.approx(f.std().item(), rel=1e-9, abs=1e-12), key
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_squares_beyond_float32_fall_back_to_float64(dtype, monkeypatch):
+    """Values whose float32 squares overflow (|x| > 1.8e19) must not turn std into inf: the
+    numpy path (no compiled kernel) redoes such a piece in float64, as the kernel does."""
+    from bufinspect import kernels
+
+    f = rng.standard_normal(N)
+    f[[5, 700_000]] = [-1e30, 3e25]
+    raw = _raw(f, dtype)
+    want = _reference(raw, dtype)
+    for native in (True, False):
+        if not native:
+            monkeypatch.setattr(kernels, "_native", None)
+        with np.errstate(over="ignore"):
+            got = _stats(raw, dtype, 1 << 20)
+        assert (got.min, got.max, got.zeros) == (want["min"], want["max"], want["zeros"])
+        assert got.std == pytest.approx(want["std"], rel=1e-7), native
+        assert abs(got.mean - want["mean"]) <= 1e-7 * (abs(want["mean"]) + want["std"])

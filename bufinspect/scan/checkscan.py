@@ -33,12 +33,14 @@ def scan_cpu(entries: Sequence[Entry], progress: Callable[[int], None] | None = 
     (`bufinspect.parallel`); every worker owns its buffers, so memory stays bounded per worker.
     """
     from bufinspect.formats import stream
-    from bufinspect.numeric import RangeAccumulator
+    from bufinspect.numeric import RangeAccumulator, fused
+
+    raw = fused()  # the fused kernel takes the buffer's bytes as they are: no numpy import
 
     def run(group: list[Entry]) -> list[tuple[int, ScanStats]]:
         acc: dict[int, RangeAccumulator] = {}
         # read in line, 2 MiB at a time: the reductions find the bytes still in cache
-        for e, _, arr in stream.pieces(group, 2 << 20, prefetch=False):
+        for e, _, arr in stream.pieces(group, 2 << 20, prefetch=False, raw=raw):
             acc.setdefault(id(e), RangeAccumulator()).add_raw(arr, e.dtype, counts_negatives(e))
             if progress is not None:
                 progress(arr.nbytes)

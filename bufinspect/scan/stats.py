@@ -10,8 +10,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Iterable
 
-import numpy as np
-
 from bufinspect import dtypes, numeric, parallel
 from bufinspect.model import Entry, TensorStats
 from bufinspect.numeric import StatsAccumulator, as_float
@@ -63,8 +61,9 @@ def _stats_serial(entries: list[Entry], progress=None) -> dict[tuple[str, str], 
     acc: dict[int, StatsAccumulator] = {}
     small = _SmallFloats(acc)
     batch = not numeric.fused()  # the fused kernel takes a whole small tensor in ~1 us as is
-    # read in line, 2 MiB at a time: the chunk is still in cache when it is reduced
-    for e, first, arr in stream.pieces(entries, STATS_CHUNK, prefetch=False):
+    # read in line, 2 MiB at a time: the chunk is still in cache when it is reduced; the fused
+    # kernel takes the buffer's bytes as they are (numpy is then never imported)
+    for e, first, arr in stream.pieces(entries, STATS_CHUNK, prefetch=False, raw=not batch):
         if (batch and arr.size == e.numel and arr.size <= _SMALL and not first
                 and stats_kind(e) == "float"):
             small.add(e, arr)  # a whole small float tensor: batched with its neighbours
@@ -99,10 +98,12 @@ class _SmallFloats:
     def __init__(self, acc: dict[int, StatsAccumulator]) -> None:
         self.acc = acc
         self.entries: list[Entry] = []
-        self.values: list[np.ndarray] = []
+        self.values: list = []  # numpy arrays
         self.size = 0
 
-    def add(self, e: Entry, arr: np.ndarray) -> None:
+    def add(self, e: Entry, arr) -> None:
+        import numpy as np
+
         self.entries.append(e)
         self.values.append(as_float(arr, e.dtype).astype(np.float64))  # a copy: views expire
         self.size += arr.size
@@ -112,6 +113,8 @@ class _SmallFloats:
     def flush(self) -> None:
         if not self.entries:
             return
+        import numpy as np
+
         x = np.concatenate(self.values)
         counts = np.array([v.size for v in self.values])
         starts = np.cumsum(counts) - counts
