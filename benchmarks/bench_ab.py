@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("before")
     ap.add_argument("after")
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--only", action="append", default=[], metavar="NAME",
+                    help="run only the cases whose name starts with NAME (repeatable)")
     args = ap.parse_args()
     make_data()
     roots = {"before": str(Path(args.before).resolve()), "after": str(Path(args.after).resolve())}
@@ -85,6 +87,8 @@ def main() -> None:
     print(f"median of {args.runs} alternating runs; load average "
           f"{open('/proc/loadavg').read().split()[0]}")
     for name, cmd in CASES:
+        if args.only and not any(name.startswith(o) for o in args.only):
+            continue
         times: dict[str, list[float]] = {k: [] for k in roots}
         for _ in range(args.runs):
             for k, root in roots.items():

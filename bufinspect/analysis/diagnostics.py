@@ -40,11 +40,8 @@ from bufinspect import dtypes
 from bufinspect.analysis.align import align
 from bufinspect.analysis.findings import module_entries, name_keys, plural, qualified
 from bufinspect.model import Checkpoint, Entry, ModelState, Role
-from bufinspect.scan.norms import read_counters, read_values
-
-STATS = ("running_mean", "running_var")
-COUNTER = "num_batches_tracked"
-_AFFINE = ("weight", "bias")
+from bufinspect.scan.norms import AFFINE as _AFFINE
+from bufinspect.scan.norms import COUNTER, STATS, read_counters, read_values
 
 # An EMA / averaged copy is named like one: `ema`, `model_ema`, `state_dict_ema`, `ema_model`,
 # `swa_model`, `averaged_model`, `average_model_state` (Lightning's StochasticWeightAveraging),

@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Callable, Sequence
 
-from bufinspect.analysis.diagnostics import _AFFINE, COUNTER, STATS
 from bufinspect.analysis.findings import name_keys, plural
 from bufinspect.model import DiffNote, Entry, Role, Scope, Status
-from bufinspect.scan.norms import bytes_differ
+from bufinspect.scan.norms import AFFINE, COUNTER, STATS, bytes_differ
 
 
 def parameters_changed(pairs: Sequence[tuple[Entry, Entry]]) -> bool:
@@ -20,7 +19,7 @@ def parameters_changed(pairs: Sequence[tuple[Entry, Entry]]) -> bool:
     move whenever the network trains), then the rest; each pass stops at the first differing
     chunk, so a trained pair costs a chunk or two and identical parameters one memcmp-speed
     pass over both files' parameter bytes."""
-    affine = [p for p in pairs if p[0].name in _AFFINE and p[0].numel <= 1 << 16]
+    affine = [p for p in pairs if p[0].name in AFFINE and p[0].numel <= 1 << 16]
     chosen = {id(p[0]) for p in affine}
     return bytes_differ(affine) or bytes_differ([p for p in pairs if id(p[0]) not in chosen])
 

@@ -9,7 +9,6 @@ from functools import lru_cache
 from typing import Any, Iterable, NoReturn
 
 from bufinspect.model import json_number
-from bufinspect.render.layout import fmt_num
 
 
 class OutputFormat(str, Enum):
@@ -56,6 +55,8 @@ def fmt_shape(shape: Iterable[int]) -> str:
 
 def fmt_float(v: float | None) -> str:
     """A measured float in four significant digits, never wider than 10 cells (layout.fmt_num)."""
+    from bufinspect.render.layout import fmt_num  # (not imported by a JSON run)
+
     return fmt_num(v)
 
 

@@ -5,13 +5,17 @@ differ between two checkpoints. Only the entries asked for are streamed (a few K
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from bufinspect import dtypes
 from bufinspect.formats import stream
 from bufinspect.model import Entry
+
+# the tensor names of a normalization layer that keeps running statistics
+STATS = ("running_mean", "running_var")
+COUNTER = "num_batches_tracked"
+AFFINE = ("weight", "bias")
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,8 @@ class Values:
 def read_values(entries: Iterable[Entry]) -> dict[int, Values]:
     """Values of small floating tensors, by `id(entry)`: one streamed pass in file order, the
     extremes from `check`'s own `numeric.RangeAccumulator`."""
+    import hashlib  # (here: a diff of small files never reads values, nor imports it)
+
     from bufinspect.numeric import RangeAccumulator
 
     acc: dict[int, tuple[RangeAccumulator, Any]] = {}
