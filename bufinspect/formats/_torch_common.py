@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from bufinspect import dtypes
 from bufinspect.errors import InputError, UnsafeInputError
@@ -42,9 +42,15 @@ class ViewBudget:
             self.stored += storage_bytes
         self.viewed += view_bytes
         if self.viewed > _VIEW_FACTOR * self.stored + _VIEW_SLACK:
-            raise InputError(f"tensors view their storages {self.viewed} bytes' worth, more "
-                             f"than {_VIEW_FACTOR}x the {self.stored} bytes the file stores; "
-                             "refusing it (overlapping or stride-0 views)", self.path)
+            views_refused(self.path, self.viewed, self.stored)
+
+
+def views_refused(path: str, viewed: int, stored: int) -> NoReturn:
+    """What a file whose views exceed the budget gets (`ViewBudget`, and the locator's own
+    running count of the same budget)."""
+    raise InputError(f"tensors view their storages {viewed} bytes' worth, more than "
+                     f"{_VIEW_FACTOR}x the {stored} bytes the file stores; refusing it "
+                     "(overlapping or stride-0 views)", path)
 
 
 _VIEW_FACTOR = 16
@@ -80,9 +86,7 @@ def make_locator(path: str, file: str, storages: Callable[[str], tuple[int, int]
     prod, located, unseen, limit = math.prod, _LOCATED, _UNSEEN, _VIEW_FACTOR
 
     def over() -> None:
-        raise InputError(f"tensors view their storages {viewed} bytes' worth, more than "
-                         f"{_VIEW_FACTOR}x the {stored} bytes the file stores; refusing it "
-                         "(overlapping or stride-0 views)", path)
+        views_refused(path, viewed, stored)
 
     def locate(t: TensorRef) -> TensorData | None:
         nonlocal stored, viewed
