@@ -589,19 +589,24 @@ static int line(S *s, Py_ssize_t *pos, const unsigned char **text, Py_ssize_t *l
     return OK;
 }
 
+/* conv(bytes) of a text number, `conv` being Python's own int() (PyNumber_Long) or float()
+ * (PyFloat_FromString): STOPPED where it raises ValueError/OverflowError, as the walk stops */
+static int text_value(const unsigned char *t, Py_ssize_t k, PyObject *(*conv)(PyObject *),
+                      PyObject **out) {
+    PyObject *b = PyBytes_FromStringAndSize((const char *)t, k);
+    if (!b)
+        return PYERR;
+    *out = conv(b);
+    Py_DECREF(b);
+    return *out ? OK : py_failed();
+}
+
 /* int(line()) as a Python int */
 static int line_int(S *s, Py_ssize_t *pos, PyObject **out) {
     const unsigned char *t;
     Py_ssize_t k;
     int rc = line(s, pos, &t, &k);
-    if (rc != OK)
-        return rc;
-    PyObject *b = PyBytes_FromStringAndSize((const char *)t, k);
-    if (!b)
-        return PYERR;
-    *out = PyNumber_Long(b);
-    Py_DECREF(b);
-    return *out ? OK : py_failed();
+    return rc != OK ? rc : text_value(t, k, PyNumber_Long, out);
 }
 
 /* ---- the memo: slots 0.. as the picklers write them (in order) in an array; any other slot
@@ -996,14 +1001,9 @@ static int walk(S *s, Py_ssize_t *startp, Py_ssize_t *endp) {
         case 0x46: { /* FLOAT */
             const unsigned char *t;
             Py_ssize_t k;
+            PyObject *v;
             TRY(line(s, &pos, &t, &k));
-            PyObject *b = PyBytes_FromStringAndSize((const char *)t, k);
-            if (!b)
-                return PYERR;
-            PyObject *v = PyFloat_FromString(b);
-            Py_DECREF(b);
-            if (!v)
-                return py_failed();
+            TRY(text_value(t, k, PyFloat_FromString, &v));
             TRY(number(s, v, &x));
             TRY(push(s, x));
             break;
@@ -1019,13 +1019,8 @@ static int walk(S *s, Py_ssize_t *startp, Py_ssize_t *endp) {
             }
             if (op == 0x4C && k && t[k - 1] == 'L')
                 k--;
-            PyObject *b = PyBytes_FromStringAndSize((const char *)t, k);
-            if (!b)
-                return PYERR;
-            PyObject *v = PyNumber_Long(b);
-            Py_DECREF(b);
-            if (!v)
-                return py_failed();
+            PyObject *v;
+            TRY(text_value(t, k, PyNumber_Long, &v));
             TRY(number(s, v, &x));
             TRY(push(s, x));
             break;
