@@ -58,7 +58,8 @@ def load(path: str) -> Checkpoint:
     gc.disable()
     try:
         checkpoint = formats.read(str(path))
-        return roles.assign(checkpoint, role_metadata.read_annotations(checkpoint))
+        return roles.assign(checkpoint, role_metadata.read_annotations(checkpoint),
+                            in_place=True)  # (nothing else holds the entries just read)
     finally:
         if enabled:
             gc.enable()

@@ -133,3 +133,55 @@ def test_header_fields_are_judged_in_order(tmp_path, info, message):
         return
     with pytest.raises(InputError, match=message):
         _entries(path)
+
+
+# ---- roles completed in place by `load` -------------------------------------------------------
+
+def test_load_completes_roles_in_place_like_a_copy(tmp_path):
+    """`bufinspect.load` has `roles.assign` complete the entries it just read in place; the roles
+    are those a copying assign gives, on real modules saved three ways."""
+    torch = pytest.importorskip("torch")
+    import bufinspect
+    from bufinspect import formats, roles
+    from safetensors.torch import save_file
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
+                              torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    net(torch.zeros(1, 3, 8, 8))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.zeros(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "train.pt")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()},
+              str(tmp_path / "sd.safetensors"))
+    for name in ("sd.pt", "train.pt", "sd.safetensors"):
+        path = str(tmp_path / name)
+        loaded = bufinspect.load(path)
+        copied = roles.assign(formats.read(path))
+        assert [(e.container, e.key, e.role, e.evidence, e.persistent) for e in loaded.entries] \
+            == [(e.container, e.key, e.role, e.evidence, e.persistent) for e in copied.entries]
+        assert any(e.role is not bufinspect.Role.UNKNOWN for e in loaded.entries)
+
+
+def test_an_entry_object_met_twice_is_copied(tmp_path):
+    """Should a reader ever place one entry object in two state dicts, completing it in place
+    would show the second inference the first one's role as the reader's own: both are copied,
+    and each place is decided on its own."""
+    import dataclasses
+
+    from bufinspect import roles
+    from bufinspect.model import Checkpoint, Container, ContainerKind, Entry, Format, Role
+
+    counter = Entry("", "bn.num_batches_tracked", Role.UNKNOWN, "none", (), "int64", None, 8)
+    a = Container("a", ContainerKind.STATE_DICT, (counter,))
+    ck = Checkpoint(path="x", format=Format.SAFETENSORS, size=0,
+                    containers=(a, dataclasses.replace(a, path="b")))
+    done = roles.assign(ck, in_place=True)
+    first, second = (c.entries[0] for c in done.containers)
+    assert first is not counter and second is not counter and counter.role is Role.UNKNOWN
+    assert first.role is second.role is Role.BUFFER
+    assert first.evidence == second.evidence == "dtype:int64"
+    alone = Checkpoint(path="x", format=Format.SAFETENSORS, size=0, containers=(a,))
+    assert roles.assign(alone, in_place=True).entries[0] is counter  # completed where it is
+    assert counter.role is Role.BUFFER

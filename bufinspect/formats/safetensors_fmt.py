@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import struct
 from typing import Any
 
@@ -102,13 +103,15 @@ def header_entries(path: str, f: Any, size: int, container: str = ""
         raise InputError("safetensors __metadata__ must map strings to strings", path)
     data_start = 8 + n
     data_size = size - data_start
-    codes, unknown, prod, new_entry = _CODES, Role.UNKNOWN, math.prod, Entry
+    codes, unknown, prod, new_entry, new_data = _CODES, Role.UNKNOWN, math.prod, Entry, TensorData
     entries: list[Entry] = []
     begins: list[int] = []
+    ends: list[int] = []
     for key, info in header.items():
         if type(info) is not dict:
             raise InputError(f"tensor {key!r:.80} has no description", path)
-        code, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        get = info.get
+        code, shape, offs = get("dtype"), get("shape"), get("data_offsets")
         known = codes.get(code) if type(code) is str else None
         if known is None:
             shown = repr(code[:20]) if isinstance(code, str) else type(code).__name__
@@ -124,23 +127,34 @@ def header_entries(path: str, f: Any, size: int, container: str = ""
             raise InputError(f"tensor {key!r:.80} claims more than 2**63 elements", path)
         begin, end = offs
         dtype, per, streamable = known
-        if (numel * per if streamable else math.ceil(numel * per)) != end - begin:
+        nbytes = end - begin
+        if (numel * per if streamable else math.ceil(numel * per)) != nbytes:
             raise InputError(f"tensor {key!r:.80}: shape and dtype need {math.ceil(numel * per)} "
-                             f"bytes but offsets give {end - begin}", path)
-        entries.append(new_entry(
-            container, key, unknown, "none", dims, dtype, None, end - begin,
-            data=TensorData(path, data_start + begin, end - begin) if streamable else None))
+                             f"bytes but offsets give {nbytes}", path)
+        entries.append(new_entry(container, key, unknown, "none", dims, dtype, None, nbytes, None,
+                                 None, new_data(path, data_start + begin, nbytes)
+                                 if streamable else None))
         begins.append(begin)
-    spans = [(b, b + e.nbytes, e.key) for b, e in zip(begins, entries)]
-    if any(b1 <= b0 for b0, b1 in zip(begins, begins[1:])):
+        ends.append(end)
+    # (the order and overlap checks run in C over the offsets; the loops that name the
+    # overlapping pair run only when there is one)
+    if all(map(operator.lt, begins, begins[1:])):  # file order already (safetensors writes so)
+        if any(map(operator.lt, begins[1:], ends)):
+            _overlap(path, list(zip(begins, ends, (e.key for e in entries))))
+    else:
         # file order, by a stable sort (tied offsets keep header order); the overlap check
         # walks (begin, end, key) order, which differs from it only where offsets tie
+        spans = sorted(zip(begins, ends, (e.key for e in entries)))
         entries = [entries[i] for i in sorted(range(len(begins)), key=begins.__getitem__)]
-        spans.sort()
+        _overlap(path, spans)
+    return header, meta, data_start, entries
+
+
+def _overlap(path: str, spans: list[tuple[int, int, str]]) -> None:
+    """Refuse the first two neighbours of `spans` (sorted (begin, end, key)) that overlap."""
     for (_, e0, k0), (b1, _, k1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise InputError(f"tensors {k0!r:.60} and {k1!r:.60} overlap", path)
-    return header, meta, data_start, entries
 
 
 def read(path: str) -> Checkpoint:
