@@ -69,6 +69,8 @@ def _refused(cli, path, words):
 
 
 @pytest.mark.parametrize("target,words", [
+    (["x.safetensors"], "not a file name: list"),  # unhashable: refused before it is hashed
+    (7, "not a file name: 7"),
     ("../outside.safetensors", "outside the folder"),
     ("/etc/passwd", "outside the folder"),
     ("sub/../../outside.safetensors", "outside the folder"),

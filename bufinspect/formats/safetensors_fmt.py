@@ -34,6 +34,9 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+_is_dict = dict.__instancecheck__  # (json builds plain dicts: the same test as `type(v) is dict`)
+
+
 def _loads(raw: bytes) -> Any:
     """The header as JSON, refusing duplicate keys at any level.
 
@@ -48,7 +51,7 @@ def _loads(raw: bytes) -> Any:
         header = json.loads(text)
         if isinstance(header, dict):
             try:
-                keys = len(header) + sum(len(v) for v in header.values() if type(v) is dict)
+                keys = len(header) + sum(map(len, filter(_is_dict, header.values())))
             except TypeError:
                 keys = -1
             if keys == colons:  # (a key deeper down would make colons exceed keys)
