@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import statistics
-import sys
 import time
 
 from rich.console import Console

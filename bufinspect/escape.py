@@ -13,12 +13,13 @@ text BEFORE escaping it, so a 10 MB key costs no more than a short one.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 # C0/C1 controls, DEL, the bidi embedding/override/isolate characters, zero-width characters,
 # U+2028/U+2029, the U+2060-U+2069 invisibles, the BOM, and lone surrogates
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
-                     "\ud800-\udfff]")
+_UNSAFE_CHARS = ("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
+           "\ud800-\udfff]")
 
 CELL_LIMIT = 300  # characters of one name in a table cell or a report line
 MESSAGE_LIMIT = 400  # characters of one error message (after the path)
@@ -37,7 +38,13 @@ def escape(text: str) -> str:
     """`text` with every unsafe character as a visible escape (no length bound)."""
     if text.isascii() and text.isprintable():  # (no control, no DEL: nothing to escape)
         return text
-    return _UNSAFE.sub(_sub, text)
+    return unsafe().sub(_sub, text)
+
+
+@lru_cache(maxsize=1)
+def unsafe() -> re.Pattern:
+    """The characters `escape` makes visible, compiled (tests search output with it)."""
+    return re.compile(_UNSAFE_CHARS)  # (compiled on first need: most runs print plain names only)
 
 
 def excerpt(text: Any, limit: int = CELL_LIMIT) -> str:

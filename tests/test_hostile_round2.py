@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bufinspect.escape import _UNSAFE
+from bufinspect.escape import unsafe
 from hostile import make_corpus
 
 MEMORY_LIMIT = 2 << 30  # RLIMIT_AS, as for the corpus bombs (test_hostile.py)
@@ -66,7 +66,7 @@ def _sentinels(out: Path) -> list[str]:
 def _clean_output(text: str) -> None:
     """No raw control character, bidi override or lone surrogate (newlines and the table's
     own box drawing are fine)."""
-    bad = _UNSAFE.search(text.replace("\n", ""))
+    bad = unsafe().search(text.replace("\n", ""))
     assert bad is None, ascii(text[max(0, bad.start() - 80): bad.end() + 80])
 
 

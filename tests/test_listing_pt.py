@@ -243,7 +243,8 @@ def test_storage_resolver_matches_data_span(tmp_path, damage):
             fast, slow = _spans_both(arc, key)
             assert fast == slow
             if damage == "none" and key in keys:
-                assert fast[0] == "ok" and fast[1][1] == arc.infos[arc.prefix + "data/" + key].file_size
+                member = arc.infos[arc.prefix + "data/" + key]
+                assert fast[0] == "ok" and fast[1][1] == member.file_size
         if damage not in ("none", "missing"):
             assert _spans_both(arc, keys[0])[0][0] == "InputError"
     finally:

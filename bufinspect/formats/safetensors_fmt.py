@@ -73,7 +73,8 @@ def parse_header(path: str, f: Any, size: int) -> tuple[dict[str, Any], dict[str
 
 
 # safetensors dtype code -> (dtype name, bytes per element, streamable)
-_CODES = {**{code: (name, dtypes.itemsize(name), True) for code, name in dtypes.SAFETENSORS.items()},
+_CODES = {**{code: (name, dtypes.itemsize(name), True)
+             for code, name in dtypes.SAFETENSORS.items()},
           **{code: (code.lower(), per, False) for code, per in dtypes.SAFETENSORS_PACKED.items()}}
 
 
