@@ -188,7 +188,7 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
             for key, (role, evidence) in _by_order(own, votes).items():
                 votes.add(key, role, evidence)
     out = []
-    undecided, buffer, new = (unknown, "none"), Role.BUFFER, object.__new__
+    undecided, buffer = (unknown, "none"), Role.BUFFER
     for e in entries:
         key = e.key
         if key in conflicts:
@@ -198,17 +198,13 @@ def _infer_state_dict(c: Container, optimizers: list[Container], ordered: bool,
         if role is e.role and evidence == e.evidence:
             out.append(e)
             continue
-        # `e.with_role(role, evidence, persistent)`, inlined (once per tensor), or the entry
-        # itself completed (`assign(in_place=True)`): a state dict holds persistent buffers only
-        if in_place:
-            n = e
+        persistent = True if role is buffer else None  # a state dict holds persistent ones
+        if in_place:  # the entry itself completed (still frozen to everyone after `load`)
+            d = e.__dict__
+            d["role"], d["evidence"], d["persistent"] = role, evidence, persistent
+            out.append(e)
         else:
-            n = new(Entry)
-            n.__dict__.update(e.__dict__)
-        d = n.__dict__
-        d["role"], d["evidence"], d["persistent"] = role, evidence, (
-            True if role is buffer else None)
-        out.append(n)
+            out.append(e.with_role(role, evidence, persistent))
     return dataclasses.replace(c, entries=tuple(out))
 
 
