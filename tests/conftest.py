@@ -100,3 +100,13 @@ def samples_never_change():
     before = _tree_digest(SAMPLES)
     yield
     assert _tree_digest(SAMPLES) == before, "a test or bufinspect changed sample_checkpoints/"
+
+
+@pytest.fixture(autouse=True)
+def workers_on_small_files(monkeypatch):
+    """Test files are small: `--jobs N` would run one worker (`parallel.useful_jobs`), and the
+    tests that compare reports across --jobs would not reach the worker paths. Here any entry
+    size is worth a worker; tests/test_parallel.py checks the rule itself."""
+    from bufinspect import parallel
+
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_ENTRY", 0)

@@ -109,3 +109,19 @@ def test_diff_does_not_depend_on_jobs(cli, tmp_path):
     assert got["block17.bn.num_batches_tracked"]["old"] == 117
     assert got["block17.bn.num_batches_tracked"]["new"] == 118
     assert got["block3.bn.running_mean"]["status"] == "equal"
+
+
+def test_workers_only_where_bytes_dominate(many, monkeypatch):
+    """A piece costs the same Python whatever its size: `--jobs` splits only entries that are
+    large on average (100,000 tiny tensors ran slower on two threads than on one). The report is
+    the same either way."""
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_ENTRY", 64 << 10)
+    entries = bufinspect.load(str(many[1])).entries
+    small = [e for e in entries if e.key != "big"]
+    assert parallel.useful_jobs(small, 4) == 1  # 8 KiB or so each
+    assert parallel.useful_jobs([e for e in entries if e.key == "big"], 4) == 4
+    assert parallel.useful_jobs(entries, 1) == 1 and parallel.useful_jobs([], 3) == 3
+    serial = bufinspect.show(str(many[1]), stats=True, jobs=1).to_dict()
+    assert bufinspect.show(str(many[1]), stats=True, jobs=2).to_dict() == serial
+    assert bufinspect.check(str(many[1]), jobs=2).to_dict() == bufinspect.check(
+        str(many[1]), jobs=1).to_dict()

@@ -47,6 +47,7 @@ def scan_cpu(entries: Sequence[Entry], progress: Callable[[int], None] | None = 
         # positions in the group, not ids: ids do not survive a process pool
         return [(i, acc[id(e)].result()) for i, e in enumerate(group) if id(e) in acc]
 
+    jobs = parallel.useful_jobs(entries, jobs)
     groups = parallel.partition(list(entries), max(1, jobs)) if jobs > 1 else [list(entries)]
     groups = [g for g in groups if g]
     results = parallel.map_groups(groups, run, jobs, threads=True)  # numpy frees the GIL

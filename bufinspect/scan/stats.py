@@ -44,7 +44,7 @@ def tensor_stats(entries: Iterable[Entry], progress=None, jobs: int = 1,
 
 
 def _stats_local(entries: list[Entry], progress, jobs: int) -> dict[tuple[str, str], TensorStats]:
-    if jobs <= 1 or len(entries) <= 1:
+    if parallel.useful_jobs(entries, jobs) <= 1 or len(entries) <= 1:
         return _stats_serial(entries, progress)
     if not parallel.uses_threads():
         progress = None  # a callback cannot cross into worker processes
