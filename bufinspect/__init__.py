@@ -46,23 +46,13 @@ def load(path: str) -> Checkpoint:
 
     Nothing from the file is imported or run, and torch is not imported.
     """
-    import gc
-
-    from bufinspect import formats, roles
+    from bufinspect import _gc, formats, roles
     from bufinspect.formats import role_metadata
 
-    # A load allocates several objects per tensor and frees almost none of them, so every
-    # collection it triggers rescans the growing graph for nothing: half the time at 50,000
-    # tensors. The collector resumes afterwards (a pickle's cycles are collected then).
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with _gc.paused():  # (a pickle's cycles are collected once it resumes)
         checkpoint = formats.read(str(path))
         return roles.assign(checkpoint, role_metadata.read_annotations(checkpoint),
                             in_place=True)  # (nothing else holds the entries just read)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def show(path: str, *, stats: bool = False, **select: Any) -> ShowReport:

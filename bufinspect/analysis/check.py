@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from bufinspect import _gc
 from bufinspect.analysis.diagnostics import diagnose
 from bufinspect.analysis.findings import FINDINGS, metadata_findings, numeric_findings
 from bufinspect.analysis.policy import Policy
@@ -21,6 +22,7 @@ from bufinspect.parallel import Work
 from bufinspect.scan import check_scan, cuda_available, cuda_device_count, resolve_device, scannable
 
 
+@_gc.paused()  # (the pass keeps what it builds until the report is done)
 def check(checkpoints: Sequence[Checkpoint], policy: Policy | None = None, *,
           device: str = "auto", containers: Sequence[str] = (),
           progress: Callable[[int], None] | None = None, jobs: int = 1,

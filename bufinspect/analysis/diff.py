@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Sequence
 
+from bufinspect import _gc
 from bufinspect.analysis.align import align, module_state
 from bufinspect.errors import InputError, UsageError
 from bufinspect.model import (SCOPE_ROLES, Checkpoint, DiffEntry, DiffNote, DiffReport, Entry,
@@ -20,6 +21,7 @@ from bufinspect.parallel import Work
 from bufinspect.scan import Engine, castloss, compare_pairs
 
 
+@_gc.paused()  # (the pass keeps what it builds until the report is done)
 def diff(ck_a: Checkpoint, ck_b: Checkpoint, *, scope: Scope | str = Scope.BUFFERS,
          rtol: float = 1e-5, atol: float = 1e-8, tolerances: Iterable[Tolerance | str] = (),
          containers: Sequence[str] = (), strip_prefix: Sequence[str] = (),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Callable, Iterable
 
+from bufinspect import _gc
 from bufinspect.errors import UsageError
 from bufinspect.model import Checkpoint, Entry, Role, ShowReport
 from bufinspect.parallel import Work
@@ -33,6 +34,7 @@ def select(checkpoint: Checkpoint, *, containers: Iterable[str] = (), roles: Ite
     return out
 
 
+@_gc.paused()  # (the pass keeps what it builds until the report is done)
 def show(checkpoint: Checkpoint, *, containers: Iterable[str] = (), roles: Iterable[Role] = (),
          filters: Iterable[str] = (), stats: bool = False,
          progress: Callable[[int], None] | None = None, jobs: int = 1,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
+from bufinspect import _gc
 from bufinspect.analysis.diff import diff
 from bufinspect.errors import UsageError
 from bufinspect.model import Checkpoint, Role, Scope, Status, TrendReport, TrendRow
@@ -12,6 +13,7 @@ from bufinspect.model import Checkpoint, Role, Scope, Status, TrendReport, Trend
 METRICS = ("max_abs", "rel_l2", "mean_abs", "max_rel")
 
 
+@_gc.paused()  # (the pass keeps what it builds until the report is done)
 def trend(checkpoints: Sequence[Checkpoint], *, metric: str = "max_abs",
           scope: Scope | str = Scope.BUFFERS, progress: Callable[[int], None] | None = None,
           **diff_options: Any) -> TrendReport:
