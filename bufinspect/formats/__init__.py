@@ -32,12 +32,15 @@ def sniff(path: str) -> str:
         raise InputError(f"cannot read ({exc.strerror})", path) from None
     if not head:
         raise InputError("empty file", path)
-    from bufinspect.formats import safetensors_fmt, torch_legacy
-
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return "zip"
-    if head.startswith(torch_legacy.MAGIC_PREFIX):
-        return "legacy"
+    if head.startswith(b"\x80\x02\x8a\x0a"):  # a 10-byte long first: the legacy magic number?
+        from bufinspect.formats import torch_legacy  # (the unpickler's modules: only then)
+
+        if head.startswith(torch_legacy.MAGIC_PREFIX):
+            return "legacy"
+    from bufinspect.formats import safetensors_fmt
+
     if safetensors_fmt.looks_like(head) or path.endswith(".safetensors"):
         return "safetensors"
     raise InputError("not a checkpoint (unrecognized format)", path)
