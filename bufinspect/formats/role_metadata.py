@@ -121,14 +121,9 @@ def rewrite_safetensors_metadata(path: str, extra: dict[str, str]) -> None:
 
     with _files.open_file(path) as f:
         size = _files.size_of(f)
-        safetensors_fmt.parse_header(path, f, size)  # validates the whole header
-        f.seek(0)
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-        meta = dict(header.get("__metadata__") or {})
-        meta.update(extra)
-        header = {"__metadata__": meta, **{k: v for k, v in header.items()
-                                           if k != "__metadata__"}}
+        # the whole header validated, once; the file is left at the first data byte
+        tensors, meta, _ = safetensors_fmt.parse_header(path, f, size)
+        header = {"__metadata__": {**meta, **extra}, **tensors}
         body = json.dumps(header, separators=(",", ":")).encode()
         body += b" " * (-len(body) % 8)
 
